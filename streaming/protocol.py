@@ -1,0 +1,469 @@
+"""Wire format of a codec stream, also used as the compressed file format.
+
+Every message is one websocket binary message (or, in a file, one length-prefixed
+record). The first byte says what it is. Audio packets are the hot path: at 6 kbps a
+13.3 ms frame is only 10 bytes of codes, so an audio packet spends exactly two bytes on
+its header and nothing else — no JSON, no per-packet stream parameters. Everything that
+does not change during a stream travels once, in the ``HEADER`` message.
+``docs/PROTOCOL.md`` documents the byte layouts; this module is their implementation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import BinaryIO, Iterable, Iterator, Union
+
+import numpy as np
+
+VERSION = 1
+"""Protocol version carried by every ``HEADER``; a receiver refuses other versions."""
+
+FILE_MAGIC = b"ECS1"
+"""First bytes of a compressed stream file (the digit is the file layout's version)."""
+
+HEADER = 0x01
+END = 0x02
+ROUTED = 0x03
+LEFT = 0x04
+
+AUDIO_FLAG = 0x80
+MULTI_FLAG = 0x40
+UNIFORM_FLAG = 0x80
+
+INDEX_BITS = 14
+INDEX_MODULUS = 1 << INDEX_BITS
+"""Audio packets carry the low 14 bits of their first frame's index (3.6 min at 75 Hz)."""
+
+MAX_FRAMES_PER_PACKET = 128
+FINGERPRINT_SIZE = 8
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow this format (truncated, malformed, out of range)."""
+
+
+# --------------------------------------------------------------------------- varints
+
+
+def write_varint(value: int) -> bytes:
+    """Unsigned LEB128: 1 byte below 128, 2 below 16384 — small numbers stay small."""
+    if value < 0:
+        raise ValueError(f"varint must be non-negative, got {value}")
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def read_varint(data: bytes, pos: int, max_bytes: int = 10) -> tuple[int, int]:
+    """Read a varint at ``pos``; return ``(value, next_pos)``. Bounded to refuse garbage."""
+    value = shift = 0
+    for i in range(max_bytes):
+        if pos + i >= len(data):
+            raise ProtocolError("truncated varint")
+        byte = data[pos + i]
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos + i + 1
+        shift += 7
+    raise ProtocolError("varint too long")
+
+
+# ------------------------------------------------------------------------ bit packing
+
+
+def pack_codes(codes: np.ndarray, nbits: int) -> bytes:
+    """Pack integer codes (any shape, row-major) at ``nbits`` bits each, MSB first.
+
+    Vectorised: one unpack of the codes into a bit matrix and one ``np.packbits``. The
+    last byte is padded with zero bits.
+    """
+    flat = np.asarray(codes, dtype=np.int64).reshape(-1)
+    if flat.size and (flat.min() < 0 or flat.max() >= 1 << nbits):
+        raise ValueError(f"codes must lie in [0, {1 << nbits}) to be packed at {nbits} bits")
+    shifts = np.arange(nbits - 1, -1, -1, dtype=np.int64)
+    bits = ((flat[:, None] >> shifts) & 1).astype(np.uint8)
+    return np.packbits(bits.reshape(-1)).tobytes()
+
+
+def unpack_codes(payload: bytes, count: int, nbits: int) -> np.ndarray:
+    """Inverse of :func:`pack_codes`: ``count`` codes as int64. Padding bits must be zero."""
+    needed = (count * nbits + 7) // 8
+    if len(payload) != needed:
+        raise ProtocolError(f"expected {needed} payload bytes for {count} codes, got {len(payload)}")
+    bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))
+    if bits[count * nbits :].any():
+        raise ProtocolError("non-zero padding bits")
+    weights = (1 << np.arange(nbits - 1, -1, -1, dtype=np.int64))
+    return bits[: count * nbits].reshape(count, nbits).astype(np.int64) @ weights
+
+
+def packed_size(count: int, nbits: int) -> int:
+    """Bytes taken by ``count`` codes packed at ``nbits`` bits."""
+    return (count * nbits + 7) // 8
+
+
+# ------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    """What a receiver must know before it can decode a stream; sent once per stream.
+
+    ``stream_id`` tells a continued stream (a sender that reconnected resends the same
+    header) from a new one. ``start_time_us`` is the sender's wall clock at frame 0, so a
+    receiver with a synchronised clock can measure one-way latency.
+    """
+
+    fingerprint: bytes
+    sample_rate: int
+    channels: int
+    samples_per_frame: int
+    codebook_nbits: int
+    max_codebooks: int
+    stream_id: int = 0
+    start_time_us: int = 0
+    version: int = VERSION
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.samples_per_frame
+
+    def validate(self) -> None:
+        """Refuse parameters this format cannot carry or a receiver cannot honour."""
+        if len(self.fingerprint) != FINGERPRINT_SIZE:
+            raise ProtocolError(f"fingerprint must be {FINGERPRINT_SIZE} bytes")
+        if not 8 <= self.codebook_nbits <= 16:
+            # >= 8 bits keeps a one-frame packet's codebook count implied by its length.
+            raise ProtocolError(f"codebook_nbits must be 8..16, got {self.codebook_nbits}")
+        if not 1 <= self.max_codebooks <= 255:
+            raise ProtocolError(f"max_codebooks must be 1..255, got {self.max_codebooks}")
+        if not 1 <= self.channels <= 255:
+            raise ProtocolError(f"channels must be 1..255, got {self.channels}")
+        if self.sample_rate <= 0 or self.samples_per_frame <= 0:
+            raise ProtocolError("sample_rate and samples_per_frame must be positive")
+
+    def encode(self) -> bytes:
+        self.validate()
+        return b"".join(
+            [
+                bytes([HEADER, self.version]),
+                self.fingerprint,
+                write_varint(self.sample_rate),
+                bytes([self.channels]),
+                write_varint(self.samples_per_frame),
+                bytes([self.codebook_nbits, self.max_codebooks]),
+                write_varint(self.stream_id),
+                write_varint(self.start_time_us),
+            ]
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> "StreamHeader":
+        if len(data) < 2 or data[0] != HEADER:
+            raise ProtocolError("not a HEADER message")
+        if data[1] != VERSION:
+            raise ProtocolError(f"unsupported protocol version {data[1]} (this build speaks {VERSION})")
+        pos = 2 + FINGERPRINT_SIZE
+        if len(data) < pos:
+            raise ProtocolError("truncated HEADER")
+        fingerprint = bytes(data[2:pos])
+        sample_rate, pos = read_varint(data, pos, 5)
+        if pos >= len(data):
+            raise ProtocolError("truncated HEADER")
+        channels = data[pos]
+        samples_per_frame, pos = read_varint(data, pos + 1, 5)
+        if pos + 2 > len(data):
+            raise ProtocolError("truncated HEADER")
+        nbits, max_codebooks = data[pos], data[pos + 1]
+        stream_id, pos = read_varint(data, pos + 2, 5)
+        start_time_us, pos = read_varint(data, pos, 10)
+        if pos != len(data):
+            raise ProtocolError("trailing bytes after HEADER")
+        header = cls(fingerprint, sample_rate, channels, samples_per_frame, nbits,
+                     max_codebooks, stream_id, start_time_us)
+        header.validate()
+        return header
+
+
+@dataclass(frozen=True)
+class AudioPacket:
+    """One or more consecutive frames of codes.
+
+    ``index`` is the index of the first frame since the start of the stream: it is both
+    the packet's sequence number and its timestamp (in frames), like RTP's timestamp.
+    Only its low 14 bits travel; :func:`unwrap_index` restores it on the receiver.
+    ``frames`` holds one int64 array of codes per frame; their lengths (numbers of
+    codebooks) may differ, which is how a bandwidth switch at a frame boundary travels.
+    """
+
+    index: int
+    frames: tuple[np.ndarray, ...]
+
+    def encode(self, nbits: int) -> bytes:
+        n = len(self.frames)
+        if not 1 <= n <= MAX_FRAMES_PER_PACKET:
+            raise ValueError(f"a packet holds 1..{MAX_FRAMES_PER_PACKET} frames, got {n}")
+        counts = [len(f) for f in self.frames]
+        if min(counts) < 1 or max(counts) > 255:
+            raise ValueError("each frame needs 1..255 codebooks")
+        wire_index = self.index % INDEX_MODULUS
+        payload = pack_codes(np.concatenate(self.frames), nbits)
+        if n == 1:
+            head = bytes([AUDIO_FLAG | wire_index >> 8, wire_index & 0xFF])
+            return head + payload
+        head = bytes([AUDIO_FLAG | MULTI_FLAG | wire_index >> 8, wire_index & 0xFF])
+        if len(set(counts)) == 1:
+            layout = bytes([UNIFORM_FLAG | (n - 1), counts[0]])
+        else:
+            layout = bytes([n - 1, *counts])
+        return head + layout + payload
+
+    @classmethod
+    def decode(cls, data: bytes, nbits: int, max_codebooks: int) -> "AudioPacket":
+        """Parse a packet; ``index`` is the 14-bit wire value (see :func:`unwrap_index`)."""
+        if len(data) < 3 or not data[0] & AUDIO_FLAG:
+            raise ProtocolError("not an audio packet (or truncated)")
+        wire_index = (data[0] & 0x3F) << 8 | data[1]
+        if not data[0] & MULTI_FLAG:
+            payload = data[2:]
+            count = len(payload) * 8 // nbits
+            if not 1 <= count <= max_codebooks or packed_size(count, nbits) != len(payload):
+                raise ProtocolError(f"a {len(payload)}-byte payload is no whole frame")
+            counts = [count]
+        else:
+            layout = data[2]
+            n = (layout & 0x7F) + 1
+            if layout & UNIFORM_FLAG:
+                if len(data) < 4:
+                    raise ProtocolError("truncated packet layout")
+                counts, pos = [data[3]] * n, 4
+            else:
+                if len(data) < 3 + n:
+                    raise ProtocolError("truncated packet layout")
+                counts, pos = list(data[3 : 3 + n]), 3 + n
+            if min(counts) < 1 or max(counts) > max_codebooks:
+                raise ProtocolError(f"codebook count outside 1..{max_codebooks}")
+            payload = data[pos:]
+        codes = unpack_codes(bytes(payload), sum(counts), nbits)
+        frames = tuple(np.split(codes, np.cumsum(counts)[:-1]))
+        return cls(wire_index, frames)
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """The sender's stream is over: ``n_frames`` frames were sent for ``n_samples`` input
+    samples, so the receiver trims its output to exactly the input's length."""
+
+    n_frames: int
+    n_samples: int
+
+    def encode(self) -> bytes:
+        return bytes([END]) + write_varint(self.n_frames) + write_varint(self.n_samples)
+
+    @classmethod
+    def decode(cls, data: bytes) -> "EndOfStream":
+        if not data or data[0] != END:
+            raise ProtocolError("not an END message")
+        n_frames, pos = read_varint(data, 1, 6)
+        n_samples, pos = read_varint(data, pos, 8)
+        if pos != len(data):
+            raise ProtocolError("trailing bytes after END")
+        return cls(n_frames, n_samples)
+
+
+def route(source: int, message: bytes) -> bytes:
+    """Server → client envelope naming the peer whose messages follow.
+
+    The relay sends it only when the source changes from the previous message on that
+    connection, so a two-party call pays nothing for it in the steady state.
+    """
+    return bytes([ROUTED]) + write_varint(source) + message
+
+
+def unroute(data: bytes) -> tuple[int, bytes]:
+    """Split a ``ROUTED`` envelope into ``(source, inner message)``."""
+    if not data or data[0] != ROUTED:
+        raise ProtocolError("not a ROUTED message")
+    source, pos = read_varint(data, 1, 5)
+    inner = bytes(data[pos:])
+    if not inner or inner[0] == ROUTED:
+        raise ProtocolError("empty or nested ROUTED envelope")
+    return source, inner
+
+
+def left(source: int) -> bytes:
+    """Server → client notice that a peer left, so receivers can finish its stream."""
+    return bytes([LEFT]) + write_varint(source)
+
+
+def parse_left(data: bytes) -> int:
+    if not data or data[0] != LEFT:
+        raise ProtocolError("not a LEFT message")
+    source, pos = read_varint(data, 1, 5)
+    if pos != len(data):
+        raise ProtocolError("trailing bytes after LEFT")
+    return source
+
+
+def message_kind(data: bytes) -> int:
+    """The message type of ``data``: ``HEADER``, ``END``, ``ROUTED``, ``LEFT`` or ``AUDIO_FLAG``."""
+    if not data:
+        raise ProtocolError("empty message")
+    if data[0] & AUDIO_FLAG:
+        return AUDIO_FLAG
+    if data[0] not in (HEADER, END, ROUTED, LEFT):
+        raise ProtocolError(f"unknown message type 0x{data[0]:02x}")
+    return data[0]
+
+
+def unwrap_index(wire_index: int, reference: int) -> int:
+    """The full frame index congruent to ``wire_index`` (mod 2**14) nearest ``reference``.
+
+    Exact as long as consecutive packets a receiver sees lie within ±1.8 minutes of
+    frames of each other, far beyond any jitter buffer or relay queue.
+    """
+    delta = (wire_index - reference) % INDEX_MODULUS
+    if delta >= INDEX_MODULUS // 2:
+        delta -= INDEX_MODULUS
+    return reference + delta
+
+
+def stream_header_for(config: object, stream_id: int = 0, start_time_us: int = 0) -> StreamHeader:
+    """The ``HEADER`` of a stream produced by a model with this config."""
+    return StreamHeader(
+        fingerprint=config_fingerprint(config),
+        sample_rate=int(config.sampling_rate),
+        channels=int(config.audio_channels),
+        samples_per_frame=int(config.hop_length),
+        codebook_nbits=int(config.codebook_nbits),
+        max_codebooks=max_codebooks(config),
+        stream_id=stream_id,
+        start_time_us=start_time_us,
+    )
+
+
+def max_codebooks(config: object) -> int:
+    """Codebooks at the model's highest bandwidth (32 for the 24 kHz model)."""
+    bits_per_second = max(config.target_bandwidths) * 1000
+    return int(round(bits_per_second / (config.frame_rate * config.codebook_nbits)))
+
+
+def config_fingerprint(config: object) -> bytes:
+    """8 bytes naming the model config, so peers with different models refuse each other.
+
+    Uses the codec's own helper when it offers one; otherwise hashes the canonical JSON
+    of ``config.to_dict()``.
+    """
+    try:
+        from codec import config_fingerprint as codec_fingerprint
+    except ImportError:
+        canonical = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).digest()[:FINGERPRINT_SIZE]
+    return bytes(codec_fingerprint(config))
+
+
+# -------------------------------------------------------------------- stream state
+
+Message = Union[StreamHeader, AudioPacket, EndOfStream]
+
+REORDER_WINDOW = 150
+"""Frames (2 s at 75 Hz) a packet may lag the newest one before it counts as stale."""
+
+
+class OutOfOrderError(ProtocolError):
+    """A well-formed message in the wrong place: audio before a header or after the end,
+    or a packet older than the reorder window."""
+
+
+class StreamState:
+    """One sender's stream as seen by a relay or a receiver: typed, checked messages.
+
+    Turns raw messages into :class:`StreamHeader`, :class:`AudioPacket` (with its full,
+    unwrapped frame index) and :class:`EndOfStream`, and raises :class:`ProtocolError`
+    for malformed input and :class:`OutOfOrderError` for misplaced input, so that both
+    the server and the client count and drop bad packets the same way.
+    """
+
+    def __init__(self) -> None:
+        self.header: StreamHeader | None = None
+        self.newest = -1
+        self.ended = False
+
+    def accept(self, data: bytes) -> Message:
+        kind = message_kind(data)
+        if kind == HEADER:
+            header = StreamHeader.decode(data)
+            if header != self.header:  # a new stream; a resent identical one continues
+                self.newest, self.ended = -1, False
+            self.header = header
+            return header
+        if self.header is None:
+            raise OutOfOrderError("audio or END before the stream HEADER")
+        if self.ended:
+            raise OutOfOrderError("message after END")
+        if kind == END:
+            end = EndOfStream.decode(data)
+            if end.n_frames < self.newest + 1 or end.n_samples > end.n_frames * self.header.samples_per_frame:
+                raise ProtocolError("END contradicts the frames already sent")
+            self.ended = True
+            return end
+        if kind != AUDIO_FLAG:
+            raise ProtocolError("server-only message type from a sender")
+        packet = AudioPacket.decode(data, self.header.codebook_nbits, self.header.max_codebooks)
+        # The first packet seen fixes the high bits: a receiver may join mid-stream.
+        index = packet.index if self.newest < 0 else unwrap_index(packet.index, self.newest)
+        if index < 0 or index < self.newest - REORDER_WINDOW:
+            raise OutOfOrderError(f"stale packet (frame {index}, newest {self.newest})")
+        self.newest = max(self.newest, index + len(packet.frames) - 1)
+        return AudioPacket(index, packet.frames)
+
+
+# ----------------------------------------------------------------------- file format
+
+
+def write_stream(out: BinaryIO, messages: Iterable[bytes]) -> int:
+    """Write a compressed stream file: magic, then each message prefixed by its varint length.
+
+    Returns the number of bytes written. The messages are exactly those of the wire, so a
+    file is a recorded call and a call is a streamed file.
+    """
+    written = out.write(FILE_MAGIC)
+    for message in messages:
+        written += out.write(write_varint(len(message)))
+        written += out.write(message)
+    return written
+
+
+def read_stream(source: BinaryIO, max_message: int = 1 << 16) -> Iterator[bytes]:
+    """Yield the messages of a compressed stream file; clear errors for foreign or cut files."""
+    if source.read(len(FILE_MAGIC)) != FILE_MAGIC:
+        raise ProtocolError("not a compressed stream file (bad magic)")
+    while True:
+        prefix = bytearray()
+        while True:
+            byte = source.read(1)
+            if not byte:
+                if prefix:
+                    raise ProtocolError("file ends inside a length prefix")
+                return
+            prefix += byte
+            if not byte[0] & 0x80:
+                break
+            if len(prefix) > 4:
+                raise ProtocolError("corrupt length prefix")
+        length, _ = read_varint(bytes(prefix), 0)
+        if length > max_message:
+            raise ProtocolError(f"message of {length} bytes exceeds the {max_message}-byte limit")
+        message = source.read(length)
+        if len(message) != length:
+            raise ProtocolError("file ends inside a message (truncated file)")
+        yield message
+

@@ -1,0 +1,150 @@
+"""Wire and file format: round trips, exact sizes, and refusal of malformed input."""
+
+import io
+
+import numpy as np
+import pytest
+
+from streaming import protocol as p
+
+HEADER = p.StreamHeader(fingerprint=b"12345678", sample_rate=24000, channels=1,
+                        samples_per_frame=320, codebook_nbits=10, max_codebooks=32,
+                        stream_id=77, start_time_us=1_700_000_000_000_000)
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 16383, 16384, 2**35])
+def test_varint_round_trip(value):
+    data = p.write_varint(value)
+    assert p.read_varint(data, 0) == (value, len(data))
+
+
+@pytest.mark.parametrize("nbits", [8, 10, 13, 16])
+@pytest.mark.parametrize("count", [0, 1, 7, 8, 80])
+def test_pack_round_trip(nbits, count):
+    codes = np.random.default_rng(count).integers(0, 1 << nbits, count)
+    data = p.pack_codes(codes, nbits)
+    assert len(data) == p.packed_size(count, nbits)
+    np.testing.assert_array_equal(p.unpack_codes(data, count, nbits), codes)
+
+
+def test_pack_refuses_out_of_range_codes():
+    with pytest.raises(ValueError):
+        p.pack_codes(np.array([1024]), 10)
+
+
+def test_header_round_trip_and_frame_rate():
+    assert p.StreamHeader.decode(HEADER.encode()) == HEADER
+    assert HEADER.frame_rate == 75
+
+
+def test_header_refuses_other_versions():
+    data = bytearray(HEADER.encode())
+    data[1] = 99
+    with pytest.raises(p.ProtocolError, match="version 99"):
+        p.StreamHeader.decode(bytes(data))
+
+
+@pytest.mark.parametrize("n_q", [1, 2, 4, 8, 16, 32])
+def test_one_frame_packet_costs_two_bytes_of_header(n_q):
+    frame = np.arange(n_q) * 31 % 1024
+    data = p.AudioPacket(16384 + 5, (frame,)).encode(10)
+    assert len(data) == 2 + p.packed_size(n_q, 10)
+    back = p.AudioPacket.decode(data, 10, 32)
+    assert back.index == 5
+    np.testing.assert_array_equal(back.frames[0], frame)
+
+
+@pytest.mark.parametrize("counts", [[8, 8, 8, 8], [8, 4, 4, 32, 2]])
+def test_multi_frame_packet_round_trip(counts):
+    rng = np.random.default_rng(0)
+    frames = tuple(rng.integers(0, 1024, c) for c in counts)
+    back = p.AudioPacket.decode(p.AudioPacket(3, frames).encode(10), 10, 32)
+    assert [f.tolist() for f in back.frames] == [f.tolist() for f in frames]
+
+
+def test_end_round_trip():
+    end = p.EndOfStream(n_frames=751, n_samples=240_001)
+    assert p.EndOfStream.decode(end.encode()) == end
+
+
+def test_route_envelope():
+    inner = p.EndOfStream(1, 2).encode()
+    assert p.unroute(p.route(300, inner)) == (300, inner)
+    with pytest.raises(p.ProtocolError):
+        p.unroute(p.route(1, p.route(2, inner)))
+    assert p.parse_left(p.left(9)) == 9
+
+
+@pytest.mark.parametrize("reference,wire,expected", [
+    (0, 5, 5), (16380, 3, 16387), (16387, 16382, 16382), (100_000, 100_000 % 16384, 100_000),
+])
+def test_unwrap_index(reference, wire, expected):
+    assert p.unwrap_index(wire, reference) == expected
+
+
+def audio(index, n_q=8):
+    return p.AudioPacket(index, (np.zeros(n_q, dtype=np.int64),)).encode(10)
+
+
+def test_stream_state_orders_and_unwraps():
+    state = p.StreamState()
+    with pytest.raises(p.OutOfOrderError):
+        state.accept(audio(0))
+    assert state.accept(HEADER.encode()) == HEADER
+    indices = [0, 1, 5000, 10000, 16383, 16384, 16385]
+    assert [state.accept(audio(i)).index for i in indices] == indices
+    with pytest.raises(p.OutOfOrderError, match="stale"):
+        state.accept(audio(16385 - p.REORDER_WINDOW - 1))
+    assert state.accept(p.EndOfStream(16386, 16386 * 320).encode()) == p.EndOfStream(16386, 16386 * 320)
+    with pytest.raises(p.OutOfOrderError):
+        state.accept(audio(16386))
+
+
+def test_stream_state_refuses_contradictory_end():
+    state = p.StreamState()
+    state.accept(HEADER.encode())
+    state.accept(audio(9))
+    with pytest.raises(p.ProtocolError):
+        state.accept(p.EndOfStream(5, 1600).encode())
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\x00", b"\x05", b"\x80", b"\x80\x00", b"\x80\x00\x01\x02\x03\x04\x05\x06",
+    b"\xc0\x00\x81", b"\xc0\x00\x03\x08\x08", b"\xc0\x00\x80\x00\x00",
+    b"\x02\xff\xff\xff\xff\xff\xff\xff", b"\x01\x01abc",
+])
+def test_malformed_messages_raise_protocol_error(data):
+    state = p.StreamState()
+    state.accept(HEADER.encode())
+    with pytest.raises(p.ProtocolError):
+        state.accept(data)
+
+
+def test_random_bytes_never_raise_anything_but_protocol_error():
+    rng = np.random.default_rng(1)
+    valid = [HEADER.encode(), audio(1), p.AudioPacket(2, (np.ones(4, np.int64),) * 3).encode(10)]
+    for i in range(3000):
+        if i % 2:
+            data = rng.integers(0, 256, rng.integers(0, 40), dtype=np.uint8).tobytes()
+        else:
+            data = bytearray(valid[i % 3])
+            data[rng.integers(len(data))] ^= 1 << rng.integers(8)
+            data = bytes(data[: rng.integers(1, len(data) + 1)])
+        state = p.StreamState()
+        state.accept(HEADER.encode())
+        try:
+            state.accept(data)
+        except p.ProtocolError:
+            pass
+
+
+def test_file_round_trip_and_truncation():
+    messages = [HEADER.encode(), audio(0), audio(1), p.EndOfStream(2, 500).encode()]
+    buffer = io.BytesIO()
+    size = p.write_stream(buffer, messages)
+    assert size == len(buffer.getvalue()) == 4 + sum(1 + len(m) for m in messages)
+    assert list(p.read_stream(io.BytesIO(buffer.getvalue()))) == messages
+    with pytest.raises(p.ProtocolError, match="truncated"):
+        list(p.read_stream(io.BytesIO(buffer.getvalue()[:-1])))
+    with pytest.raises(p.ProtocolError, match="magic"):
+        list(p.read_stream(io.BytesIO(b"RIFF....")))
