@@ -1,0 +1,167 @@
+"""Jitter buffer: puts frames back in order, decides when a missing frame is lost, and
+adapts how long it waits to the jitter it measures.
+
+Packets of a call arrive unevenly (over TCP, loss shows up as late bursts). Playing each
+frame the moment it arrives would stutter; waiting a fixed long time would add latency.
+Like WebRTC's NetEq, the target delay starts at 80 ms and then follows the 95th
+percentile of the measured arrival jitter.
+
+Two ways to take frames out, for the two kinds of sink:
+
+* :meth:`JitterBuffer.pop` — every frame in index order, exactly one entry per frame
+  (``None`` for a lost one). A file sink uses it, so the output keeps the input's length.
+* :meth:`JitterBuffer.playout` — one entry per tick of a sound card's clock. When the
+  buffer runs dry it stretches (returns a concealment tick without consuming a frame, so
+  the delay grows); when it holds far more than the target it skips a frame (the delay
+  shrinks).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+STRETCH = -1
+"""Index :meth:`JitterBuffer.playout` returns for a tick with no frame to play."""
+
+
+@dataclass
+class JitterStats:
+    """Counters for the status line and the tests."""
+
+    received: int = 0
+    late: int = 0
+    duplicate: int = 0
+    lost: int = 0
+    stretched: int = 0
+    skipped: int = 0
+
+    @property
+    def loss_rate(self) -> float:
+        expected = self.received + self.lost
+        return self.lost / expected if expected else 0.0
+
+
+class JitterBuffer:
+    """Frames of one stream, keyed by their frame index.
+
+    ``now`` is always passed in (seconds, any monotonic clock) so that tests can drive
+    time, and so that the buffer never reads a clock itself.
+    """
+
+    def __init__(self, frame_rate: float, initial_delay: float = 0.08, min_delay: float = 0.02,
+                 max_delay: float = 0.5, window: int = 200) -> None:
+        self.frame_period = 1.0 / frame_rate
+        self.min_delay, self.max_delay = min_delay, max_delay
+        self._initial_delay = initial_delay
+        self._frames: dict[int, np.ndarray] = {}
+        self._transits: deque[float] = deque(maxlen=window)
+        self.next_index: int | None = None
+        self.end_index: int | None = None
+        self.stats = JitterStats()
+        self._started_at: float | None = None
+
+    # ----------------------------------------------------------------- filling
+
+    def put(self, index: int, frames: tuple[np.ndarray, ...], now: float) -> None:
+        """Store the frames of a packet whose first frame is ``index``."""
+        for offset, codes in enumerate(frames):
+            i = index + offset
+            if self.next_index is not None and i < self.next_index:
+                self.stats.late += 1
+            elif i in self._frames:
+                self.stats.duplicate += 1
+            elif self.end_index is not None and i >= self.end_index:
+                self.stats.late += 1
+            else:
+                self._frames[i] = codes
+                self.stats.received += 1
+                # Relative transit: constant for perfectly regular arrivals.
+                self._transits.append(now - i * self.frame_period)
+                if self.next_index is None:
+                    self.next_index, self._started_at = i, now
+
+    def end(self, n_frames: int) -> None:
+        """The sender sent ``n_frames`` frames in all: frames from there on never come."""
+        self.end_index = n_frames
+        for i in [i for i in self._frames if i >= n_frames]:
+            del self._frames[i]
+        if self.next_index is None:
+            self.next_index = n_frames
+
+    @property
+    def finished(self) -> bool:
+        """Every frame up to the end has been taken out."""
+        return self.end_index is not None and self.next_index is not None \
+            and self.next_index >= self.end_index
+
+    # --------------------------------------------------------------- estimates
+
+    @property
+    def target_delay(self) -> float:
+        """How long a frame may lag the earliest-arriving frames before it is given up.
+
+        The 95th percentile of relative transit above its minimum, plus one frame,
+        clamped to ``[min_delay, max_delay]``; the initial delay until there is data.
+        """
+        if len(self._transits) < 20:
+            return self._initial_delay
+        transits = np.fromiter(self._transits, float)
+        jitter = float(np.percentile(transits, 95) - transits.min())
+        return min(max(jitter + self.frame_period, self.min_delay), self.max_delay)
+
+    @property
+    def buffered(self) -> int:
+        """Frames held and not yet taken out."""
+        return len(self._frames)
+
+    def _overdue(self, index: int, now: float) -> bool:
+        """A missing frame is lost once it is later than the earliest arrivals by the target."""
+        if self.end_index is not None:
+            return True  # END comes after every packet sent: what is missing now is lost
+        if not self._transits:
+            return False
+        expected = index * self.frame_period + min(self._transits)
+        return now >= expected + self.target_delay
+
+    # ----------------------------------------------------------------- draining
+
+    def pop(self, now: float) -> list[tuple[int, np.ndarray | None]]:
+        """Every frame whose turn has come, in order; ``None`` stands for a lost frame."""
+        out: list[tuple[int, np.ndarray | None]] = []
+        while self.next_index is not None and not self.finished:
+            i = self.next_index
+            codes = self._frames.pop(i, None)
+            if codes is None:
+                if not self._frames and self.end_index is None or not self._overdue(i, now):
+                    break
+                self.stats.lost += 1
+            out.append((i, codes))
+            self.next_index = i + 1
+        return out
+
+    def playout(self, now: float) -> tuple[int, np.ndarray | None]:
+        """One sound-card tick: ``(index, codes)``, ``(index, None)`` for a lost frame, or
+        ``(STRETCH, None)`` when nothing can be played yet."""
+        if self.next_index is None or self.finished:
+            return STRETCH, None
+        if self._started_at is not None and now < self._started_at + self.target_delay:
+            return STRETCH, None  # first fill: build up the target delay before playing
+        self._started_at = None
+        i = self.next_index
+        if i not in self._frames:
+            if self._frames and self._overdue(i, now) or self.end_index is not None:
+                self.stats.lost += 1
+                self.next_index = i + 1
+                return i, None
+            self.stats.stretched += 1
+            return STRETCH, None
+        target_frames = self.target_delay / self.frame_period
+        if len(self._frames) > 2 * target_frames + 2 and i + 1 in self._frames:
+            del self._frames[i]  # far too much queued: skip a frame to cut the delay
+            self.stats.skipped += 1
+            i += 1
+        self.next_index = i + 1
+        return i, self._frames.pop(i)

@@ -1,0 +1,100 @@
+"""Jitter buffer and concealment, driven with a fake clock."""
+
+import numpy as np
+import pytest
+
+from streaming.concealment import Concealer, GainSchedule
+from streaming.jitter import STRETCH, JitterBuffer
+
+RATE = 75.0
+T = 1 / RATE
+
+
+def codes(i):
+    return np.full(8, i % 1024, dtype=np.int64)
+
+
+def test_in_order_frames_come_out_at_once():
+    jb = JitterBuffer(RATE)
+    for i in range(5):
+        jb.put(i, (codes(i),), now=i * T)
+    assert [i for i, c in jb.pop(now=5 * T)] == [0, 1, 2, 3, 4]
+
+
+def test_reordered_frames_are_put_back_in_order():
+    jb = JitterBuffer(RATE)
+    out = []
+    for step, i in enumerate([0, 2, 1, 3, 5, 4]):
+        jb.put(i, (codes(i),), now=step * T)
+        out += jb.pop(now=step * T)
+    assert [i for i, c in out] == [0, 1, 2, 3, 4, 5]
+    assert all(c is not None for i, c in out)
+    assert jb.stats.lost == 0
+
+
+def test_missing_frame_is_lost_only_once_overdue():
+    jb = JitterBuffer(RATE, initial_delay=0.08)
+    jb.put(0, (codes(0),), now=0.0)
+    jb.put(2, (codes(2),), now=2 * T)
+    assert [i for i, _ in jb.pop(now=2 * T)] == [0]
+    out = jb.pop(now=T + 0.081)
+    assert [(i, c is None) for i, c in out] == [(1, True), (2, False)]
+    jb.put(1, (codes(1),), now=0.2)
+    assert jb.stats.late == 1 and jb.stats.lost == 1
+
+
+def test_end_closes_the_gaps_and_exact_count():
+    jb = JitterBuffer(RATE)
+    jb.put(0, (codes(0), codes(1)), now=0.0)
+    jb.put(3, (codes(3),), now=0.0)
+    jb.end(5)
+    out = jb.pop(now=0.0)
+    assert [(i, c is None) for i, c in out] == [(0, False), (1, False), (2, True), (3, False), (4, True)]
+    assert jb.finished
+
+
+def test_duplicates_are_counted_and_dropped():
+    jb = JitterBuffer(RATE)
+    jb.put(0, (codes(0),), now=0)
+    jb.put(0, (codes(0),), now=0)
+    assert jb.stats.duplicate == 1 and len(jb.pop(now=0)) == 1
+
+
+def test_target_delay_adapts_to_jitter():
+    rng = np.random.default_rng(0)
+    calm, jittery = JitterBuffer(RATE), JitterBuffer(RATE)
+    for i in range(200):
+        calm.put(i, (codes(i),), now=i * T + 0.001 * rng.random())
+        jittery.put(i, (codes(i),), now=i * T + 0.15 * rng.random())
+    assert calm.target_delay == pytest.approx(calm.min_delay, abs=0.01)
+    assert 0.12 < jittery.target_delay < 0.2
+
+
+def test_playout_builds_delay_stretches_and_skips():
+    jb = JitterBuffer(RATE, initial_delay=0.04)
+    jb.put(0, (codes(0),), now=0.0)
+    assert jb.playout(now=0.01) == (STRETCH, None)  # still filling to the target delay
+    assert jb.playout(now=0.05)[0] == 0
+    assert jb.playout(now=0.06) == (STRETCH, None)  # dry: stretch, don't lose frame 1
+    assert jb.stats.stretched == 1 and jb.stats.lost == 0
+    for i in range(1, 40):
+        jb.put(i, (codes(i),), now=i * T)  # regular arrivals: a small target, far exceeded
+    assert jb.playout(now=0.07)[0] == 2 and jb.stats.skipped == 1
+
+
+def test_concealer_repeats_and_fades():
+    c = Concealer(fade_frames=2)
+    assert c.next(None) == (None, 0.0)
+    a = codes(3)
+    assert c.next(a) == (a, 1.0)
+    gains = [c.next(None)[1] for _ in range(4)]
+    assert gains == [1.0, 0.5, 0.0, 0.0]
+    assert c.next(codes(4))[1] == 1.0 and c.concealed == 5
+
+
+def test_gain_schedule_follows_sample_positions():
+    g = GainSchedule(samples_per_frame=4)
+    g.set(1, 0.5)
+    g.set(2, 0.0)
+    out = np.concatenate([g.apply(np.ones((1, n))) for n in (3, 6, 3)], axis=1)
+    np.testing.assert_array_equal(out[0], [1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0, 0, 0, 0])
