@@ -1,0 +1,20 @@
+"""EnCodec (Défossez et al.) as `transformers.EncodecModel` users know it; offline only, no streaming logic."""
+
+from .config import EncodecConfig, config_24khz, config_48khz
+from .feature_extraction import BatchFeature, EncodecFeatureExtractor
+from .loading import CheckpointError
+from .model import EncodecModel
+from .outputs import EncodecDecoderOutput, EncodecEncoderOutput, EncodecOutput
+
+__all__ = [
+    "BatchFeature",
+    "CheckpointError",
+    "EncodecConfig",
+    "EncodecDecoderOutput",
+    "EncodecEncoderOutput",
+    "EncodecFeatureExtractor",
+    "EncodecModel",
+    "EncodecOutput",
+    "config_24khz",
+    "config_48khz",
+]
