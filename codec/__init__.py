@@ -4,9 +4,11 @@ from .config import EncodecConfig, config_24khz, config_48khz
 from .feature_extraction import BatchFeature, EncodecFeatureExtractor
 from .loading import CheckpointError
 from .model import EncodecModel
+from .pretrained import DEFAULT_MODEL_DIR, load_default_model, load_model
 from .outputs import EncodecDecoderOutput, EncodecEncoderOutput, EncodecOutput
 
 __all__ = [
+    "DEFAULT_MODEL_DIR",
     "BatchFeature",
     "CheckpointError",
     "EncodecConfig",
@@ -17,4 +19,6 @@ __all__ = [
     "EncodecOutput",
     "config_24khz",
     "config_48khz",
+    "load_default_model",
+    "load_model",
 ]
