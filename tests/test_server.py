@@ -1,0 +1,239 @@
+"""The relay on real loopback connections: forwarding, isolation, auth, limits, abuse."""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from server import Limits, Relay
+from streaming import protocol as p
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADER = p.StreamHeader(fingerprint=b"fprint01", sample_rate=24000, channels=1,
+                        samples_per_frame=320, codebook_nbits=10, max_codebooks=32, stream_id=5)
+
+
+def audio(i):
+    return p.AudioPacket(i, (np.full(8, i % 1024, dtype=np.int64),)).encode(10)
+
+
+async def start(relay: Relay):
+    server = await relay.start("127.0.0.1", 0).__aenter__()
+    port = server.sockets[0].getsockname()[1]
+    return server, f"ws://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def relay():
+    relay = Relay()
+    server, url = await start(relay)
+    relay.url = url
+    yield relay
+    server.close()
+    await server.wait_closed()
+
+
+async def receive(ws, n, timeout=5.0):
+    return [await asyncio.wait_for(ws.recv(), timeout) for _ in range(n)]
+
+
+async def test_forwards_and_names_the_source_once(relay):
+    async with connect(relay.url + "/a", compression=None) as alice, \
+            connect(relay.url + "/a", compression=None) as bob:
+        await asyncio.sleep(0.05)
+        for message in (HEADER.encode(), audio(0), audio(1)):
+            await alice.send(message)
+        first, second, third = await receive(bob, 3)
+        source, inner = p.unroute(first)
+        assert inner == HEADER.encode()
+        assert (second, third) == (audio(0), audio(1))  # steady state: no envelope at all
+
+
+async def test_rooms_are_isolated(relay):
+    async with connect(relay.url + "/a") as alice, connect(relay.url + "/b") as eve, \
+            connect(relay.url + "/a") as bob:
+        await asyncio.sleep(0.05)
+        await alice.send(HEADER.encode())
+        await eve.send(HEADER.encode())
+        assert p.unroute((await receive(bob, 1))[0])[1] == HEADER.encode()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(eve.recv(), 0.2)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(bob.recv(), 0.2)
+
+
+async def test_joiner_gets_headers_in_progress_and_leave_notices(relay):
+    async with connect(relay.url + "/a") as alice:
+        await alice.send(HEADER.encode())
+        await asyncio.sleep(0.05)
+        async with connect(relay.url + "/a") as bob:
+            source, inner = p.unroute((await receive(bob, 1))[0])
+            assert inner == HEADER.encode()
+            await alice.close()
+            assert p.parse_left((await receive(bob, 1))[0]) == source
+
+
+async def test_token_auth():
+    relay = Relay(token="s3cret")
+    server, url = await start(relay)
+    try:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(url + "/a", additional_headers=headers):
+                    pass
+            assert refused.value.response.status_code == 401
+        async with connect(url + "/a", additional_headers={"Authorization": "Bearer s3cret"}):
+            pass
+        async with connect(url + "/a?token=s3cret"):
+            pass
+        with pytest.raises(InvalidStatus):
+            async with connect(url + "/../etc"):
+                pass
+        assert relay.counters["refused_auth"] == 2 and relay.counters["refused_room"] == 1
+    finally:
+        server.close()
+
+
+async def test_bad_packets_are_counted_dropped_and_garbage_senders_closed(relay):
+    async with connect(relay.url + "/a") as alice, connect(relay.url + "/a") as bob:
+        await asyncio.sleep(0.05)
+        await alice.send(audio(0))  # before any header: out of order
+        await alice.send(HEADER.encode())
+        await alice.send(b"\x80\x00\x01")  # truncated frame
+        await alice.send(b"\x80\x00" + bytes(2000))  # oversized
+        await alice.send("text is not a packet")
+        await alice.send(audio(500))
+        await alice.send(audio(1))  # stale: 499 frames behind the newest
+        await alice.send(audio(501))
+        received = await receive(bob, 3)
+        assert p.unroute(received[0])[1] == HEADER.encode()
+        assert received[1:] == [audio(500), audio(501)]
+        assert relay.counters["out_of_order"] == 2
+        assert relay.counters["malformed"] == 2 and relay.counters["oversized"] == 1
+        with pytest.raises(ConnectionClosed) as closed:
+            for _ in range(200):
+                await alice.send(b"\x7f garbage")
+                await asyncio.sleep(0)
+            await asyncio.wait_for(alice.recv(), 2)
+        assert closed.value.rcvd.code == 1008
+        # Bob hears that Alice left, and the room is unharmed.
+        assert p.parse_left((await receive(bob, 1))[0]) == 1
+        async with connect(relay.url + "/a") as carol:
+            await asyncio.sleep(0.05)
+            await carol.send(HEADER.encode())
+            assert p.unroute((await receive(bob, 1))[0])[1] == HEADER.encode()
+
+
+async def test_fuzz_leaves_the_server_serving():
+    relay = Relay(limits=Limits(strikes=1e9))  # let every packet reach the parser
+    server, relay.url = await start(relay)
+    rng = np.random.default_rng(0)
+    valid = [HEADER.encode(), audio(3), p.AudioPacket(4, (np.ones(4, np.int64),) * 3).encode(10),
+             p.EndOfStream(9, 2000).encode(), p.route(1, audio(2)), p.left(3)]
+    sent = 0
+    async with connect(relay.url + "/a") as watcher:
+        while sent < 4000:
+            try:
+                async with connect(relay.url + "/a") as fuzzer:
+                    for _ in range(500):
+                        if rng.random() < 0.5:
+                            data = rng.integers(0, 256, rng.integers(0, 64), dtype=np.uint8).tobytes()
+                        else:
+                            data = bytearray(valid[rng.integers(len(valid))])
+                            for _ in range(rng.integers(1, 3)):
+                                data[rng.integers(len(data))] = rng.integers(256)
+                            data = bytes(data[: rng.integers(1, len(data) + 1)])
+                        await fuzzer.send(data)
+                        sent += 1
+            except ConnectionClosed:
+                pass
+        bad = sum(relay.counters[k] for k in ("malformed", "out_of_order", "oversized"))
+        assert bad > 2000 and bad + relay.counters["forwarded"] == sent
+        async with connect(relay.url + "/a") as alice:
+            await asyncio.sleep(0.05)
+            await alice.send(HEADER.encode())
+            await alice.send(audio(0))
+            messages = []
+            while not messages or messages[-1] != audio(0):
+                messages.append(await asyncio.wait_for(watcher.recv(), 5))
+    server.close()
+
+
+async def test_stalled_peer_delays_nobody_and_memory_stays_bounded():
+    relay = Relay()
+    server, url = await start(relay)
+    n_packets, burst = 2000, 5  # sent at ~10x real time, 24 kbps frames to fill buffers fast
+    frame = p.AudioPacket(0, (np.arange(32, dtype=np.int64),))
+    try:
+        sock = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled = await connect(url + "/room", sock=sock, max_queue=1)  # never reads
+        peers = [await connect(url + "/room") for _ in range(18)]
+        sender = await connect(url + "/room")
+        await asyncio.sleep(0.1)
+        sent_at = {}
+
+        async def listen(ws):
+            delays = []
+            async for message in ws:
+                if message[0] & p.AUDIO_FLAG:
+                    index = (message[0] & 0x3F) << 8 | message[1]
+                    delays.append(time.monotonic() - sent_at[index])
+                    if index == n_packets - 1:
+                        return delays
+
+        listeners = [asyncio.create_task(listen(ws)) for ws in peers]
+        await sender.send(HEADER.encode())
+        peak = 0
+        for i in range(n_packets):
+            sent_at[i] = time.monotonic()
+            await sender.send(p.AudioPacket(i, frame.frames).encode(10))
+            if i % burst == burst - 1:
+                await asyncio.sleep(burst / 750)
+                peak = max(peak, relay.queued)
+        delays = await asyncio.wait_for(asyncio.gather(*listeners), 30)
+        stalled_peer = next(peer for peer in relay.rooms["room"].values()
+                            if peer.ws.remote_address[1] == sock.getsockname()[1])
+        received = [len(d) for d in delays]
+        worst = max(np.percentile(d, 99) for d in delays)
+        print(f"\n18 listeners received {min(received)}..{max(received)} of {n_packets}, "
+              f"p99 relay delay {worst * 1000:.1f} ms; stalled peer: {stalled_peer.dropped} dropped, "
+              f"{len(stalled_peer.queue)} queued; peak queued in the relay {peak}")
+        assert stalled_peer.dropped > 0 and len(stalled_peer.queue) <= relay.limits.queue_packets
+        assert peak <= 20 * relay.limits.queue_packets
+        assert min(received) >= 0.99 * n_packets and worst < 0.2
+        stalled.transport.abort()
+        await asyncio.gather(*(ws.close() for ws in [sender, *peers]))
+    finally:
+        server.close()
+
+
+def test_sigint_shuts_down_cleanly():
+    process = subprocess.Popen([sys.executable, "server.py", "--port", "0"], cwd=ROOT,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = process.stderr.readline()
+        assert '"listening"' in line, line
+        port = int(line.split('127.0.0.1:')[1].split('"')[0])
+
+        async def call():
+            async with connect(f"ws://127.0.0.1:{port}/a") as ws:
+                process.send_signal(signal.SIGINT)
+                with pytest.raises(ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 5)
+                return closed.value.rcvd.code
+
+        assert asyncio.run(call()) == 1001
+        assert process.wait(10) == 0
+        assert '"stopped"' in process.stderr.read()
+    finally:
+        process.kill()
