@@ -72,7 +72,9 @@ class EncodecEncoder(_Sequential):
             layers += [nn.ELU(), EncodecConv1d(config, channels, channels * 2, kernel_size=ratio * 2, stride=ratio)]
             scaling *= 2
         channels = scaling * config.num_filters
-        layers += [EncodecLSTM(config, channels), nn.ELU()]
+        if config.num_lstm_layers:  # Meta's SEANet leaves the LSTM out when it has no layers
+            layers.append(EncodecLSTM(config, channels))
+        layers.append(nn.ELU())
         layers.append(EncodecConv1d(config, channels, config.hidden_size, config.last_kernel_size))
         self.layers = nn.ModuleList(layers)
 
@@ -85,7 +87,8 @@ class EncodecDecoder(_Sequential):
         scaling = 2 ** len(config.upsampling_ratios)
         channels = scaling * config.num_filters
         layers: list[nn.Module] = [EncodecConv1d(config, config.hidden_size, channels, config.kernel_size)]
-        layers.append(EncodecLSTM(config, channels))
+        if config.num_lstm_layers:
+            layers.append(EncodecLSTM(config, channels))
         for ratio in config.upsampling_ratios:
             channels = scaling * config.num_filters
             layers += [

@@ -47,6 +47,11 @@ def fill_realistic_codebooks(model: nn.Module, seed: int = 0, seconds: float = 2
     if config.normalize:
         audio = audio / (audio.pow(2).mean(dim=(1, 2), keepdim=True).sqrt() + 1e-8)
     residual = model.encoder(audio).transpose(1, 2).reshape(-1, config.hidden_size)
+    # A trained encoder's output is roughly centred; a random one carries a large offset that turns
+    # every distance into a difference of big numbers (float cancellation, spurious argmin ties).
+    offset = residual.mean(dim=0)
+    model.encoder.layers[-1].conv.bias -= offset
+    residual = residual - offset
     generator = torch.Generator().manual_seed(seed + 1)
     for layer in model.quantizer.layers:
         codebook = layer.codebook

@@ -1,0 +1,79 @@
+"""Audio blocks of any size in, codes of every completed 320-sample frame out."""
+
+from __future__ import annotations
+
+import torch
+
+from codec import EncodecModel
+
+from .layers import State, streaming_stack
+from .stream import StartMode, Stream, check_streamable
+
+
+class StreamingEncoder(Stream):
+    """Encodes a stream of audio frame by frame, as the offline model would encode the whole signal.
+
+    `push(audio)` takes `(batch, channels, n)` float32 blocks of any length and returns the codes
+    `(batch, n_q, k)` of the k frames they completed; `flush()` ends the stream and returns the
+    rest (the last frame padded as offline pads it). The bandwidth can change between pushes.
+    """
+
+    def __init__(
+        self,
+        model: EncodecModel,
+        bandwidth: float = 6.0,
+        start: StartMode | str = StartMode.IMMEDIATE,
+        sample_rate: int | None = None,
+    ) -> None:
+        check_streamable(model)
+        if sample_rate is not None and sample_rate != model.config.sampling_rate:
+            raise ValueError(
+                f"The model runs at {model.config.sampling_rate} Hz, the audio is at {sample_rate} Hz: resample it first"
+            )
+        self.set_bandwidth(bandwidth, model)
+        super().__init__(model, streaming_stack(model.encoder.layers, StartMode(start) is StartMode.EXACT), start)
+
+    def set_bandwidth(self, bandwidth: float, model: EncodecModel | None = None) -> None:
+        """Takes effect from the next frame completed; each push returns frames of one bandwidth."""
+        (model or self.model).config.check_bandwidth(bandwidth)
+        self.bandwidth = bandwidth
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.config.num_quantizers_for_bandwidth(self.bandwidth)
+
+    def _check_audio(self, audio: torch.Tensor) -> None:
+        if not isinstance(audio, torch.Tensor):
+            raise TypeError(f"audio must be a torch.Tensor, got {type(audio).__name__}")
+        if audio.dim() != 3:
+            raise ValueError(f"audio must be (batch, channels, samples), got shape {tuple(audio.shape)}")
+        if audio.shape[1] != self.config.audio_channels:
+            raise ValueError(f"The model takes {self.config.audio_channels} channel(s), got {audio.shape[1]}")
+        if audio.dtype != torch.float32:
+            raise TypeError(f"audio must be float32 in [-1, 1], got {audio.dtype} (convert int16 with x / 32768)")
+        self._check_batch(audio.shape[0])
+
+    @torch.inference_mode()
+    def push(self, audio: torch.Tensor) -> torch.Tensor:
+        self._check_audio(audio)
+        return self._quantize(self._feed(audio, self.config.hop_length))
+
+    @torch.inference_mode()
+    def flush(self) -> torch.Tensor:
+        """End the stream: the remaining frames, the last one completed with the offline padding."""
+        if self.batch is None:
+            raise RuntimeError("Nothing was pushed: there is no stream to flush")
+        self._check_batch(self.batch)
+        empty = torch.zeros(self.batch, self.config.audio_channels, 0)
+        return self._quantize(self._feed(empty, self.config.hop_length, final=True))
+
+    def _quantize(self, embeddings: torch.Tensor | None) -> torch.Tensor:
+        if embeddings is None or embeddings.shape[-1] == 0:
+            return torch.zeros(self.batch or 0, self.num_codebooks, 0, dtype=torch.long)
+        return self.model.quantizer.encode(embeddings, self.bandwidth).transpose(0, 1)
+
+    def _extra_state(self) -> State:
+        return {"bandwidth": self.bandwidth}
+
+    def _load_extra_state(self, state: State) -> None:
+        self.set_bandwidth(state["bandwidth"])
