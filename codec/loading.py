@@ -31,7 +31,7 @@ class CheckpointError(ValueError):
 # Parameter names ------------------------------------------------------------------------------
 _META_RENAMES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^(encoder|decoder)\.model\."), r"\1.layers."),
-    (re.compile(r"\.conv\.conv\.|\.convtr\.convtr\."), "."),
+    (re.compile(r"\.conv\.conv\.|\.convtr\.convtr\."), ".conv."),
     (re.compile(r"\.(conv|convtr)\.norm\."), ".norm."),
     (re.compile(r"^quantizer\.vq\.layers\.(\d+)\._codebook\."), r"quantizer.layers.\1.codebook."),
 ]
