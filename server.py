@@ -92,17 +92,18 @@ class Peer:
     def __init__(self, peer_id: int, ws: ServerConnection, room: str, limits: Limits) -> None:
         self.id, self.ws, self.room = peer_id, ws, room
         self.stream = protocol.StreamState()
-        self.queue: deque[tuple[int, bytes, bool]] = deque()
+        self.queue: deque[tuple[int | None, bytes, bool]] = deque()
         self.capacity = limits.queue_packets
         self.wake = asyncio.Event()
         self.last_source: int | None = None
         self.dropped = 0
 
-    def enqueue(self, source: int, message: bytes) -> None:
+    def enqueue(self, source: int | None, message: bytes) -> None:
         """Queue a message for this peer without ever waiting; drop the oldest audio if full.
 
-        Control messages (HEADER, END, LEFT) are kept: losing one would break a whole
-        stream, and they are rare.
+        ``source`` is the peer that sent it, ``None`` for the relay's own messages.
+        Control messages (HEADER, END, JOINED, LEFT) are kept: losing one would break a
+        whole stream, and they are rare.
         """
         is_audio = bool(message[0] & protocol.AUDIO_FLAG)
         if len(self.queue) >= self.capacity:
@@ -120,7 +121,7 @@ class Peer:
                 self.wake.clear()
                 while self.queue:
                     source, message, _ = self.queue.popleft()
-                    if source != self.last_source:
+                    if source is not None and source != self.last_source:
                         message = protocol.route(source, message)
                         self.last_source = source
                     await self.ws.send(message)
@@ -169,7 +170,9 @@ class Relay:
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.send_buffer)
         room = self.rooms.setdefault(room_name, {})
-        for other in room.values():  # a joiner needs the headers of streams in progress
+        for other in room.values():  # a joiner learns who is there and the streams in progress
+            peer.enqueue(None, protocol.joined(other.id))
+            other.enqueue(None, protocol.joined(peer.id))
             if other.stream.header is not None and not other.stream.ended:
                 peer.enqueue(other.id, other.stream.header.encode())
         room[peer.id] = peer
@@ -185,7 +188,7 @@ class Relay:
             if not room:
                 del self.rooms[room_name]
             for other in room.values():
-                other.enqueue(peer.id, protocol.left(peer.id))
+                other.enqueue(None, protocol.left(peer.id))
             log_event("leave", room=room_name, peer=peer.id, dropped_for_peer=peer.dropped,
                       close_code=ws.close_code)
 

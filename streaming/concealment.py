@@ -24,15 +24,15 @@ class Concealer:
     def next(self, codes: np.ndarray | None) -> tuple[np.ndarray | None, float]:
         """``(codes to decode, gain)`` for a frame; ``codes`` is ``None`` for a lost frame.
 
-        Returns ``(None, 0.0)`` for a loss before any frame arrived: there is nothing to
-        repeat, and the caller emits silence without touching the decoder.
+        A loss before any frame arrived decodes a one-codebook frame of code 0 at gain 0:
+        silence, with the decoder kept one frame per frame index.
         """
         if codes is not None:
             self._last, self._run = codes, 0
             return codes, 1.0
         self.concealed += 1
         if self._last is None:
-            return None, 0.0
+            return np.zeros(1, dtype=np.int64), 0.0
         self._run += 1
         gain = max(0.0, 1.0 - (self._run - 1) / self.fade_frames)
         return self._last, gain

@@ -27,6 +27,7 @@ HEADER = 0x01
 END = 0x02
 ROUTED = 0x03
 LEFT = 0x04
+JOINED = 0x05
 
 AUDIO_FLAG = 0x80
 MULTI_FLAG = 0x40
@@ -299,27 +300,33 @@ def unroute(data: bytes) -> tuple[int, bytes]:
     return source, inner
 
 
-def left(source: int) -> bytes:
+def left(peer: int) -> bytes:
     """Server → client notice that a peer left, so receivers can finish its stream."""
-    return bytes([LEFT]) + write_varint(source)
+    return bytes([LEFT]) + write_varint(peer)
 
 
-def parse_left(data: bytes) -> int:
-    if not data or data[0] != LEFT:
-        raise ProtocolError("not a LEFT message")
-    source, pos = read_varint(data, 1, 5)
+def joined(peer: int) -> bytes:
+    """Server → client notice that a peer is in the room, so a file sender knows someone listens."""
+    return bytes([JOINED]) + write_varint(peer)
+
+
+def parse_presence(data: bytes) -> tuple[int, bool]:
+    """``(peer, present)`` of a ``JOINED`` or ``LEFT`` message."""
+    if not data or data[0] not in (JOINED, LEFT):
+        raise ProtocolError("not a JOINED or LEFT message")
+    peer, pos = read_varint(data, 1, 5)
     if pos != len(data):
-        raise ProtocolError("trailing bytes after LEFT")
-    return source
+        raise ProtocolError("trailing bytes after a presence message")
+    return peer, data[0] == JOINED
 
 
 def message_kind(data: bytes) -> int:
-    """The message type of ``data``: ``HEADER``, ``END``, ``ROUTED``, ``LEFT`` or ``AUDIO_FLAG``."""
+    """The message type of ``data``: ``AUDIO_FLAG`` or one of the control types."""
     if not data:
         raise ProtocolError("empty message")
     if data[0] & AUDIO_FLAG:
         return AUDIO_FLAG
-    if data[0] not in (HEADER, END, ROUTED, LEFT):
+    if data[0] not in (HEADER, END, ROUTED, LEFT, JOINED):
         raise ProtocolError(f"unknown message type 0x{data[0]:02x}")
     return data[0]
 

@@ -84,7 +84,8 @@ def test_playout_builds_delay_stretches_and_skips():
 
 def test_concealer_repeats_and_fades():
     c = Concealer(fade_frames=2)
-    assert c.next(None) == (None, 0.0)
+    silence, gain = c.next(None)
+    assert silence.tolist() == [0] and gain == 0.0
     a = codes(3)
     assert c.next(a) == (a, 1.0)
     gains = [c.next(None)[1] for _ in range(4)]

@@ -72,7 +72,8 @@ def test_route_envelope():
     assert p.unroute(p.route(300, inner)) == (300, inner)
     with pytest.raises(p.ProtocolError):
         p.unroute(p.route(1, p.route(2, inner)))
-    assert p.parse_left(p.left(9)) == 9
+    assert p.parse_presence(p.left(9)) == (9, False)
+    assert p.parse_presence(p.joined(300)) == (300, True)
 
 
 @pytest.mark.parametrize("reference,wire,expected", [

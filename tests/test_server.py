@@ -43,7 +43,13 @@ async def relay():
 
 
 async def receive(ws, n, timeout=5.0):
-    return [await asyncio.wait_for(ws.recv(), timeout) for _ in range(n)]
+    """The next ``n`` messages, skipping the relay's JOINED notices."""
+    messages = []
+    while len(messages) < n:
+        message = await asyncio.wait_for(ws.recv(), timeout)
+        if message[0] != p.JOINED:
+            messages.append(message)
+    return messages
 
 
 async def test_forwards_and_names_the_source_once(relay):
@@ -55,6 +61,7 @@ async def test_forwards_and_names_the_source_once(relay):
         first, second, third = await receive(bob, 3)
         source, inner = p.unroute(first)
         assert inner == HEADER.encode()
+        assert p.parse_presence(await alice.recv()) == (source + 1, True)  # Alice hears Bob join
         assert (second, third) == (audio(0), audio(1))  # steady state: no envelope at all
 
 
@@ -79,7 +86,7 @@ async def test_joiner_gets_headers_in_progress_and_leave_notices(relay):
             source, inner = p.unroute((await receive(bob, 1))[0])
             assert inner == HEADER.encode()
             await alice.close()
-            assert p.parse_left((await receive(bob, 1))[0]) == source
+            assert p.parse_presence((await receive(bob, 1))[0]) == (source, False)
 
 
 async def test_token_auth():
@@ -126,7 +133,7 @@ async def test_bad_packets_are_counted_dropped_and_garbage_senders_closed(relay)
             await asyncio.wait_for(alice.recv(), 2)
         assert closed.value.rcvd.code == 1008
         # Bob hears that Alice left, and the room is unharmed.
-        assert p.parse_left((await receive(bob, 1))[0]) == 1
+        assert p.parse_presence((await receive(bob, 1))[0]) == (1, False)
         async with connect(relay.url + "/a") as carol:
             await asyncio.sleep(0.05)
             await carol.send(HEADER.encode())
