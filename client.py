@@ -40,6 +40,10 @@ FILE_BLOCK = 480
 on purpose: the encoder buffers whole frames whatever the block size."""
 
 
+class CallError(RuntimeError):
+    """The call cannot go on (refused by the server, …); the message is for the user."""
+
+
 @dataclass
 class Options:
     """Everything a call needs besides the model (the CLI fills it; tests build it)."""
@@ -226,7 +230,7 @@ class Client:
                 finally:
                     self.connected.clear()
         except InvalidStatus as error:
-            raise SystemExit(f"The server refused us: HTTP {error.response.status_code} "
+            raise CallError(f"The server refused us: HTTP {error.response.status_code} "
                              f"{error.response.body.decode(errors='replace').strip()}") from error
 
     async def _send(self, ws: ClientConnection) -> None:
@@ -402,10 +406,13 @@ def device(value: str | None) -> int | str | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    if args.list_devices:
-        from streaming.audio_io import list_devices
+    from streaming.audio_io import AudioDeviceError, list_devices
 
-        print(list_devices())
+    if args.list_devices:
+        try:
+            print(list_devices())
+        except AudioDeviceError as error:
+            raise SystemExit(str(error)) from error
         return 0
     from codec import load_model
 
@@ -419,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"Cannot load model {args.model!r}: {error}") from error
     try:
         return asyncio.run(Client(options, model.eval()).run())
+    except (AudioDeviceError, CallError) as error:
+        raise SystemExit(str(error)) from error
     except KeyboardInterrupt:
         return 130
 

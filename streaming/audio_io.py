@@ -95,8 +95,8 @@ class LinearResampler:
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         """Resample ``(n, channels)`` samples; the output length follows the rate ratio."""
-        if self.previous is None:
-            self.previous = block[:1]
+        if self.previous is None:  # start on the first real sample, after its copy
+            self.previous, self.position = block[:1], 1.0
         x = np.concatenate([self.previous, block])
         stop = len(x) - 1
         positions = np.arange(self.position, stop, self.step)
