@@ -1,0 +1,89 @@
+"""Compressed audio files: the wire's packet stream written to disk.
+
+    python -m streaming.filecodec encode speech.wav speech.ecs [--model default] [--bandwidth 6]
+    python -m streaming.filecodec decode speech.ecs speech_out.wav [--model default]
+
+A file is the ``HEADER``, the audio packets and the ``END`` of one stream, each prefixed
+by its length (``docs/PROTOCOL.md``), so a file is a recorded call and decodes to exactly
+the input's length. The same :class:`~streaming.call.Sender` and
+:class:`~streaming.call.RemoteStream` as a call do the work, with the exact start mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import soundfile
+
+from . import protocol
+from .call import RemoteStream, Sender
+from .stream import StartMode
+
+BLOCK = 24000
+"""Samples encoded per call into the model: large blocks, since nothing waits for them."""
+
+
+def encode_file(model, wav_path: str, out_path: str, bandwidth: float = 6.0, frames_per_packet: int = 1) -> int:
+    """Encode a WAV file (any rate; resampled to the model's) to a stream file; returns its size."""
+    from client import read_wav
+
+    audio = read_wav(wav_path, model.config.sampling_rate, model.config.audio_channels)
+
+    async def encode() -> list[bytes]:
+        with ThreadPoolExecutor(1) as pool:
+            sender = Sender(model, pool, bandwidth, StartMode.EXACT, frames_per_packet)
+            messages = [sender.header.encode()]
+            for start in range(0, audio.shape[-1], BLOCK):
+                messages += await sender.push(audio[:, start : start + BLOCK])
+            return messages + await sender.finish()
+
+    messages = asyncio.run(encode())
+    with open(out_path, "wb") as out:
+        return protocol.write_stream(out, messages)
+
+
+def decode_file(model, in_path: str, wav_path: str) -> np.ndarray:
+    """Decode a stream file to a WAV at the model's rate; returns the ``(channels, n)`` audio."""
+    with open(in_path, "rb") as source:
+        messages = list(protocol.read_stream(source))
+    if not messages:
+        raise protocol.ProtocolError(f"{in_path} holds no stream")
+    header = protocol.StreamHeader.decode(messages[0])
+    if header.fingerprint != protocol.config_fingerprint(model.config):
+        raise protocol.ProtocolError(f"{in_path} was encoded with another model: pass the same --model")
+    stream = RemoteStream(model, header, StartMode.EXACT)
+    for message in messages:
+        stream.accept(message, now=0.0)
+    if stream.end is None:
+        raise protocol.ProtocolError(f"{in_path} has no END message: the file is truncated")
+    audio = np.concatenate([stream.decode(stream.jitter.pop(now=0.0)), stream.flush()], axis=-1)
+    audio = audio[:, : stream.output_length()]
+    soundfile.write(wav_path, audio.T, header.sample_rate, subtype="FLOAT")
+    return audio
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Encode a WAV to a compressed stream file, or back.")
+    parser.add_argument("command", choices=["encode", "decode"])
+    parser.add_argument("source")
+    parser.add_argument("destination")
+    parser.add_argument("--model", default="default", help="default | checkpoint dir | hub id | Meta .th file")
+    parser.add_argument("--bandwidth", type=float, default=6.0, help="kbps, for encode (default %(default)s)")
+    args = parser.parse_args(argv)
+    from codec import load_model
+
+    model = load_model(args.model).eval()
+    if args.command == "encode":
+        size = encode_file(model, args.source, args.destination, args.bandwidth)
+        seconds = soundfile.info(args.source).duration
+        print(f"{args.destination}: {size} bytes, {8 * size / seconds / 1000:.2f} kbps")
+    else:
+        audio = decode_file(model, args.source, args.destination)
+        print(f"{args.destination}: {audio.shape[-1]} samples")
+
+
+if __name__ == "__main__":
+    main()
