@@ -160,3 +160,12 @@ async def test_server_restart_mid_call_clients_reconnect(model, speech, tmp_path
     stats = next(iter(receiver.receiver.streams.values())).jitter.stats
     print(f"\nafter a server restart: {stats}")
     assert stats.received > 0.5 * LENGTH / 320
+
+
+def test_demo_speaks_and_records_exact_length(model, tmp_path, capsys):
+    import demo
+
+    model.save_pretrained(tmp_path / "model")
+    demo.main(["--model", str(tmp_path / "model"), "--output", str(tmp_path / "heard.wav"), "--no-pace"])
+    assert soundfile.info(tmp_path / "heard.wav").frames == 3 * RATE
+    assert "kbps at the application layer" in capsys.readouterr().out
