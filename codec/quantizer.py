@@ -9,6 +9,16 @@ from torch.nn import functional as F
 from .config import EncodecConfig
 
 
+def nearest_entries(x: torch.Tensor, embed_t: torch.Tensor, embed_sqnorm: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest codebook entry for each row of `x` `(n, dim)`.
+
+    `embed_t` is the codebook transposed `(dim, size)` and `embed_sqnorm` its squared column norms
+    `(1, size)`. The distance is written as transformers and Meta write it, so near-ties break the same way.
+    """
+    dist = -(x.pow(2).sum(1, keepdim=True) - 2 * x @ embed_t + embed_sqnorm)
+    return dist.max(dim=-1).indices
+
+
 class EncodecEuclideanCodebook(nn.Module):
     """One codebook. `inited`, `cluster_size` and `embed_avg` are training statistics kept for checkpoints."""
 
@@ -22,15 +32,10 @@ class EncodecEuclideanCodebook(nn.Module):
         self.register_buffer("embed_avg", embed.clone())
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Nearest entry for each vector of `x` `(..., dim)`.
-
-        The distance is written as transformers and Meta write it, so that near-ties break the same way.
-        """
-        shape = x.shape[:-1]
-        x = x.reshape(-1, x.shape[-1])
-        embed = self.embed.t()
-        dist = -(x.pow(2).sum(1, keepdim=True) - 2 * x @ embed + embed.pow(2).sum(0, keepdim=True))
-        return dist.max(dim=-1).indices.view(shape)
+        """Nearest entry for each vector of `x` `(..., dim)`."""
+        embed_t = self.embed.t()
+        indices = nearest_entries(x.reshape(-1, x.shape[-1]), embed_t, embed_t.pow(2).sum(0, keepdim=True))
+        return indices.view(x.shape[:-1])
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         return F.embedding(indices, self.embed)

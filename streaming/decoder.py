@@ -8,6 +8,7 @@ from codec import EncodecModel
 
 from .stream import StartMode, Stream, check_streamable
 from .layers import streaming_stack
+from .quantize import FrameQuantizer
 
 
 class StreamingDecoder(Stream):
@@ -21,6 +22,7 @@ class StreamingDecoder(Stream):
         check_streamable(model)
         exact = StartMode(start) is StartMode.EXACT
         super().__init__(model, streaming_stack(model.decoder.layers, exact, model.config.hop_length), start)
+        self.quantizer = FrameQuantizer(model)
 
     def _check_codes(self, codes: torch.Tensor) -> None:
         if not isinstance(codes, torch.Tensor):
@@ -36,7 +38,7 @@ class StreamingDecoder(Stream):
     @torch.inference_mode()
     def push(self, codes: torch.Tensor) -> torch.Tensor:
         self._check_codes(codes)
-        embeddings = self.model.quantizer.decode(codes.long().transpose(0, 1))
+        embeddings = self.quantizer.decode(codes.long())
         return self._audio(self._feed(embeddings, 1))
 
     @torch.inference_mode()

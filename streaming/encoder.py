@@ -7,6 +7,7 @@ import torch
 from codec import EncodecModel
 
 from .layers import State, streaming_stack
+from .quantize import FrameQuantizer
 from .stream import StartMode, Stream, check_streamable
 
 
@@ -32,6 +33,7 @@ class StreamingEncoder(Stream):
             )
         self.set_bandwidth(bandwidth, model)
         super().__init__(model, streaming_stack(model.encoder.layers, StartMode(start) is StartMode.EXACT), start)
+        self.quantizer = FrameQuantizer(model)
 
     def set_bandwidth(self, bandwidth: float, model: EncodecModel | None = None) -> None:
         """Takes effect from the next frame completed; each push returns frames of one bandwidth."""
@@ -70,7 +72,7 @@ class StreamingEncoder(Stream):
     def _quantize(self, embeddings: torch.Tensor | None) -> torch.Tensor:
         if embeddings is None or embeddings.shape[-1] == 0:
             return torch.zeros(self.batch or 0, self.num_codebooks, 0, dtype=torch.long)
-        return self.model.quantizer.encode(embeddings, self.bandwidth).transpose(0, 1)
+        return self.quantizer.encode(embeddings, self.num_codebooks)
 
     def _extra_state(self) -> State:
         return {"bandwidth": self.bandwidth}

@@ -130,7 +130,9 @@ def test_bandwidth_switch_at_frame_boundaries():
     for codes, n_q in frames:
         k = codes.shape[-1]
         window = slice(offset, offset + k)
-        assert_same_codes_up_to_ties(model, embeddings[..., window], codes, full[:, :n_q, window], max_fraction=0.05)
+        # One tie flips every later codebook of its frame: in a window of a few frames that is a large
+        # fraction, so the distance gaps, not the fraction, are the check here.
+        assert_same_codes_up_to_ties(model, embeddings[..., window], codes, full[:, :n_q, window], max_fraction=0.25)
         offset += k
     embeddings = torch.cat([model.quantizer.decode(codes.transpose(0, 1)) for codes, _ in frames], dim=-1)
     expected = model.decoder(embeddings)

@@ -1,0 +1,40 @@
+"""The residual VQ for one frame at a time, with the codebooks' transposes and norms computed once.
+
+Recomputing each codebook's squared norms on every frame reads every codebook twice per frame;
+the results are the same numbers as the codec's quantizer computes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from codec import EncodecModel
+from codec.quantizer import nearest_entries
+
+
+class FrameQuantizer:
+    def __init__(self, model: EncodecModel) -> None:
+        self.size = model.config.codebook_size
+        self.embeds = [layer.codebook.embed for layer in model.quantizer.layers]
+        self.transposed = [embed.t() for embed in self.embeds]
+        self.sqnorms = [embed_t.pow(2).sum(0, keepdim=True) for embed_t in self.transposed]
+
+    def encode(self, embeddings: torch.Tensor, num_codebooks: int) -> torch.Tensor:
+        """Embeddings `(batch, dim, frames)` → codes `(batch, num_codebooks, frames)`."""
+        batch, dim, frames = embeddings.shape
+        residual = embeddings.transpose(1, 2).reshape(-1, dim)
+        codes = []
+        for embed, embed_t, sqnorm in zip(self.embeds[:num_codebooks], self.transposed, self.sqnorms):
+            indices = nearest_entries(residual, embed_t, sqnorm)
+            residual = residual - embed[indices]
+            codes.append(indices)
+        return torch.stack(codes, dim=1).view(batch, frames, num_codebooks).transpose(1, 2)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes `(batch, n_q, frames)` → the sum of their entries `(batch, dim, frames)`."""
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.size):
+            raise ValueError(f"Codes must lie in [0, {self.size}), got values in [{int(codes.min())}, {int(codes.max())}]")
+        total = self.embeds[0][codes[:, 0]]
+        for embed, indices in zip(self.embeds[1:], codes[:, 1:].unbind(1)):
+            total = total + embed[indices]
+        return total.transpose(1, 2)
