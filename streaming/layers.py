@@ -13,7 +13,9 @@ than `padding_total` steps (the owner of the stack guarantees it by holding the 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
+from typing import Callable, TypeVar
 
 import torch
 from torch import nn
@@ -23,6 +25,7 @@ from codec.conv import EncodecConv1d, EncodecConvTranspose1d, extra_padding_for_
 from codec.seanet import EncodecLSTM, EncodecResnetBlock
 
 State = dict[str, object]
+T = TypeVar("T")
 
 
 def _clone(value: object) -> object:
@@ -52,9 +55,33 @@ class StreamingLayer:
         return 0
 
 
+_DERIVED: "weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple[int, ...], object]]]" = weakref.WeakKeyDictionary()
+
+
+def derived(module: nn.Module, kind: str, build: Callable[[], T]) -> T:
+    """Tensors derived from a codec module's parameters (folded weight norm, transposed layouts).
+
+    Built once per model and shared by every stream of that model, so that a relay-side decoder per
+    peer does not copy the weights again; rebuilt if the parameters were modified in place since.
+    """
+    versions = tuple(p._version for p in module.parameters())
+    cache = _DERIVED.setdefault(module, {})
+    if kind not in cache or cache[kind][0] != versions:
+        with torch.no_grad():
+            cache[kind] = (versions, build())
+    return cache[kind][1]  # type: ignore[return-value]
+
+
 def folded_weight(conv: nn.Module) -> torch.Tensor:
     """The conv's effective weight, with weight norm evaluated once."""
-    return conv.weight.detach().clone()
+    return derived(conv, "weight", lambda: conv.weight.detach().clone())
+
+
+def matrix_for(module: EncodecConv1d) -> torch.Tensor:
+    """The conv's weight as a contiguous (in × kernel, out) matrix: the layout that a row of
+    unfolded input windows multiplies fastest (it streams the weights in memory order)."""
+    weight = folded_weight(module.conv)
+    return derived(module.conv, "matrix", lambda: weight.view(weight.shape[0], -1).t().contiguous())
 
 
 @dataclass
@@ -78,7 +105,7 @@ class StreamingConv1d(StreamingLayer):
         self.padding = module.padding_total
         self.exact_start = exact_start
         use_matrix = self.dilation == 1 and self.weight.shape[0] > 1
-        self.matrix = self.weight.view(self.weight.shape[0], -1) if use_matrix else None
+        self.matrix = matrix_for(module) if use_matrix else None
         self.state = _ConvState()
 
     def reset(self) -> None:
@@ -132,7 +159,7 @@ class StreamingConv1d(StreamingLayer):
         if self.matrix is None:
             return F.conv1d(x, self.weight, self.bias, self.stride, 0, self.dilation)
         windows = x.unfold(2, self.kernel, self.stride).transpose(1, 2).reshape(x.shape[0] * steps, -1)
-        out = torch.addmm(self.bias, windows, self.matrix.t())
+        out = torch.addmm(self.bias, windows, self.matrix)
         return out.view(x.shape[0], steps, -1).transpose(1, 2)
 
 
@@ -140,7 +167,7 @@ class StreamingPointwiseConv1d(StreamingLayer):
     """A 1×1 conv has no context to keep: a matrix product per step."""
 
     def __init__(self, module: EncodecConv1d) -> None:
-        self.weight = folded_weight(module.conv)
+        self.matrix = matrix_for(module)
         self.bias = module.conv.bias.detach()
         self.state = _NoState()
 
@@ -148,9 +175,9 @@ class StreamingPointwiseConv1d(StreamingLayer):
         pass
 
     def step(self, x: torch.Tensor, final: bool = False) -> torch.Tensor:
-        if x.shape[-1] == 0:
-            return x.new_empty(x.shape[0], self.weight.shape[0], 0)
-        return F.conv1d(x, self.weight, self.bias)
+        batch, channels, steps = x.shape
+        rows = x.transpose(1, 2).reshape(batch * steps, channels)
+        return torch.addmm(self.bias, rows, self.matrix).view(batch, steps, self.matrix.shape[1]).transpose(1, 2)
 
 
 @dataclass
@@ -225,14 +252,19 @@ class StreamingLSTM(StreamingLayer):
 
     def __init__(self, module: EncodecLSTM) -> None:
         lstm = module.lstm
-        self.layers = [
-            (
-                getattr(lstm, f"weight_ih_l{i}").detach().t(),
-                getattr(lstm, f"weight_hh_l{i}").detach().t(),
-                (getattr(lstm, f"bias_ih_l{i}") + getattr(lstm, f"bias_hh_l{i}")).detach(),
-            )
-            for i in range(lstm.num_layers)
-        ]
+        # Per layer: [W_ih; W_hh] transposed into one contiguous (input + hidden, 4 × hidden) matrix
+        # and the two biases summed, so that a step is one matrix product per layer.
+        self.layers = derived(
+            lstm,
+            "packed",
+            lambda: [
+                (
+                    torch.cat([getattr(lstm, f"weight_ih_l{i}"), getattr(lstm, f"weight_hh_l{i}")], dim=1).t().contiguous(),
+                    getattr(lstm, f"bias_ih_l{i}") + getattr(lstm, f"bias_hh_l{i}"),
+                )
+                for i in range(lstm.num_layers)
+            ],
+        )
         self.state = _LSTMState()
 
     def reset(self) -> None:
@@ -247,8 +279,8 @@ class StreamingLSTM(StreamingLayer):
         outputs = []
         for t in range(x.shape[-1]):
             h = x[..., t]
-            for i, (w_ih, w_hh, bias) in enumerate(self.layers):
-                gates = torch.addmm(torch.addmm(bias, h, w_ih), state.hidden[i], w_hh)
+            for i, (weight, bias) in enumerate(self.layers):
+                gates = torch.addmm(bias, torch.cat([h, state.hidden[i]], dim=1), weight)
                 in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=1)
                 c = torch.sigmoid(forget_gate) * state.cell[i] + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
                 h = torch.sigmoid(out_gate) * torch.tanh(c)

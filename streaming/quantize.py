@@ -16,7 +16,7 @@ class FrameQuantizer:
     def __init__(self, model: EncodecModel) -> None:
         self.size = model.config.codebook_size
         self.embeds = [layer.codebook.embed for layer in model.quantizer.layers]
-        self.transposed = [embed.t() for embed in self.embeds]
+        self.transposed = [embed.t().contiguous() for embed in self.embeds]
         self.sqnorms = [embed_t.pow(2).sum(0, keepdim=True) for embed_t in self.transposed]
 
     def encode(self, embeddings: torch.Tensor, num_codebooks: int) -> torch.Tensor:
