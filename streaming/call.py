@@ -13,6 +13,7 @@ import secrets
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -23,6 +24,29 @@ from .decoder import StreamingDecoder
 from .encoder import StreamingEncoder
 from .jitter import STRETCH, JitterBuffer
 from .stream import StartMode
+
+Observer = Callable[[str, int, int, int, float], None]
+"""Optional timing hook: ``observer(event, stream_id, first_frame, n_frames, time.monotonic())``.
+
+Events, in the order a frame meets them: ``input`` (the block that completed the frames reached
+the sender), ``encoded``, ``packet`` (the packet holding them was built), ``received`` (its
+message reached the receiver), ``playout`` (the frame left the jitter buffer; ``lost`` instead
+when it never came), ``decoded``. The latency benchmark attributes a call's delay to stages with
+it; ``None`` (the default) costs one attribute test per step.
+"""
+
+
+def streaming_encoder(model: object, bandwidth: float, start: StartMode | str) -> object:
+    """The model's streaming encoder. An object other than an EnCodec model (a baseline codec in
+    the benchmarks) rides the same call by offering ``streaming_encoder(bandwidth, start)``."""
+    factory = getattr(model, "streaming_encoder", None)
+    return factory(bandwidth, start) if factory else StreamingEncoder(model, bandwidth=bandwidth, start=start)
+
+
+def streaming_decoder(model: object, start: StartMode | str) -> object:
+    """The model's streaming decoder; see :func:`streaming_encoder`."""
+    factory = getattr(model, "streaming_decoder", None)
+    return factory(start) if factory else StreamingDecoder(model, start=start)
 
 
 @dataclass
@@ -49,7 +73,7 @@ class Sender:
                  start: StartMode | str = StartMode.IMMEDIATE, frames_per_packet: int = 1) -> None:
         if not 1 <= frames_per_packet <= protocol.MAX_FRAMES_PER_PACKET:
             raise ValueError(f"frames per packet must be 1..{protocol.MAX_FRAMES_PER_PACKET}")
-        self.encoder = StreamingEncoder(model, bandwidth=bandwidth, start=start)
+        self.encoder = streaming_encoder(model, bandwidth, start)
         self.header = protocol.stream_header_for(
             model.config, stream_id=secrets.randbits(31), start_time_us=time.time_ns() // 1000)
         self.executor = executor
@@ -57,12 +81,22 @@ class Sender:
         self.n_samples = 0
         self.next_index = 0  # of the next frame to put in a packet
         self._frames: list[np.ndarray] = []
+        self.observer: Optional[Observer] = None
+
+    def _note(self, event: str, first: int, count: int) -> None:
+        if self.observer is not None and count:
+            self.observer(event, self.header.stream_id, first, count, time.monotonic())
 
     async def push(self, block: np.ndarray) -> list[bytes]:
         """Encode ``(channels, n)`` float32 samples; return the packets they completed."""
+        arrived = time.monotonic()
         self.n_samples += block.shape[-1]
         audio = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))[None]
         codes = await asyncio.get_running_loop().run_in_executor(self.executor, self.encoder.push, audio)
+        if self.observer is not None and codes.shape[-1]:
+            first = self.next_index + len(self._frames)
+            self.observer("input", self.header.stream_id, first, codes.shape[-1], arrived)
+            self._note("encoded", first, codes.shape[-1])
         return self._packets(codes, final=False)
 
     async def finish(self) -> list[bytes]:
@@ -79,6 +113,7 @@ class Sender:
             del self._frames[: self.frames_per_packet]
             packet = protocol.AudioPacket(self.next_index, tuple(frames))
             messages.append(packet.encode(self.header.codebook_nbits))
+            self._note("packet", self.next_index, len(frames))
             self.next_index += len(frames)
         return messages
 
@@ -92,7 +127,8 @@ class RemoteStream:
         self.jitter = JitterBuffer(header.frame_rate)
         self.concealer = Concealer()
         self.gains = GainSchedule(header.samples_per_frame)
-        self.decoder = StreamingDecoder(model, start=start)
+        self.decoder = streaming_decoder(model, start)
+        self.observer: Optional[Observer] = None
         self.first_index: int | None = None
         self.end: protocol.EndOfStream | None = None
         self.chunks: list[np.ndarray] = []
@@ -104,9 +140,20 @@ class RemoteStream:
         parsed = self.state.accept(message)
         if isinstance(parsed, protocol.AudioPacket):
             self.jitter.put(parsed.index, parsed.frames, now)
+            self.note("received", parsed.index, len(parsed.frames), now)
         elif isinstance(parsed, protocol.EndOfStream):
             self.end = parsed
             self.jitter.end(parsed.n_frames)
+
+    def note(self, event: str, first: int, count: int = 1, now: float | None = None) -> None:
+        """Tell the observer, if any (see :data:`Observer`); stretch ticks are no frame."""
+        if self.observer is not None and first != STRETCH:
+            self.observer(event, self.header.stream_id, first, count, time.monotonic() if now is None else now)
+
+    def note_entries(self, event: str, entries: list[tuple[int, np.ndarray | None]]) -> None:
+        if self.observer is not None:
+            for index, codes in entries:
+                self.note("lost" if codes is None and event == "playout" else event, index)
 
     def decode(self, entries: list[tuple[int, np.ndarray | None]]) -> np.ndarray:
         """Decode frames in order (``None`` = lost, concealed); runs on the model's thread.
@@ -165,6 +212,8 @@ class Receiver:
         self.source: int | None = None
         self.meter = Meter()
         self.problems: dict[str, int] = {}
+        self.observer: Optional[Observer] = None
+        """Timing hook handed to every stream this receiver opens (see :data:`Observer`)."""
 
     def handle(self, message: bytes | str, now: float) -> None:
         """File one websocket message; bad ones are counted and dropped, never raised."""
@@ -201,6 +250,7 @@ class Receiver:
         stream = self.streams.get(header.stream_id)
         if stream is None or stream.header != header:
             stream = self.streams[header.stream_id] = RemoteStream(self.model, header, self.start)
+            stream.observer = self.observer
         self.sources[self.source] = stream
         return stream
 
@@ -212,7 +262,9 @@ class Receiver:
                 continue
             entries = stream.jitter.pop(now)
             if entries:
+                stream.note_entries("playout", entries)
                 stream.chunks.append(await loop.run_in_executor(self.executor, stream.decode, entries))
+                stream.note_entries("decoded", entries)
             if stream.jitter.finished:
                 if stream.first_index is not None:
                     stream.chunks.append(await loop.run_in_executor(self.executor, stream.flush))
@@ -232,7 +284,9 @@ class Receiver:
             entry = stream.jitter.playout(now)
             if entry[0] == STRETCH and stream.first_index is None:
                 continue  # still filling the buffer before the first frame: nothing to play
+            stream.note_entries("playout", [entry])
             audio = await loop.run_in_executor(self.executor, stream.decode, [entry])
+            stream.note_entries("decoded", [entry])
             mixed = audio if mixed is None or mixed.shape != audio.shape else mixed + audio
         return mixed
 
