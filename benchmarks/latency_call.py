@@ -1,0 +1,400 @@
+"""One measured call: the relay (``server.py``) and two clients (``client.py``) on loopback, each in
+its own process, with the sound cards replaced by a clocked source and sink.
+
+The source delivers blocks of ``block`` samples of speech in real time (block ``b`` arrives when
+its last sample has been "captured", at ``t0 + (b + 1) * block / rate``); the sink asks for
+``block`` samples every ``block / rate`` seconds and "plays" them from that moment. Both clients
+talk (two speech files), so both directions are measured and each process encodes and decodes
+as in a real call. ``streaming/call.py``'s observer hook timestamps every frame on its way
+(``time.monotonic()``, one clock for all processes on Linux), and the sink logs which samples
+it played when; from these each frame's end-to-end latency splits into stages:
+
+    input      first sample of the frame captured -> the block completing the frame reaches the encoder
+    encode     -> its codes are back from the encoder thread
+    packetize  -> the packet holding it is built (waits for the other frames of a packet)
+    network    -> the receiver reads it from its socket (outbox, websocket, relay, websocket)
+    jitter     -> it leaves the jitter buffer (playout tick)
+    decode     -> its audio is back from the decoder thread
+    output     -> the sink plays its first sample (audio queued at the "sound card")
+    lookahead  the codec's algorithmic delay beyond the frame (Opus: 6.5 ms; ours: none)
+
+The sink is ideal: a sample handed over in a callback plays at once, with no hardware buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import types
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("input", "encode", "packetize", "network", "jitter", "decode", "output", "lookahead")
+EVENTS = ("input", "encoded", "packet", "received", "playout", "decoded")
+UNTRAINED = {"untrained-24khz": "the full-size 24 kHz architecture with random weights (tests/models.py)",
+             "untrained-small": "a tiny 24 kHz model with random weights (tests/models.py), for tests"}
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def load_codec(spec: str):
+    """``default`` | checkpoint dir | hub id | Meta ``.th`` | ``untrained-24khz`` | ``untrained-small``
+    | ``opus-20ms`` | ``opus-10ms``: an object the call pipeline accepts as its model."""
+    if spec.startswith("opus-"):
+        from benchmarks.opus_codec import OpusCodec
+
+        return OpusCodec(frame_ms=float(spec[len("opus-"):].removesuffix("ms")))
+    if spec in UNTRAINED:
+        sys.path.insert(0, str(ROOT))
+        from tests.models import realistic_model, small_model
+
+        return (realistic_model() if spec == "untrained-24khz" else small_model()).eval()
+    from codec import load_model
+
+    return load_model(spec).eval()
+
+
+def is_opus(spec: str) -> bool:
+    return spec.startswith("opus-")
+
+
+# ---------------------------------------------------------------------- clocked devices
+
+
+class ClockedStream:
+    """Stands in for ``sounddevice.InputStream``/``OutputStream``: a thread calls the callback on
+    an absolute schedule of ``blocksize`` samples (no drift), like a sound card's clock."""
+
+    def __init__(self, owner: "ClockedDevices", kind: str, samplerate, channels, dtype, blocksize,
+                 device, callback) -> None:
+        self.owner, self.kind = owner, kind
+        self.rate, self.channels = int(samplerate), channels
+        self.blocksize = owner.block  # the benchmark's block size, whatever the client asked
+        self.callback = callback
+        self.running = False
+        self.t0: float | None = None
+        self.log: list[tuple[float, int, int]] = []  # sink: (nominal time, ring read before, samples read)
+        self.late_max = 0.0
+        owner.streams[kind] = self
+
+    def start(self) -> None:
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"clocked-{self.kind}")
+        self.thread.start()
+
+    def _run(self) -> None:
+        n, period = self.blocksize, self.blocksize / self.rate
+        buffer = np.zeros((n, self.channels), np.float32)
+        audio = self.owner.audio
+        self.t0 = time.monotonic() + 0.01
+        b = 0
+        while self.running:
+            # Source: block b is complete at t0 + (b + 1) * period; sink: block b starts playing at t0 + b * period.
+            due = self.t0 + (b + 1 if self.kind == "input" else b) * period
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self.late_max = max(self.late_max, -delay)
+            if self.kind == "input":
+                start = (b * n) % len(audio)
+                index = (start + np.arange(n)) % len(audio)
+                buffer[:, 0] = audio[index]
+                self.callback(buffer, n, None, None)
+            else:
+                ring = self.callback.__self__.ring
+                before = ring.read
+                self.callback(buffer, n, None, None)
+                self.log.append((due, before, ring.read - before))
+            b += 1
+
+    def stop(self) -> None:
+        self.running = False
+        self.thread.join()
+
+    def close(self) -> None:
+        pass
+
+
+class ClockedDevices:
+    """A module object that replaces ``sounddevice`` in a peer process."""
+
+    def __init__(self, audio: np.ndarray, block: int) -> None:
+        self.audio, self.block = audio.astype(np.float32), block
+        self.streams: dict[str, ClockedStream] = {}
+
+    def module(self) -> types.ModuleType:
+        module = types.ModuleType("sounddevice")
+        module.InputStream = lambda **kw: ClockedStream(self, "input", **kw)
+        module.OutputStream = lambda **kw: ClockedStream(self, "output", **kw)
+        module.check_input_settings = module.check_output_settings = lambda **kw: None
+        module.query_devices = lambda device=None, kind=None: "clocked benchmark device"
+        return module
+
+
+# ------------------------------------------------------------------------- one peer
+
+
+@dataclass
+class CallSpec:
+    """One call of the benchmark."""
+
+    label: str
+    model: str
+    bandwidth: float = 6.0
+    block: int = 240
+    frames_per_packet: int = 1
+    seconds: float = 10.0
+    warmup: float = 2.0
+    inject: dict = field(default_factory=dict)
+    """Known delays to add, for the tests: ``{"encode": s, "network": s, "decode": s}``."""
+
+
+class DelayedOutbox:
+    """Wraps the client's outbox so that each message leaves ``delay`` s after it was queued
+    (a constant extra network delay, without changing throughput)."""
+
+    def __init__(self, outbox, delay: float) -> None:
+        self.outbox, self.delay = outbox, delay
+        self.due: dict[int, float] = {}
+
+    def __getattr__(self, name):
+        return getattr(self.outbox, name)
+
+    async def put(self, message: bytes) -> None:
+        self.due[id(message)] = time.monotonic() + self.delay
+        await self.outbox.put(message)
+
+    async def head(self) -> bytes:
+        message = await self.outbox.head()
+        wait = self.due.get(id(message), 0.0) - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return message
+
+    def pop(self) -> None:
+        self.due.pop(id(self.outbox.queue[0]), None)
+        self.outbox.pop()
+
+
+class Slowed:
+    """A streaming encoder or decoder whose ``push`` takes ``delay`` s longer (on its worker thread)."""
+
+    def __init__(self, inner, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+
+    def push(self, *args):
+        time.sleep(self.delay)
+        return self.inner.push(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def warm_up(model, bandwidth: float, seconds: float = 1.0) -> None:
+    """Run the codec once before the call: the first calls into torch are slow (lazy set-up),
+    and a cold start would put a burst, then a backlog, into the first seconds of the call."""
+    import torch
+
+    from streaming.call import streaming_decoder, streaming_encoder
+
+    encoder = streaming_encoder(model, bandwidth, "immediate")
+    decoder = streaming_decoder(model, "immediate")
+    rate, hop = model.config.sampling_rate, model.config.hop_length
+    noise = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, (1, 1, hop)).astype(np.float32))
+    for _ in range(int(seconds * rate / hop)):
+        decoder.push(encoder.push(noise))
+
+
+def peer_main(spec: dict, url: str, room: str, audio: np.ndarray, barrier, results) -> None:
+    """Body of a peer process: load the codec, run a client for warm-up + measured seconds,
+    send back its timestamps."""
+    try:
+        results.put(_peer(CallSpec(**spec), url, room, audio, barrier))
+    except BaseException as error:  # report, so that the parent does not wait forever
+        import traceback
+
+        results.put({"error": f"{type(error).__name__}: {error}\n{traceback.format_exc()}"})
+        barrier.abort()
+
+
+def _peer(spec: CallSpec, url: str, room: str, audio: np.ndarray, barrier) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(ROOT))
+    from client import Client, Options
+
+    model = load_codec(spec.model)
+    warm_up(model, spec.bandwidth)
+    devices = ClockedDevices(audio, spec.block)
+    sys.modules["sounddevice"] = devices.module()
+    sent: list[tuple] = []
+    received: list[tuple] = []
+
+    def on_sent(event, stream, first, count, t):
+        sent.append((event, first, count, t))
+
+    def on_received(event, stream, first, count, t):
+        written = devices.streams["output"].callback.__self__.ring.written if event == "decoded" else -1
+        received.append((event, first, count, t, written))
+
+    async def call() -> dict:
+        client = Client(Options(server=url, room=room, status=False, bandwidth=spec.bandwidth,
+                                frames_per_packet=spec.frames_per_packet, start="immediate"), model)
+        client.sender.observer = on_sent
+        client.receiver.observer = on_received
+        if spec.inject.get("encode"):
+            client.sender.encoder = Slowed(client.sender.encoder, spec.inject["encode"])
+        if spec.inject.get("network"):
+            client.outbox = DelayedOutbox(client.outbox, spec.inject["network"])
+        if spec.inject.get("decode"):
+            original = client.receiver._open
+
+            def slowed_open(header):
+                stream = original(header)
+                if not isinstance(stream.decoder, Slowed):
+                    stream.decoder = Slowed(stream.decoder, spec.inject["decode"])
+                return stream
+            client.receiver._open = slowed_open
+        barrier.wait(30)
+        task = asyncio.create_task(client.run())
+        await asyncio.sleep(spec.warmup + spec.seconds)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        stats = [s.jitter.stats for s in client.receiver.streams.values()]
+        return {"sent": sent, "received": received,
+                "source_t0": devices.streams["input"].t0, "sink_log": devices.streams["output"].log,
+                "late_max": {k: s.late_max for k, s in devices.streams.items()},
+                "jitter_stats": [asdict(s) for s in stats],
+                "lookahead": getattr(model, "lookahead_samples", 0),
+                "rate": model.config.sampling_rate, "hop": model.config.hop_length,
+                "up_bytes": client.up.bytes, "sent_frames": client.sender.next_index}
+
+    return asyncio.run(call())
+
+
+# --------------------------------------------------------------------------- relay
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RelayProcess:
+    """``python server.py`` on a free loopback port, as a user starts it."""
+
+    def __init__(self, extra: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(self.port)]
+                                        + (extra or []), cwd=ROOT, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.close()
+                    raise RuntimeError("the relay (server.py) did not start")
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    def __enter__(self) -> "RelayProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def run_call(spec: CallSpec, audio_a: np.ndarray, audio_b: np.ndarray, relay_url: str | None = None) -> dict:
+    """Run one call (two peer processes through the relay); per-frame stage latencies of both
+    directions, in seconds."""
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    results = context.Queue()
+    owned = None
+    if relay_url is None:
+        owned = RelayProcess()
+        relay_url = owned.url
+    room = f"bench-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+    peers = [context.Process(target=peer_main, args=(asdict(spec), relay_url, room, audio, barrier, results),
+                             daemon=True) for audio in (audio_a, audio_b)]
+    try:
+        for p in peers:
+            p.start()
+        timeout = spec.warmup + spec.seconds + 120
+        outs = [results.get(timeout=timeout) for _ in peers]
+        for p in peers:
+            p.join(10)
+    finally:
+        for p in peers:
+            if p.is_alive():
+                p.kill()
+        if owned is not None:
+            owned.close()
+    errors = [o["error"] for o in outs if "error" in o]
+    if errors:
+        raise RuntimeError("a peer failed:\n" + "\n".join(errors))
+    directions = [frame_latencies(outs[0], outs[1], spec), frame_latencies(outs[1], outs[0], spec)]
+    return {"spec": asdict(spec), "directions": directions,
+            "kbps": [8 * o["up_bytes"] / max(o["sent_frames"] * o["hop"] / o["rate"], 1e-9) / 1000 for o in outs],
+            "jitter_stats": [o["jitter_stats"] for o in outs],
+            "device_late_max_ms": [{k: 1000 * v for k, v in o["late_max"].items()} for o in outs]}
+
+
+def frame_latencies(sender: dict, receiver: dict, spec: CallSpec) -> dict:
+    """Join one direction's timestamps by frame index: ``{stage: [seconds per frame]}``, plus
+    ``end_to_end``, ``index`` and ``lost`` (frames the receiver concealed)."""
+    rate, hop = sender["rate"], sender["hop"]
+    times: dict[str, dict[int, float]] = {e: {} for e in EVENTS}
+    written: dict[int, int] = {}
+    lost = 0
+    for event, first, count, t, *rest in sender["sent"] + receiver["received"]:
+        if event == "lost":
+            lost += 1
+            continue
+        for k in range(first, first + count):
+            times[event].setdefault(k, t)  # the first time counts (a resent packet does not)
+        if event == "decoded":
+            written.setdefault(first, rest[0])
+    sink = np.array(receiver["sink_log"], dtype=float).reshape(-1, 3)
+    lookahead = receiver["lookahead"] / rate
+    warmup_frames = int(spec.warmup * rate / hop)
+    rows = []
+    for k in sorted(times["decoded"]):
+        if k < warmup_frames or not all(k in times[e] for e in EVENTS) or k not in written:
+            continue
+        w = written[k]
+        i = np.searchsorted(sink[:, 1], w, side="right") - 1  # the callback whose read covered w
+        if i < 0 or w >= sink[i, 1] + sink[i, 2]:
+            continue  # not played before the call ended
+        played = sink[i, 0] + (w - sink[i, 1]) / rate
+        captured = sender["source_t0"] + k * hop / rate
+        t = [captured] + [times[e][k] for e in EVENTS] + [played]
+        rows.append([k] + list(np.diff(t)) + [lookahead])
+    rows = np.array(rows, dtype=float).reshape(-1, 1 + len(STAGES))
+    out = {stage: rows[:, 1 + j].tolist() for j, stage in enumerate(STAGES)}
+    out["end_to_end"] = rows[:, 1:].sum(axis=1).tolist()
+    out["index"] = rows[:, 0].astype(int).tolist()
+    out["lost"] = lost
+    return out

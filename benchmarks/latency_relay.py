@@ -1,0 +1,331 @@
+"""Relay capacity: how many 6 kbps streams ``server.py`` forwards on one core with at most 5 ms
+added p99 latency.
+
+Three processes: the relay (``python server.py``, pinned to core 0), a load generator (pinned to
+core 1) and this process, the probe (core 1 too). The generator opens peers in rooms of
+``room_size``; every peer sends a real stream (a ``HEADER``, then one 12-byte audio packet — 8
+codebooks at 10 bits, one 13.3 ms frame — every 13.3 ms, phases spread over the frame period)
+and reads what the relay forwards to it (answering pings). It speaks websocket frames over raw
+asyncio sockets, so that it can offer thousands of streams from one core. The probe runs pairs of
+ordinary ``websockets`` clients in their own rooms, sending the same stream and timing each
+packet from ``send()`` to its arrival at the other peer. Load rises in steps; "added p99" is the
+probe's p99 at that load minus its p99 with no load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+FRAME = 320 / 24000
+BUDGET_MS = 5.0
+
+
+def stream_header() -> bytes:
+    from streaming import protocol
+
+    return protocol.StreamHeader(fingerprint=b"relaybch", sample_rate=24000, channels=1, samples_per_frame=320,
+                                 codebook_nbits=10, max_codebooks=32).encode()
+
+
+def audio_packet(index: int) -> bytes:
+    w = index % (1 << 14)
+    return bytes([0x80 | w >> 8, w & 0xFF]) + bytes(range(1, 11))  # 8 codes x 10 bits = 10 bytes
+
+
+def masked_frame(payload: bytes, opcode: int = 0x2) -> bytes:
+    """A client-to-server websocket frame (FIN, masked with the all-zero key: payload unchanged)."""
+    assert len(payload) < 126
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
+
+
+def pin(core: int) -> None:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {core % os.cpu_count()})
+
+
+# --------------------------------------------------------------------- load generator
+
+
+class LoadPeer(asyncio.Protocol):
+    def __init__(self, generator: "Generator", path: str) -> None:
+        self.generator, self.path = generator, path
+        self.opened = asyncio.get_running_loop().create_future()
+        self.buffer = b""
+        self.upgraded = False
+        self.transport = None
+        self.index = 0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write((f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data
+        if not self.upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                self.buffer = buffer
+                return
+            if b" 101 " not in buffer[:end].split(b"\r\n")[0]:
+                self.opened.set_exception(RuntimeError(buffer[:end].decode(errors="replace")))
+                return
+            self.upgraded = True
+            buffer = buffer[end + 4:]
+            self.transport.write(masked_frame(stream_header()))
+            self.opened.set_result(None)
+        pos, n = 0, len(buffer)
+        while n - pos >= 2:
+            length = buffer[pos + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length, head = int.from_bytes(buffer[pos + 2:pos + 4], "big"), 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length, head = int.from_bytes(buffer[pos + 2:pos + 10], "big"), 10
+            if n - pos < head + length:
+                break
+            opcode = buffer[pos] & 0x0F
+            if opcode == 0x9:  # ping: answer, or the relay closes us after ping_timeout
+                self.transport.write(masked_frame(buffer[pos + head:pos + head + length], 0xA))
+            else:
+                self.generator.received += 1
+            pos += head + length
+        self.buffer = buffer[pos:]
+
+    def connection_lost(self, exc) -> None:
+        self.generator.lost_connections += 1
+
+    def send_next(self) -> None:
+        self.transport.write(masked_frame(audio_packet(self.index)))
+        self.index += 1
+
+
+class Generator:
+    """Sends every peer's packet on an absolute schedule, spread over ``SLOTS`` phases of a frame."""
+
+    SLOTS = 10
+
+    def __init__(self, port: int, room_size: int) -> None:
+        self.port, self.room_size = port, room_size
+        self.slots: list[list[LoadPeer]] = [[] for _ in range(self.SLOTS)]
+        self.peers = 0
+        self.received = 0
+        self.lost_connections = 0
+        self.late: list[float] = []
+
+    async def add(self, streams: int) -> None:
+        loop = asyncio.get_running_loop()
+        new = []
+        for _ in range(streams):
+            room = f"load{self.peers // self.room_size}"
+            _, peer = await loop.create_connection(lambda: LoadPeer(self, f"/{room}"), "127.0.0.1", self.port)
+            await peer.opened
+            self.slots[self.peers % self.SLOTS].append(peer)
+            self.peers += 1
+            new.append(peer)
+
+    async def run(self) -> None:
+        slot_period = FRAME / self.SLOTS
+        start = time.monotonic()
+        k = 0
+        while True:
+            due = start + k * slot_period
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self.late.append(time.monotonic() - due)
+            for peer in self.slots[k % self.SLOTS]:
+                if peer.upgraded and not peer.transport.is_closing():
+                    peer.send_next()
+            k += 1
+
+
+def generator_main(port: int, room_size: int, core: int, pipe) -> None:
+    pin(core)
+
+    async def serve() -> None:
+        generator = Generator(port, room_size)
+        runner = asyncio.create_task(generator.run())
+        loop = asyncio.get_running_loop()
+        while True:
+            command, value = await loop.run_in_executor(None, pipe.recv)
+            if command == "add":
+                await generator.add(value)
+                pipe.send(generator.peers)
+            elif command == "reset":
+                generator.late.clear()
+                generator.received = 0
+                pipe.send(None)
+            elif command == "stats":
+                late = np.array(generator.late or [0.0]) * 1000
+                pipe.send({"late_p99_ms": float(np.percentile(late, 99)), "received": generator.received,
+                           "lost_connections": generator.lost_connections})
+            else:
+                runner.cancel()
+                pipe.send(None)
+                return
+
+    asyncio.run(serve())
+
+
+# -------------------------------------------------------------------------- probe
+
+
+async def probe(url: str, pairs: int, seconds: float) -> np.ndarray:
+    """Latencies (s) of packets from one peer to the other, ``pairs`` rooms of two in parallel."""
+    from websockets.asyncio.client import connect
+
+    from streaming import protocol
+
+    latencies: list[float] = []
+
+    async def pair(n: int) -> None:
+        room = f"{url}/probe{n}-{time.monotonic_ns()}"
+        async with connect(room, compression=None) as a, connect(room, compression=None) as b:
+            await a.send(stream_header())
+            sent: dict[int, float] = {}
+
+            async def receive() -> None:
+                async for message in b:
+                    now = time.monotonic()
+                    if message[0] == protocol.ROUTED:
+                        _, message = protocol.unroute(message)
+                    if message[0] & protocol.AUDIO_FLAG:
+                        wire = (message[0] & 0x3F) << 8 | message[1]
+                        if wire in sent:
+                            latencies.append(now - sent.pop(wire))
+
+            reader = asyncio.create_task(receive())
+            await asyncio.sleep(0.2)
+            start = time.monotonic() + n * FRAME / max(pairs, 1)
+            for index in range(int(seconds / FRAME)):
+                wait = start + index * FRAME - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                sent[index % (1 << 14)] = time.monotonic()
+                await a.send(audio_packet(index))
+            await asyncio.sleep(0.2)
+            reader.cancel()
+
+    await asyncio.gather(*(pair(n) for n in range(pairs)))
+    return np.array(latencies)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------- the ramp
+
+
+def capacity(quick: bool = False, progress=print, room_size: int = 2, budget_ms: float = BUDGET_MS,
+             levels: list[int] | None = None) -> dict:
+    from benchmarks.latency_call import free_port
+
+    levels = levels or ([0, 100, 200] if quick else [0, 100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500])
+    window = 3.0 if quick else 6.0
+    pairs = 4
+    port = free_port()
+    relay = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(port)], cwd=ROOT,
+                             stderr=subprocess.DEVNULL, preexec_fn=lambda: pin(0))
+    context = multiprocessing.get_context("spawn")
+    here, there = context.Pipe()
+    generator = context.Process(target=generator_main, args=(port, room_size, 1, there), daemon=True)
+    results = []
+    own_affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        _wait_listening(port)
+        generator.start()
+        pin(1)
+        url = f"ws://127.0.0.1:{port}"
+        baseline_p99 = None
+        streams = 0
+        for level in levels:
+            if level > streams:
+                here.send(("add", level - streams))
+                streams = here.recv()
+            time.sleep(1.0 if quick else 1.5)
+            here.send(("reset", None))
+            here.recv()
+            cpu0, t0 = cpu_seconds(relay.pid), time.monotonic()
+            lat = asyncio.run(probe(url, pairs, window)) * 1000
+            elapsed = time.monotonic() - t0
+            cpu = 100 * (cpu_seconds(relay.pid) - cpu0) / elapsed
+            here.send(("stats", None))
+            stats = here.recv()
+            p99 = float(np.percentile(lat, 99)) if len(lat) else float("inf")
+            if baseline_p99 is None:
+                baseline_p99 = p99
+            row = {"streams": streams, "rooms": streams // room_size,
+                   "forwarded_per_s": (stats["received"] + len(lat)) / elapsed,
+                   "offered_per_s": streams / FRAME, "probe_packets": len(lat),
+                   "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"), "p99_ms": p99,
+                   "max_ms": float(lat.max()) if len(lat) else float("nan"),
+                   "added_p99_ms": p99 - baseline_p99, "relay_cpu": cpu,
+                   "load_late_p99_ms": stats["late_p99_ms"], "lost_connections": stats["lost_connections"]}
+            results.append(row)
+            progress(f"relay: {streams} streams, probe p50 {row['p50_ms']:.2f} ms p99 {p99:.2f} ms "
+                     f"(added {row['added_p99_ms']:.2f}), relay CPU {cpu:.0f} %, generator late p99 "
+                     f"{stats['late_p99_ms']:.1f} ms")
+            if row["added_p99_ms"] > budget_ms and streams > 0:
+                break
+    finally:
+        try:
+            here.send(("stop", None))
+            generator.join(5)
+        except Exception:  # noqa: BLE001
+            pass
+        if generator.is_alive():
+            generator.kill()
+        relay.terminate()
+        relay.wait(5)
+        if own_affinity is not None:
+            os.sched_setaffinity(0, own_affinity)
+    passing = [r["streams"] for r in results if r["added_p99_ms"] <= budget_ms]
+    top = max(passing) if passing else 0
+    saturated = results[-1]["added_p99_ms"] > budget_ms if results else False
+    return {"capacity_streams": top if saturated else f">= {top}", "room_size": room_size, "budget_ms": budget_ms,
+            "levels": results, "cores": os.cpu_count(), "saturated_within_ramp": saturated,
+            "method": ("`python server.py` pinned to core 0; a load generator process (raw websocket frames "
+                       f"over asyncio sockets) and the probe pinned to core 1. Rooms of {room_size} peers; each peer "
+                       "sends one 6 kbps stream (a 12-byte packet every 13.3 ms, phases spread) and reads the "
+                       f"other's. The probe: {pairs} pairs of `websockets` clients in their own rooms, "
+                       f"{window:g} s per level; latency from `send()` to arrival. \"Load late p99\" is how late "
+                       "the generator's send schedule ran (if it grows, the offered load falls short).")}
+
+
+def _wait_listening(port: int) -> None:
+    import socket
+
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the relay did not start")
+            time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    import json
+
+    print(json.dumps(capacity(quick="--quick" in sys.argv), indent=1))
