@@ -32,6 +32,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from streaming import protocol
 from streaming.call import Meter, Receiver, Sender
 from streaming.stream import StartMode
+from streaming.wav import read_wav
 
 log = logging.getLogger("client")
 
@@ -106,19 +107,6 @@ class Outbox:
     def pop(self) -> None:
         self.queue.popleft()
         self.changed.set()
-
-
-def read_wav(path: str, rate: int, channels: int) -> np.ndarray:
-    """``(channels, n)`` float32 at the model rate; resampled and remixed if needed."""
-    data, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
-    data = data.T
-    if data.shape[0] != channels:
-        data = np.repeat(data.mean(axis=0, keepdims=True), channels, axis=0)
-    if file_rate != rate:
-        from scipy.signal import resample_poly
-
-        data = resample_poly(data, rate, file_rate, axis=-1).astype(np.float32)
-    return np.ascontiguousarray(data)
 
 
 async def file_blocks(audio: np.ndarray, rate: int, pace: bool) -> AsyncIterator[np.ndarray]:

@@ -21,6 +21,7 @@ import soundfile
 from . import protocol
 from .call import RemoteStream, Sender
 from .stream import StartMode
+from .wav import read_wav
 
 BLOCK = 24000
 """Samples encoded per call into the model: large blocks, since nothing waits for them."""
@@ -28,8 +29,6 @@ BLOCK = 24000
 
 def encode_file(model, wav_path: str, out_path: str, bandwidth: float = 6.0, frames_per_packet: int = 1) -> int:
     """Encode a WAV file (any rate; resampled to the model's) to a stream file; returns its size."""
-    from client import read_wav
-
     audio = read_wav(wav_path, model.config.sampling_rate, model.config.audio_channels)
 
     async def encode() -> list[bytes]:

@@ -10,12 +10,13 @@ does not change during a stream travels once, in the ``HEADER`` message.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator, Union
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator, Union
 
 import numpy as np
+
+if TYPE_CHECKING:  # the relay parses packets without loading the codec
+    from codec import EncodecConfig
 
 VERSION = 1
 """Protocol version carried by every ``HEADER``; a receiver refuses other versions."""
@@ -343,7 +344,7 @@ def unwrap_index(wire_index: int, reference: int) -> int:
     return reference + delta
 
 
-def stream_header_for(config: object, stream_id: int = 0, start_time_us: int = 0) -> StreamHeader:
+def stream_header_for(config: EncodecConfig, stream_id: int = 0, start_time_us: int = 0) -> StreamHeader:
     """The ``HEADER`` of a stream produced by a model with this config."""
     return StreamHeader(
         fingerprint=config_fingerprint(config),
@@ -351,30 +352,15 @@ def stream_header_for(config: object, stream_id: int = 0, start_time_us: int = 0
         channels=int(config.audio_channels),
         samples_per_frame=int(config.hop_length),
         codebook_nbits=int(config.codebook_nbits),
-        max_codebooks=max_codebooks(config),
+        max_codebooks=config.num_quantizers,
         stream_id=stream_id,
         start_time_us=start_time_us,
     )
 
 
-def max_codebooks(config: object) -> int:
-    """Codebooks at the model's highest bandwidth (32 for the 24 kHz model)."""
-    bits_per_second = max(config.target_bandwidths) * 1000
-    return int(round(bits_per_second / (config.frame_rate * config.codebook_nbits)))
-
-
-def config_fingerprint(config: object) -> bytes:
-    """8 bytes naming the model config, so peers with different models refuse each other.
-
-    Uses the codec's own helper when it offers one; otherwise hashes the canonical JSON
-    of ``config.to_dict()``.
-    """
-    try:
-        from codec import config_fingerprint as codec_fingerprint
-    except ImportError:
-        canonical = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).digest()[:FINGERPRINT_SIZE]
-    return bytes(codec_fingerprint(config))
+def config_fingerprint(config: EncodecConfig) -> bytes:
+    """8 bytes naming the model config, so peers with different models refuse each other."""
+    return config.fingerprint()[:FINGERPRINT_SIZE]
 
 
 # -------------------------------------------------------------------- stream state

@@ -46,7 +46,7 @@ def test_meta_checkpoint_matches_meta_model(preset, tmp_path):
     assert ours.config.sampling_rate == meta.sample_rate and ours.config.audio_channels == meta.channels
 
     config = ours.config
-    audio = speech_like(int(1.7 * config.sampling_rate), config.sampling_rate, config.audio_channels, seed=2)
+    audio = speech_like(int(1.2 * config.sampling_rate), config.sampling_rate, config.audio_channels, seed=2)
     bandwidth = config.target_bandwidths[2]
     meta.set_target_bandwidth(bandwidth)
     with torch.no_grad():

@@ -13,7 +13,7 @@ from tests.models import fill_realistic_codebooks, speech_like
 
 PRESETS = {
     "24khz": dict(kwargs={}, bandwidths=[1.5, 6.0, 24.0], seconds=1.5),
-    "48khz": dict(kwargs=config_48khz().to_dict(), bandwidths=[3.0, 24.0], seconds=2.3),
+    "48khz": dict(kwargs=config_48khz().to_dict(), bandwidths=[3.0, 24.0], seconds=1.3),
 }
 
 
@@ -81,7 +81,7 @@ def test_feature_extractor_batches_and_forward(pair):
     expected_inputs = transformers.EncodecFeatureExtractor(**kwargs)(raw, sampling_rate=rate, return_tensors="pt")
     assert torch.equal(inputs.input_values, expected_inputs["input_values"])
     assert torch.equal(inputs.padding_mask, expected_inputs["padding_mask"])
-    for bandwidth in preset["bandwidths"]:
+    for bandwidth in preset["bandwidths"][-1:]:  # every bandwidth is covered by the encode test
         got = ours(inputs.input_values, inputs.padding_mask, bandwidth=bandwidth)
         with torch.no_grad():
             expected = reference(inputs.input_values, inputs.padding_mask, bandwidth=bandwidth)
