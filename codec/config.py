@@ -19,6 +19,14 @@ _PAD_MODES = ("reflect", "replicate", "constant", "circular")
 _NORM_TYPES = ("weight_norm", "time_group_norm")
 
 
+def chunk_geometry(chunk_length_s: float | None, overlap: float | None, sampling_rate: int) -> tuple[int | None, int | None]:
+    """(chunk length, chunk stride) in samples for a chunked model; None where it is not chunked."""
+    if chunk_length_s is None:
+        return None, None
+    length = int(chunk_length_s * sampling_rate)
+    return length, None if overlap is None else max(1, int((1.0 - overlap) * length))
+
+
 @dataclass
 class EncodecConfig:
     """Architecture of an EnCodec model; defaults describe `facebook/encodec_24khz`."""
@@ -94,13 +102,11 @@ class EncodecConfig:
     # Derived values, named as in transformers.
     @property
     def chunk_length(self) -> int | None:
-        return None if self.chunk_length_s is None else int(self.chunk_length_s * self.sampling_rate)
+        return chunk_geometry(self.chunk_length_s, self.overlap, self.sampling_rate)[0]
 
     @property
     def chunk_stride(self) -> int | None:
-        if self.chunk_length_s is None or self.overlap is None:
-            return None
-        return max(1, int((1.0 - self.overlap) * self.chunk_length))
+        return chunk_geometry(self.chunk_length_s, self.overlap, self.sampling_rate)[1]
 
     @property
     def hop_length(self) -> int:

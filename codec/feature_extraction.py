@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .config import chunk_geometry
+
 logger = logging.getLogger(__name__)
 PREPROCESSOR_NAME = "preprocessor_config.json"
 _PAD_LONGEST = {True, "longest"}
@@ -75,13 +77,11 @@ class EncodecFeatureExtractor:
 
     @property
     def chunk_length(self) -> int | None:
-        return None if self.chunk_length_s is None else int(self.chunk_length_s * self.sampling_rate)
+        return chunk_geometry(self.chunk_length_s, self.overlap, self.sampling_rate)[0]
 
     @property
     def chunk_stride(self) -> int | None:
-        if self.chunk_length_s is None or self.overlap is None:
-            return None
-        return max(1, int((1.0 - self.overlap) * self.chunk_length))
+        return chunk_geometry(self.chunk_length_s, self.overlap, self.sampling_rate)[1]
 
     def __call__(
         self,

@@ -44,11 +44,7 @@ class StreamingDecoder(Stream):
     @torch.inference_mode()
     def flush(self) -> torch.Tensor:
         """End the stream and return the samples still held."""
-        if self.batch is None:
-            raise RuntimeError("Nothing was pushed: there is no stream to flush")
-        self._check_batch(self.batch)
-        empty = torch.zeros(self.batch, self.config.hidden_size, 0)
-        return self._audio(self._feed(empty, 1, final=True))
+        return self._audio(self._finish(self.config.hidden_size, 1))
 
     def _audio(self, audio: torch.Tensor | None) -> torch.Tensor:
         if audio is None:

@@ -63,11 +63,7 @@ class StreamingEncoder(Stream):
     @torch.inference_mode()
     def flush(self) -> torch.Tensor:
         """End the stream: the remaining frames, the last one completed with the offline padding."""
-        if self.batch is None:
-            raise RuntimeError("Nothing was pushed: there is no stream to flush")
-        self._check_batch(self.batch)
-        empty = torch.zeros(self.batch, self.config.audio_channels, 0)
-        return self._quantize(self._feed(empty, self.config.hop_length, final=True))
+        return self._quantize(self._finish(self.config.audio_channels, self.config.hop_length))
 
     def _quantize(self, embeddings: torch.Tensor | None) -> torch.Tensor:
         if embeddings is None or embeddings.shape[-1] == 0:

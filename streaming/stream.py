@@ -78,6 +78,13 @@ class Stream:
             self.flushed = True
         return self.stack.step(x, final)
 
+    def _finish(self, channels: int, steps_per_frame: int) -> torch.Tensor | None:
+        """End the stream: run the right-end padding through the stack and return what comes out."""
+        if self.batch is None:
+            raise RuntimeError("Nothing was pushed: there is no stream to flush")
+        self._check_batch(self.batch)
+        return self._feed(torch.zeros(self.batch, channels, 0), steps_per_frame, final=True)
+
     def state_dict(self) -> State:
         """A snapshot of the stream (tensors cloned): `load_state_dict` resumes exactly from here."""
         return {
