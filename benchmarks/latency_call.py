@@ -157,6 +157,10 @@ class CallSpec:
     warmup: float = 2.0
     inject: dict = field(default_factory=dict)
     """Known delays to add, for the tests: ``{"encode": s, "network": s, "decode": s}``."""
+    playout: dict = field(default_factory=dict)
+    """A what-if, not the shipped defaults: ``{"jitter_initial": s, "jitter_min": s, "speaker_frames": n}``
+    replace the jitter buffer's 80 ms start and 20 ms floor and the client's 2 frames queued at the
+    sound card, to show what the codec allows with a tighter playout policy."""
 
 
 class DelayedOutbox:
@@ -215,6 +219,17 @@ def warm_up(model, bandwidth: float, seconds: float = 1.0) -> None:
         decoder.push(encoder.push(noise))
 
 
+def tighten_playout(playout: dict) -> None:
+    """The what-if of :attr:`CallSpec.playout`: jitter buffers opened from now on in this process
+    start at ``jitter_initial`` and never aim below ``jitter_min``."""
+    import functools
+
+    from streaming import call
+
+    call.JitterBuffer = functools.partial(call.JitterBuffer, initial_delay=playout.get("jitter_initial", 0.08),
+                                          min_delay=playout.get("jitter_min", 0.02))
+
+
 def peer_main(spec: dict, url: str, room: str, audio: np.ndarray, barrier, results) -> None:
     """Body of a peer process: load the codec, run a client for warm-up + measured seconds,
     send back its timestamps."""
@@ -236,6 +251,8 @@ def _peer(spec: CallSpec, url: str, room: str, audio: np.ndarray, barrier) -> di
 
     model = load_codec(spec.model)
     warm_up(model, spec.bandwidth)
+    if spec.playout:
+        tighten_playout(spec.playout)
     devices = ClockedDevices(audio, spec.block)
     sys.modules["sounddevice"] = devices.module()
     sent: list[tuple] = []
@@ -251,6 +268,8 @@ def _peer(spec: CallSpec, url: str, room: str, audio: np.ndarray, barrier) -> di
     async def call() -> dict:
         client = Client(Options(server=url, room=room, status=False, bandwidth=spec.bandwidth,
                                 frames_per_packet=spec.frames_per_packet, start="immediate"), model)
+        if spec.playout.get("speaker_frames"):  # Client._play keeps 2 * frame_period queued
+            client.frame_period *= spec.playout["speaker_frames"] / 2
         client.sender.observer = on_sent
         client.receiver.observer = on_received
         if spec.inject.get("encode"):

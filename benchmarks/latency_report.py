@@ -57,10 +57,13 @@ def markdown(report: dict) -> str:
     out += call_table(headline)
     for group, title in (("block", "Block size (samples per sound-card callback)"),
                          ("frames_per_packet", "Frames per packet"), ("bandwidth", "Bandwidth"),
-                         ("model", "Model")):
+                         ("model", "Model"),
+                         ("playout", "What-if: a tighter playout policy (NOT the shipped defaults: jitter buffer "
+                                     "starting at 20 ms with a 5 ms floor instead of 80/20 ms, 1 frame queued at "
+                                     "the sound card instead of 2)")):
         rows = [c for c in calls if c["group"] == group]
         if rows:
-            reference = [head] if group != "block" else [c for c in headline]
+            reference = headline if group in ("block", "playout") else [head]
             out += ["", f"## Sweep: {title}", ""] + call_table(reference + rows)
     if report.get("quality"):
         out += ["", f"## Quality ({len(report['files'])} files of `{report['audio']}`, means)", "",
