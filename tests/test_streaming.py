@@ -7,12 +7,13 @@ import random
 import pytest
 import torch
 
-from codec import EncodecModel, config_48khz
+from codec import EncodecModel, config_48khz, load_default_model
 from streaming import StartMode, StreamingDecoder, StreamingEncoder
 from tests.models import realistic_model, small_model, speech_like
 
 BLOCK_SIZES = [1, 7, 240, 320, 441, 1024, 4801]
 CONFIGS = {
+    "bundled-default": dict(),
     "default-24khz": dict(),
     "small": dict(),
     "no-lstm": dict(num_lstm_layers=0),
@@ -24,6 +25,8 @@ CONFIGS = {
 
 
 def _model(name: str) -> EncodecModel:
+    if name == "bundled-default":  # the trained model that ships with the package
+        return load_default_model()
     return realistic_model(seed=2) if name == "default-24khz" else small_model(seed=2, **CONFIGS[name])
 
 
