@@ -60,6 +60,7 @@ def summarize_call(result: dict) -> dict:
     pooled = {key: sum((d[key] for d in result["directions"]), []) for key in ("end_to_end",) + STAGES}
     return {"spec": result["spec"], "end_to_end": percentiles(pooled["end_to_end"]),
             "stages": {s: percentiles(pooled[s]) for s in STAGES},
+            "directions_end_to_end": [percentiles(d["end_to_end"]) for d in result["directions"]],
             "samples_ms": np.round(1000 * np.asarray(pooled["end_to_end"]), 1).tolist(),
             "frames": len(pooled["end_to_end"]), "lost": sum(d["lost"] for d in result["directions"]),
             "kbps": result["kbps"], "jitter_stats": result["jitter_stats"],
@@ -201,6 +202,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-quality", action="store_true", help="skip PESQ/STOI/SI-SNR")
     parser.add_argument("--no-relay", action="store_true", help="skip the relay capacity ramp")
     parser.add_argument("--dry", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--rewrite", metavar="DIR", help="only rewrite the Markdown and plots from DIR/latency.json")
     args = parser.parse_args(argv)
     args.seconds = args.seconds or (4.0 if args.quick else 20.0)
     args.warmup = args.warmup or (3.0 if args.quick else 5.0)
@@ -210,6 +212,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.rewrite:
+        from benchmarks import latency_report
+
+        report = json.loads((Path(args.rewrite) / "latency.json").read_text())
+        latency_report.write(report, Path(args.rewrite))
+        return report
     import torch
 
     from benchmarks import latency_report

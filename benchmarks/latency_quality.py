@@ -55,6 +55,8 @@ def metrics(reference: np.ndarray, decoded_24k: np.ndarray) -> dict[str, float]:
     from pesq import pesq
     from pystoi import stoi
 
+    if not np.abs(np.nan_to_num(decoded_24k)).max() > 1e-6:  # the codec gave no audio at all
+        return {"pesq_wb": float("nan"), "stoi": float("nan"), "si_snr": float("nan")}
     degraded = resample(np.nan_to_num(decoded_24k), CODEC_RATE, EVAL_RATE)[: len(reference)]
     degraded = np.pad(degraded, (0, len(reference) - len(degraded)))
     try:
@@ -115,5 +117,6 @@ def summarize(rows: list[dict]) -> list[dict]:
             values = np.array([r[metric] for r in group], float)
             summary[metric] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
         summary["pesq_failed"] = int(np.isnan([r["pesq_wb"] for r in group]).sum())
+        summary["silent"] = int(np.isnan([r["stoi"] for r in group]).sum())
         out.append(summary)
     return out

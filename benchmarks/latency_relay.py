@@ -238,7 +238,7 @@ def capacity(quick: bool = False, progress=print, room_size: int = 2, budget_ms:
              levels: list[int] | None = None) -> dict:
     from benchmarks.latency_call import free_port
 
-    levels = levels or ([0, 100, 200] if quick else [0, 100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500])
+    levels = levels or ([0, 100, 200] if quick else [0, 50, 100, 150, 200, 250, 300, 400, 500, 600, 800, 1000])
     window = 3.0 if quick else 6.0
     pairs = 4
     port = free_port()

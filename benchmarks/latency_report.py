@@ -19,7 +19,7 @@ def fmt(value: float, digits: int = 1) -> str:
 
 def call_table(calls: list[dict]) -> list[str]:
     lines = ["| call | e2e p50 | p90 | p99 | max | " + " | ".join(f"{s} (mean)" for s in STAGES)
-             + " | frames | lost | kbps |",
+             + " | frames | lost | wire kbps |",
              "|---" * (8 + len(STAGES)) + "|"]
     for c in calls:
         e = c["end_to_end"]
@@ -50,8 +50,15 @@ def markdown(report: dict) -> str:
     out += ["", f"Each call: {report['warmup']:g} s warm-up, then {report['seconds']:g} s measured, both "
             "directions pooled; times in ms. A frame's end-to-end latency runs from the capture of its "
             "first sample (clocked source) to the moment the clocked sink plays that sample, plus the "
-            "codec's lookahead. Stage means add up to the end-to-end mean.", "",
+            "codec's lookahead. Stage means add up to the end-to-end mean. Source and sink share one clock "
+            "(no drift), so once the jitter buffer has settled every frame has the same end-to-end delay: "
+            "percentiles move only when the jitter buffer stretches or skips. \"wire kbps\" counts every "
+            "byte the sender's client sent (headers included) at the application layer.", "",
             f"## Headline: {head['spec']['label']}", ""] + stage_table(head)
+    if head.get("directions_end_to_end"):
+        a, b = head["directions_end_to_end"]
+        out += ["", f"Per direction, end to end: first peer → second p50 {fmt(a['p50'])} / p99 {fmt(a['p99'])} ms, "
+                f"second → first p50 {fmt(b['p50'])} / p99 {fmt(b['p99'])} ms."]
     headline = [c for c in calls if c["group"] == "headline"]
     out += ["", "## Ours against Opus (same client, relay, wire format, jitter buffer, playout)", ""]
     out += call_table(headline)
@@ -67,11 +74,11 @@ def markdown(report: dict) -> str:
             out += ["", f"## Sweep: {title}", ""] + call_table(reference + rows)
     if report.get("quality"):
         out += ["", f"## Quality ({len(report['files'])} files of `{report['audio']}`, means)", "",
-                "| codec | target kbps | kbps | PESQ-WB | STOI | SI-SNR dB | PESQ refused |",
-                "|---|---|---|---|---|---|---|"]
+                "| codec | target kbps | kbps | PESQ-WB | STOI | SI-SNR dB | PESQ refused | no output |",
+                "|---|---|---|---|---|---|---|---|"]
         for q in report["quality"]:
             out.append(f"| {q['codec']} | {q['bandwidth']:g} | {fmt(q['kbps'], 2)} | {fmt(q['pesq_wb'], 2)} | "
-                       f"{fmt(q['stoi'], 3)} | {fmt(q['si_snr'])} | {q['pesq_failed']} |")
+                       f"{fmt(q['stoi'], 3)} | {fmt(q['si_snr'])} | {q['pesq_failed']} | {q.get('silent', 0)} |")
     if report.get("relay"):
         r = report["relay"]
         out += ["", "## Relay capacity", "", r["method"], "",
@@ -142,6 +149,7 @@ def plots(report: dict, out: Path) -> list[str]:
                 rows = sorted((q for q in report["quality"] if q["codec"] == codec), key=lambda q: q["kbps"])
                 ax.plot([q["kbps"] for q in rows], [q[metric] for q in rows], marker="o", label=codec)
             ax.set_xscale("log")
+            ax.minorticks_off()
             ax.set_xticks([1.5, 3, 6, 12, 24], ["1.5", "3", "6", "12", "24"])
             ax.set_xlabel("kbps")
             ax.set_title(name)
