@@ -308,8 +308,8 @@ def capacity(quick: bool = False, progress=print, room_size: int = 2, budget_ms:
             "levels": results, "cores": os.cpu_count(), "saturated_within_ramp": saturated,
             "method": ("`python server.py` pinned to core 0; a load generator process (raw websocket frames "
                        f"over asyncio sockets) and the probe pinned to core 1. Rooms of {room_size} peers; each peer "
-                       "sends one 6 kbps stream (a 12-byte packet every 13.3 ms, phases spread) and reads the "
-                       f"other's. The probe: {pairs} pairs of `websockets` clients in their own rooms, "
+                       "sends one 6 kbps stream (a 12-byte packet every 13.3 ms, phases spread) and reads every "
+                       f"other peer's. The probe: {pairs} pairs of `websockets` clients in their own rooms, "
                        f"{window:g} s per level; latency from `send()` to arrival. \"Load late p99\" is how late "
                        "the generator's send schedule ran (if it grows, the offered load falls short).")}
 

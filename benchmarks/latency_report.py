@@ -79,11 +79,14 @@ def markdown(report: dict) -> str:
         for q in report["quality"]:
             out.append(f"| {q['codec']} | {q['bandwidth']:g} | {fmt(q['kbps'], 2)} | {fmt(q['pesq_wb'], 2)} | "
                        f"{fmt(q['stoi'], 3)} | {fmt(q['si_snr'])} | {q['pesq_failed']} | {q.get('silent', 0)} |")
-    if report.get("relay"):
-        r = report["relay"]
-        out += ["", "## Relay capacity", "", r["method"], "",
-                f"**Capacity: {r['capacity_streams']} streams** of 6 kbps (rooms of {r['room_size']}) with "
-                f"≤ {r['budget_ms']:g} ms added p99.", "",
+    ramps = report.get("relay") or []
+    ramps = [ramps] if isinstance(ramps, dict) else ramps
+    for n, r in enumerate(ramps):
+        if n == 0:
+            out += ["", "## Relay capacity", "", r["method"]]
+        out += ["", f"### Rooms of {r['room_size']} (each stream forwarded to {r['room_size'] - 1} peer"
+                f"{'s' if r['room_size'] > 2 else ''})", "",
+                f"**Capacity: {r['capacity_streams']} streams** of 6 kbps with ≤ {r['budget_ms']:g} ms added p99.", "",
                 "| streams | forwarded msg/s | probe p50 | probe p99 | added p99 | relay CPU % | load late p99 |",
                 "|---|---|---|---|---|---|---|"]
         for level in r["levels"]:
