@@ -67,9 +67,10 @@ def summarize_call(result: dict) -> dict:
             "device_late_max_ms": result["device_late_max_ms"]}
 
 
-def p_line(name: str, stats: dict) -> str:
-    return (f"{name}: p50 {stats['p50']:.1f} ms  p90 {stats['p90']:.1f}  p99 {stats['p99']:.1f}  "
-            f"max {stats['max']:.1f}  (n={stats['n']})")
+def p_line(label: str, stats: dict) -> str:
+    """``end-to-end p50 X ms …  [label]``: the numbers first, so the first one after "p50" is the figure."""
+    return (f"end-to-end p50 {stats['p50']:.1f} ms  p90 {stats['p90']:.1f} ms  p99 {stats['p99']:.1f} ms  "
+            f"max {stats['max']:.1f} ms  n={stats['n']}  [{label}]")
 
 
 # ------------------------------------------------------------------------ the calls
@@ -129,12 +130,12 @@ def run_calls(args: argparse.Namespace, model: str, files) -> list[dict]:
         summary["group"] = group
         results.append(summary)
         if n == 0:
-            print(p_line(f"end-to-end ({spec.label})", summary["end_to_end"]), flush=True)
+            print(p_line(spec.label, summary["end_to_end"]), flush=True)
             for stage in STAGES:
                 s = summary["stages"][stage]
                 print(f"  {stage:10s} median {s['p50']:6.1f} ms  p99 {s['p99']:6.1f}  mean {s['mean']:6.1f}", flush=True)
         else:
-            print(p_line(f"end-to-end ({spec.label})", summary["end_to_end"]), flush=True)
+            print(p_line(spec.label, summary["end_to_end"]), flush=True)
     return results
 
 
