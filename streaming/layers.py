@@ -77,6 +77,10 @@ def folded_weight(conv: nn.Module) -> torch.Tensor:
     return derived(conv, "weight", lambda: conv.weight.detach().clone())
 
 
+MATRIX_MAX_STEPS = 64
+"""Output steps up to which a conv runs as one matrix product (measured on one CPU thread)."""
+
+
 def matrix_for(module: EncodecConv1d) -> torch.Tensor:
     """The conv's weight as a contiguous (in × kernel, out) matrix: the layout that a row of
     unfolded input windows multiplies fastest (it streams the weights in memory order)."""
@@ -154,9 +158,9 @@ class StreamingConv1d(StreamingLayer):
         """One matrix product over unfolded windows where that beats `conv1d`'s per-call set-up.
 
         On a few output steps (the low-rate layers of a 320-sample frame) oneDNN's convolution costs
-        several times the product itself; a 1-channel output is the exception.
+        several times the product itself; on many steps, or for a 1-channel output, `conv1d` wins.
         """
-        if self.matrix is None:
+        if self.matrix is None or steps > MATRIX_MAX_STEPS:
             return F.conv1d(x, self.weight, self.bias, self.stride, 0, self.dilation)
         windows = x.unfold(2, self.kernel, self.stride).transpose(1, 2).reshape(x.shape[0] * steps, -1)
         out = torch.addmm(self.bias, windows, self.matrix)
