@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# System libraries the Python packages load at run time, installed only where missing:
+#   libopus0  — the Opus baseline of the latency benchmark and its tests (opuslib loads it).
+# Microphone and speaker additionally need PortAudio: apt-get install libportaudio2.
+set -euo pipefail
+missing=()
+ldconfig -p | grep -q 'libopus\.so\.0' || missing+=(libopus0)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+  echo "Please install: ${missing[*]} (Debian/Ubuntu: sudo apt-get install ${missing[*]})" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "${missing[@]}"; }
