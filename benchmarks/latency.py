@@ -174,6 +174,29 @@ def machine() -> dict:
 # ---------------------------------------------------------------------- main
 
 
+def model_info(spec: str) -> dict:
+    """Parameters and, for a checkpoint on disk, the first bytes of its SHA-256: which model ran."""
+    import hashlib
+
+    from benchmarks.latency_call import load_codec
+
+    model = load_codec(spec)
+    info = {"parameters": sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else 0}
+    path = None
+    if spec == "default":
+        from codec import DEFAULT_MODEL_DIR
+
+        path = DEFAULT_MODEL_DIR / "model.safetensors"
+    elif Path(spec).is_dir() and (Path(spec) / "model.safetensors").is_file():
+        path = Path(spec) / "model.safetensors"
+    elif Path(spec).is_file():
+        path = Path(spec)
+    if path is not None and path.is_file():
+        info["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        info["file_mtime_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(path.stat().st_mtime))
+    return info
+
+
 def resolve_model(spec: str) -> tuple[str, str | None]:
     """The model to measure, and a note when the bundled default is missing."""
     if spec == "default":
@@ -234,6 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
               "model": model_spec, "model_note": note, "quick": args.quick, "machine": machine(),
               "seconds": args.seconds, "warmup": args.warmup, "audio": args.audio,
               "files": [name for name, _ in files]}
+    report["model_info"] = model_info(model_spec)
     report["calls"] = run_calls(args, model_spec, files)
     if not args.no_quality:
         from benchmarks.latency_call import load_codec

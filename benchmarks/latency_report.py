@@ -44,7 +44,10 @@ def markdown(report: dict) -> str:
     head = calls[0]
     out = [f"# Call latency benchmark{' (quick run)' if report['quick'] else ''}", "",
            f"Command: `python benchmarks/{report['command']}` — {report['machine']['date_utc']}, "
-           f"{report['elapsed_s']:.0f} s in all. Model: `{report['model']}`."]
+           f"{report['elapsed_s']:.0f} s in all. Model: `{report['model']}`"
+           + (f" ({report['model_info']['parameters'] / 1e6:.2f} M parameters"
+              + (f", weights sha256 {report['model_info']['sha256']}…, written {report['model_info']['file_mtime_utc']} UTC"
+                 if report["model_info"].get("sha256") else "") + ")" if report.get("model_info") else "") + "."]
     if report.get("model_note"):
         out += ["", f"**Note:** {report['model_note']}."]
     out += ["", f"Each call: {report['warmup']:g} s warm-up, then {report['seconds']:g} s measured, both "
