@@ -24,6 +24,7 @@ The sink is ideal: a sample handed over in a callback plays at once, with no har
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import os
 import socket
@@ -104,7 +105,8 @@ class ClockedStream:
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            self.late_max = max(self.late_max, -delay)
+            if -delay > self.late_max:
+                self.late_max, self.late_at = -delay, b
             if self.kind == "input":
                 start = (b * n) % len(audio)
                 index = (start + np.arange(n)) % len(audio)
@@ -251,6 +253,12 @@ def _peer(spec: CallSpec, url: str, room: str, audio: np.ndarray, barrier) -> di
 
     model = load_codec(spec.model)
     warm_up(model, spec.bandwidth)
+    # A full garbage collection in a process that imported torch holds the GIL for ~150 ms; left
+    # to chance it lands in the call (it did, in every Opus call, whose warm-up allocates little)
+    # and stalls the "sound card" threads. Collect once and freeze what survives, as a latency-
+    # sensitive client should after loading its model.
+    gc.collect()
+    gc.freeze()
     if spec.playout:
         tighten_playout(spec.playout)
     devices = ClockedDevices(audio, spec.block)
@@ -294,6 +302,7 @@ def _peer(spec: CallSpec, url: str, room: str, audio: np.ndarray, barrier) -> di
         return {"sent": sent, "received": received,
                 "source_t0": devices.streams["input"].t0, "sink_log": devices.streams["output"].log,
                 "late_max": {k: s.late_max for k, s in devices.streams.items()},
+                "late_at_block": {k: getattr(s, "late_at", -1) for k, s in devices.streams.items()},
                 "jitter_stats": [asdict(s) for s in stats],
                 "lookahead": getattr(model, "lookahead_samples", 0),
                 "rate": model.config.sampling_rate, "hop": model.config.hop_length,
@@ -378,7 +387,8 @@ def run_call(spec: CallSpec, audio_a: np.ndarray, audio_b: np.ndarray, relay_url
     return {"spec": asdict(spec), "directions": directions,
             "kbps": [8 * o["up_bytes"] / max(o["sent_frames"] * o["hop"] / o["rate"], 1e-9) / 1000 for o in outs],
             "jitter_stats": [o["jitter_stats"] for o in outs],
-            "device_late_max_ms": [{k: 1000 * v for k, v in o["late_max"].items()} for o in outs]}
+            "device_late_max_ms": [{k: 1000 * v for k, v in o["late_max"].items()} for o in outs],
+            "device_late_at_block": [o["late_at_block"] for o in outs]}
 
 
 def frame_latencies(sender: dict, receiver: dict, spec: CallSpec) -> dict:
