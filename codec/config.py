@@ -86,6 +86,8 @@ class EncodecConfig:
             )
         if self.compress < 1 or self.num_filters < 1 or self.hidden_size < 1:
             problems.append("compress, num_filters and hidden_size must be positive")
+        elif self.num_filters < self.compress:
+            problems.append(f"num_filters ({self.num_filters}) must be at least compress ({self.compress})")
         if not 0.0 <= self.trim_right_ratio <= 1.0:
             problems.append(f"trim_right_ratio must lie in [0, 1], got {self.trim_right_ratio}")
         if not self.use_causal_conv and self.trim_right_ratio != 1.0:

@@ -122,6 +122,8 @@ def test_config_validation_and_round_trip(tmp_path):
         EncodecConfig(audio_channels=3)
     with pytest.raises(ValueError, match="power of 2"):
         EncodecConfig(codebook_size=1000)
+    with pytest.raises(ValueError, match=r"num_filters \(1\) must be at least compress \(2\)"):
+        EncodecConfig(num_filters=1)
     config = EncodecConfig(num_filters=8, target_bandwidths=[1.5, 6])
     config.save_pretrained(tmp_path)
     assert EncodecConfig.from_json_file(tmp_path / "config.json") == config
