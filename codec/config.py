@@ -19,16 +19,29 @@ _PAD_MODES = ("reflect", "replicate", "constant", "circular")
 _NORM_TYPES = ("weight_norm", "time_group_norm")
 
 
-def chunk_geometry(chunk_length_s: float | None, overlap: float | None, sampling_rate: int) -> tuple[int | None, int | None]:
-    """(chunk length, chunk stride) in samples for a chunked model; None where it is not chunked."""
-    if chunk_length_s is None:
-        return None, None
-    length = int(chunk_length_s * sampling_rate)
-    return length, None if overlap is None else max(1, int((1.0 - overlap) * length))
+class ChunkGeometry:
+    """Chunk length and stride in samples, for the config and the feature extractor alike.
+
+    Needs `chunk_length_s`, `overlap` and `sampling_rate` attributes; None where not chunked.
+    """
+
+    chunk_length_s: float | None
+    overlap: float | None
+    sampling_rate: int
+
+    @property
+    def chunk_length(self) -> int | None:
+        return None if self.chunk_length_s is None else int(self.chunk_length_s * self.sampling_rate)
+
+    @property
+    def chunk_stride(self) -> int | None:
+        if self.chunk_length_s is None or self.overlap is None:
+            return None
+        return max(1, int((1.0 - self.overlap) * self.chunk_length))
 
 
 @dataclass
-class EncodecConfig:
+class EncodecConfig(ChunkGeometry):
     """Architecture of an EnCodec model; defaults describe `facebook/encodec_24khz`."""
 
     target_bandwidths: list[float] = field(default_factory=lambda: [1.5, 3.0, 6.0, 12.0, 24.0])
@@ -101,15 +114,7 @@ class EncodecConfig:
         if problems:
             raise ValueError("Invalid EncodecConfig: " + "; ".join(problems))
 
-    # Derived values, named as in transformers.
-    @property
-    def chunk_length(self) -> int | None:
-        return chunk_geometry(self.chunk_length_s, self.overlap, self.sampling_rate)[0]
-
-    @property
-    def chunk_stride(self) -> int | None:
-        return chunk_geometry(self.chunk_length_s, self.overlap, self.sampling_rate)[1]
-
+    # Derived values, named as in transformers (chunk_length and chunk_stride come from ChunkGeometry).
     @property
     def hop_length(self) -> int:
         return math.prod(self.upsampling_ratios)

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .config import chunk_geometry
+from .config import ChunkGeometry
 
 logger = logging.getLogger(__name__)
 PREPROCESSOR_NAME = "preprocessor_config.json"
@@ -32,7 +32,7 @@ class BatchFeature(dict):
             raise AttributeError(name) from error
 
 
-class EncodecFeatureExtractor:
+class EncodecFeatureExtractor(ChunkGeometry):
     def __init__(
         self,
         feature_size: int = 1,
@@ -74,14 +74,6 @@ class EncodecFeatureExtractor:
         }
         with open(os.path.join(directory, PREPROCESSOR_NAME), "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2)
-
-    @property
-    def chunk_length(self) -> int | None:
-        return chunk_geometry(self.chunk_length_s, self.overlap, self.sampling_rate)[0]
-
-    @property
-    def chunk_stride(self) -> int | None:
-        return chunk_geometry(self.chunk_length_s, self.overlap, self.sampling_rate)[1]
 
     def __call__(
         self,
