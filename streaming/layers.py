@@ -130,7 +130,7 @@ class StreamingConv1d(StreamingLayer):
         length = x.shape[-1]
         if state.buffer is None:
             if length == 0:
-                return x[:, :0].new_empty(x.shape[0], self.weight.shape[0], 0)
+                return x.new_empty(x.shape[0], self.weight.shape[0], 0)
             if final:  # the whole stream in one block: pad exactly as offline
                 left, right = self.module.paddings(length)
                 padded = pad1d(x, (left, right), self.module.pad_mode)
