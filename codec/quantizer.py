@@ -19,6 +19,14 @@ def nearest_entries(x: torch.Tensor, embed_t: torch.Tensor, embed_sqnorm: torch.
     return dist.max(dim=-1).indices
 
 
+def check_codes(codes: torch.Tensor, codebook_size: int) -> None:
+    """Codes outside the codebooks would index garbage (or crash): refuse them with their range."""
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= codebook_size):
+        raise ValueError(
+            f"Codes must lie in [0, {codebook_size}), got values in [{int(codes.min())}, {int(codes.max())}]"
+        )
+
+
 class EncodecEuclideanCodebook(nn.Module):
     """One codebook. `inited`, `cluster_size` and `embed_avg` are training statistics kept for checkpoints."""
 
@@ -75,10 +83,7 @@ class EncodecResidualVectorQuantizer(nn.Module):
         """Codes `(n_q, batch, frames)` → the sum of their entries `(batch, dim, frames)`; any n_q ≤ the maximum."""
         if codes.shape[0] > len(self.layers):
             raise ValueError(f"Got {codes.shape[0]} codebooks, but this model has {len(self.layers)}")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.config.codebook_size):
-            raise ValueError(
-                f"Codes must lie in [0, {self.config.codebook_size}), got values in [{int(codes.min())}, {int(codes.max())}]"
-            )
+        check_codes(codes, self.config.codebook_size)
         quantized = self.layers[0].decode(codes[0])
         for layer, indices in zip(self.layers[1:], codes[1:]):
             quantized = quantized + layer.decode(indices)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from codec import EncodecModel
-from codec.quantizer import nearest_entries
+from codec.quantizer import check_codes, nearest_entries
 
 
 class FrameQuantizer:
@@ -32,8 +32,7 @@ class FrameQuantizer:
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes `(batch, n_q, frames)` → the sum of their entries `(batch, dim, frames)`."""
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.size):
-            raise ValueError(f"Codes must lie in [0, {self.size}), got values in [{int(codes.min())}, {int(codes.max())}]")
+        check_codes(codes, self.size)
         total = self.embeds[0][codes[:, 0]]
         for embed, indices in zip(self.embeds[1:], codes[:, 1:].unbind(1)):
             total = total + embed[indices]
