@@ -46,18 +46,15 @@ class Stream:
         self.start = StartMode(start)
         self.stack = stack
         self.frames_to_start = stack.frames_to_start(self.config.hop_length)
-        self._reset_stream()
+        self.reset()
 
-    def _reset_stream(self) -> None:
+    def reset(self) -> None:
+        """Forget everything: the next push starts a new stream (possibly with another batch size)."""
         self.stack.reset()
         self.held: torch.Tensor | None = None  # input kept back until the stream can start exactly
         self.started = self.start is StartMode.IMMEDIATE
         self.flushed = False
         self.batch: int | None = None
-
-    def reset(self) -> None:
-        """Forget everything: the next push starts a new stream (possibly with another batch size)."""
-        self._reset_stream()
 
     def _check_batch(self, batch: int) -> None:
         if self.flushed:
