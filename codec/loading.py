@@ -174,7 +174,7 @@ def load_pretrained(
         config_path, weights_path = _resolve_directory(path)
     elif path.is_file():
         config_path, weights_path = None, path
-    elif path.suffix in {".th", ".safetensors", ".bin", ".pt"} or os.sep in str(source) and path.is_absolute():
+    elif path.suffix in {".th", ".safetensors", ".bin", ".pt"} or path.is_absolute():
         raise FileNotFoundError(f"Checkpoint file not found: {path}")
     else:
         config_path, weights_path = _resolve_hub(str(source), **hub_kwargs)

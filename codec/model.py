@@ -180,9 +180,5 @@ class EncodecModel(nn.Module):
         """Write `config.json` and `model.safetensors` in the layout transformers loads."""
         save_pretrained(self, directory)
 
-    @property
-    def frame_rate(self) -> int:
-        return self.config.frame_rate
-
     def num_parameters(self) -> int:
         return sum(math.prod(p.shape) for p in self.parameters())
