@@ -117,7 +117,20 @@ def _device_rate(sd: ModuleType, device: Any, kind: str, rate: int, channels: in
         return int(sd.query_devices(device, kind)["default_samplerate"])
 
 
-class Microphone:
+class _Device:
+    """A sounddevice stream owned by a capture or playback wrapper."""
+
+    stream: Any
+
+    def start(self) -> None:
+        self.stream.start()
+
+    def close(self) -> None:
+        self.stream.stop()
+        self.stream.close()
+
+
+class Microphone(_Device):
     """Captures blocks at the model rate; ``await read()`` returns ``(channels, n)`` float32."""
 
     def __init__(self, rate: int, channels: int, device: Any = None, seconds: float = 2.0) -> None:
@@ -137,13 +150,6 @@ class Microphone:
             self.overflows += 1
         self._loop.call_soon_threadsafe(self._ready.set)
 
-    def start(self) -> None:
-        self.stream.start()
-
-    def close(self) -> None:
-        self.stream.stop()
-        self.stream.close()
-
     async def read(self) -> np.ndarray:
         while not self.ring.available:
             self._ready.clear()
@@ -155,7 +161,7 @@ class Microphone:
         return block.T
 
 
-class Speaker:
+class Speaker(_Device):
     """Plays ``(channels, n)`` float32 blocks at the model rate; the callback always fills
     its buffer (zeros when the ring runs dry, counted as underruns)."""
 
@@ -176,13 +182,6 @@ class Speaker:
         if self.ring.read_into(outdata) < frames or status:
             self.underruns += 1
         self._loop.call_soon_threadsafe(self.consumed.set)
-
-    def start(self) -> None:
-        self.stream.start()
-
-    def close(self) -> None:
-        self.stream.stop()
-        self.stream.close()
 
     @property
     def queued_seconds(self) -> float:
