@@ -31,13 +31,13 @@ class StreamingEncoder(Stream):
             raise ValueError(
                 f"The model runs at {model.config.sampling_rate} Hz, the audio is at {sample_rate} Hz: resample it first"
             )
-        self.set_bandwidth(bandwidth, model)
         super().__init__(model, streaming_stack(model.encoder.layers, StartMode(start) is StartMode.EXACT), start)
+        self.set_bandwidth(bandwidth)
         self.quantizer = FrameQuantizer(model)
 
-    def set_bandwidth(self, bandwidth: float, model: EncodecModel | None = None) -> None:
+    def set_bandwidth(self, bandwidth: float) -> None:
         """Takes effect from the next frame completed; each push returns frames of one bandwidth."""
-        (model or self.model).config.check_bandwidth(bandwidth)
+        self.config.check_bandwidth(bandwidth)
         self.bandwidth = bandwidth
 
     @property
