@@ -209,15 +209,23 @@ class Client:
                                     ping_interval=5, ping_timeout=10, max_size=1 << 16,
                                     open_timeout=5, reconnect_delays=backoff):
                 self.ws = ws
+                # Presence is per connection: until this connection hears a JOINED, nobody is
+                # listening (a file sender must not flush its backlog into an empty room).
+                self.peers.clear()
+                self.listening.clear()
                 self.connected.set()
+                halves = [asyncio.create_task(self._send(ws)), asyncio.create_task(self._receive(ws))]
                 try:
-                    await asyncio.gather(self._send(ws), self._receive(ws))
+                    await asyncio.gather(*halves)
                 except ConnectionClosed:
                     self.reconnects += 1
                     log.warning("connection lost; reconnecting")
                     continue
                 finally:
                     self.connected.clear()
+                    for half in halves:  # neither half may outlive its connection
+                        half.cancel()
+                    await asyncio.gather(*halves, return_exceptions=True)
         except InvalidStatus as error:
             raise CallError(f"The server refused us: HTTP {error.response.status_code} "
                              f"{error.response.body.decode(errors='replace').strip()}") from error
@@ -240,8 +248,6 @@ class Client:
 
     async def _receive(self, ws: ClientConnection) -> None:
         """File incoming messages; a send-only client still reads, so pings get answered."""
-        self.peers.clear()
-        self.listening.clear()
         async for message in ws:
             if message and message[0] in (protocol.JOINED, protocol.LEFT):
                 self._presence(message)
