@@ -5,6 +5,9 @@
 Prints × real time (compute seconds per second of audio) of streaming and of the offline model
 on the same audio in the same run, their ratio, and percentiles of the per-frame cost (the time
 from a block entering the encoder to its audio leaving the decoder, which is what a call adds).
+Also the memory floor of a batch-1 stream: each frame must read every weight of the network once
+(the low-rate layers take one step per frame), at the speed this machine reads memory on one thread;
+offline encoding reuses each weight across all frames and never pays it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,44 @@ def stream_once(model, audio: torch.Tensor, bandwidth: float, block: int) -> np.
     return np.array(times)
 
 
+def weights_read_per_frame(model, bandwidth: float) -> int:
+    """Bytes a batch-1 stream must read each frame: every encoder and decoder weight (the low-rate
+    layers run one step per frame, so nothing amortises them) and the codebooks searched."""
+    network = sum(p.numel() * p.element_size() for p in [*model.encoder.parameters(), *model.decoder.parameters()])
+    searched = model.config.num_quantizers_for_bandwidth(bandwidth)
+    codebook = model.quantizer.layers[0].codebook.embed
+    return network + searched * codebook.numel() * codebook.element_size()
+
+
+def last_level_cache_bytes() -> int | None:
+    """Size of the CPU's largest cache (Linux sysfs), or None where it cannot be read."""
+    sizes = {}
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level, size = int((index / "level").read_text()), (index / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        sizes[level] = int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+    return sizes[max(sizes)] if sizes else None
+
+
+def memory_bandwidth(total_bytes: int = 256 << 20, matrix_bytes: int = 8 << 20) -> float:
+    """Bytes/s of one-thread matrix-vector products over weights far larger than any CPU cache,
+    which is how a batch-1 stream reads its low-rate layers' weights."""
+    columns = 2048
+    rows = matrix_bytes // 4 // columns
+    matrices = [torch.randn(rows, columns) for _ in range(total_bytes // matrix_bytes)]
+    vector = torch.randn(1, rows)
+
+    def sweep() -> None:
+        for matrix in matrices:
+            torch.mm(vector, matrix)
+
+    sweep()
+    return total_bytes / best_of(3, sweep)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(parser)
@@ -68,6 +109,18 @@ def main() -> None:
     print(f"streaming encode+decode: {streaming_time / seconds:.3f}× real time per stream batch")
     print(f"offline   encode+decode: {offline_time / seconds:.3f}× real time")
     print(f"streaming / offline:     {streaming_time / offline_time:.2f}")
+    frames_per_second = model.config.sampling_rate / model.config.hop_length
+    weight_bytes, cache_bytes = weights_read_per_frame(model, args.bandwidth), last_level_cache_bytes()
+    if cache_bytes is not None and weight_bytes < cache_bytes:
+        print(f"memory floor:            none: the {weight_bytes / 1e6:.1f} MB of weights fit in the {cache_bytes >> 20} MiB cache")
+    else:
+        bytes_per_second = memory_bandwidth()
+        floor = weight_bytes / bytes_per_second * frames_per_second * seconds
+        print(
+            f"memory floor:            {floor / seconds:.3f}× real time = {floor / offline_time:.2f}× offline "
+            f"({weight_bytes / 1e6:.1f} MB of weights read per frame at {bytes_per_second / 1e9:.1f} GB/s, the one-thread "
+            f"matrix-vector speed on weights larger than the {'' if cache_bytes is None else f'{cache_bytes >> 20} MiB '}cache)"
+        )
     block_ms = 1e3 * args.block / model.config.sampling_rate
     p50, p90, p99 = np.percentile(frames * 1e3, [50, 90, 99])
     print(

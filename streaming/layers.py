@@ -213,9 +213,9 @@ class StreamingConvTranspose1d(StreamingLayer):
         """`conv_transpose1d` without bias, as one matrix product plus overlap-add when the kernel is a
         multiple of the stride (always, in EnCodec): several times cheaper on a few input steps."""
         kernel = self.weight.shape[-1]
-        if kernel % self.stride:
-            return F.conv_transpose1d(x, self.weight, None, self.stride)
         batch, _, steps = x.shape
+        if kernel % self.stride or steps > MATRIX_MAX_STEPS:
+            return F.conv_transpose1d(x, self.weight, None, self.stride)
         out_channels, parts = self.weight.shape[1], kernel // self.stride
         columns = torch.matmul(x.transpose(1, 2), self.weight.view(self.weight.shape[0], -1))
         columns = columns.view(batch, steps, out_channels, parts, self.stride)
@@ -256,15 +256,20 @@ class StreamingLSTM(StreamingLayer):
 
     def __init__(self, module: EncodecLSTM) -> None:
         lstm = module.lstm
+        self.hidden_size = lstm.hidden_size
         # Per layer: [W_ih; W_hh] transposed into one contiguous (input + hidden, 4 × hidden) matrix
-        # and the two biases summed, so that a step is one matrix product per layer.
+        # and the two biases summed, so that a step is one matrix product per layer. The gate
+        # columns are reordered from PyTorch's (i, f, g, o) to (i, f, o, g): one sigmoid then covers
+        # the three sigmoid gates.
+        order = torch.cat([torch.arange(0, 2 * lstm.hidden_size), torch.arange(3 * lstm.hidden_size, 4 * lstm.hidden_size),
+                           torch.arange(2 * lstm.hidden_size, 3 * lstm.hidden_size)])
         self.layers = derived(
             lstm,
             "packed",
             lambda: [
                 (
-                    torch.cat([getattr(lstm, f"weight_ih_l{i}"), getattr(lstm, f"weight_hh_l{i}")], dim=1).t().contiguous(),
-                    getattr(lstm, f"bias_ih_l{i}") + getattr(lstm, f"bias_hh_l{i}"),
+                    torch.cat([getattr(lstm, f"weight_ih_l{i}"), getattr(lstm, f"weight_hh_l{i}")], dim=1)[order].t().contiguous(),
+                    (getattr(lstm, f"bias_ih_l{i}") + getattr(lstm, f"bias_hh_l{i}"))[order],
                 )
                 for i in range(lstm.num_layers)
             ],
@@ -281,13 +286,15 @@ class StreamingLSTM(StreamingLayer):
             state.hidden = [zeros] * len(self.layers)
             state.cell = [zeros] * len(self.layers)
         outputs = []
+        size = self.hidden_size
         for t in range(x.shape[-1]):
             h = x[..., t]
             for i, (weight, bias) in enumerate(self.layers):
                 gates = torch.addmm(bias, torch.cat([h, state.hidden[i]], dim=1), weight)
-                in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=1)
-                c = torch.sigmoid(forget_gate) * state.cell[i] + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
-                h = torch.sigmoid(out_gate) * torch.tanh(c)
+                sigmoids = torch.sigmoid(gates[:, : 3 * size])
+                in_gate, forget_gate, out_gate = sigmoids[:, :size], sigmoids[:, size : 2 * size], sigmoids[:, 2 * size :]
+                c = forget_gate * state.cell[i] + in_gate * torch.tanh(gates[:, 3 * size :])
+                h = out_gate * torch.tanh(c)
                 state.hidden[i], state.cell[i] = h, c
             outputs.append(h)
         if not outputs:

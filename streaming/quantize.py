@@ -24,9 +24,10 @@ class FrameQuantizer:
         batch, dim, frames = embeddings.shape
         residual = embeddings.transpose(1, 2).reshape(-1, dim)
         codes = []
-        for embed, embed_t, sqnorm in zip(self.embeds[:num_codebooks], self.transposed, self.sqnorms):
-            indices = nearest_entries(residual, embed_t, sqnorm)
-            residual = residual - embed[indices]
+        for layer in range(num_codebooks):
+            indices = nearest_entries(residual, self.transposed[layer], self.sqnorms[layer])
+            if layer + 1 < num_codebooks:  # the last residual is never read
+                residual = residual - self.embeds[layer][indices]
             codes.append(indices)
         return torch.stack(codes, dim=1).view(batch, frames, num_codebooks).transpose(1, 2)
 

@@ -62,6 +62,23 @@ def init_weights(model: EncodecModel, gain: float = 1.0, last_gain: float = 0.25
         conv.bias.zero_()
 
 
+@torch.no_grad()
+def warm_start(model: EncodecModel, source: str) -> None:
+    """Copy weights and codebooks (with their EMA statistics) from a trained model of the same config.
+
+    A CPU budget buys a few thousand steps per session; continuing from the bundled model lets
+    sessions add up instead of each starting over. The optimizer and the balancer start fresh.
+    """
+    from codec import load_model
+
+    trained = load_model(source)
+    if trained.config.to_dict() != model.config.to_dict():
+        raise SystemExit(f"--init {source}: its config differs from the training config {DEFAULT_CONFIG}")
+    model.load_state_dict({name: tensor.float() for name, tensor in trained.state_dict().items()})
+    for layer in model.quantizer.layers:
+        layer.codebook.inited.fill_(1.0)
+
+
 def lr_at(step: int, args) -> float:
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
@@ -147,6 +164,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint-minutes", type=float, default=4.0)
     parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument(
+        "--init", default=None, metavar="MODEL",
+        help="start a new run from these weights and codebooks (a model directory, or 'default' for the bundled model) "
+        "instead of a fresh initialisation; ignored when the run directory already has a checkpoint",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -156,7 +178,10 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     model = build_model()
-    init_weights(model)
+    if args.init:
+        warm_start(model, args.init)
+    else:
+        init_weights(model)
     model = model.to(device).train()
     vq = EmaResidualVQ(model.quantizer)
     mel_loss = MultiScaleMelLoss(model.config.sampling_rate).to(device)
@@ -187,10 +212,11 @@ def main() -> None:
     else:
         with open(run_dir / "args.json", "w") as f:
             json.dump({**vars(args), "config": model.config.to_dict()}, f, indent=2)
-        rng = np.random.default_rng([args.seed, 10**9])
-        init = torch.from_numpy(np.concatenate([sampler.batch(rng, args.batch) for _ in range(4)])).to(device)
-        with torch.no_grad():
-            vq.initialise(model.encoder(init), torch.Generator().manual_seed(args.seed))
+        if not args.init:
+            rng = np.random.default_rng([args.seed, 10**9])
+            init = torch.from_numpy(np.concatenate([sampler.batch(rng, args.batch) for _ in range(4)])).to(device)
+            with torch.no_grad():
+                vq.initialise(model.encoder(init), torch.Generator().manual_seed(args.seed))
         print(f"model: {model.num_parameters():,} parameters; config {DEFAULT_CONFIG}", flush=True)
 
     log_fields = ["step", "wall_s", "lr", "bandwidth", "loss", "mel", "time_l1", "commit", "grad_norm", "step_s"]
@@ -246,7 +272,7 @@ def main() -> None:
             row = {
                 "step": step, "wall_s": f"{trained_seconds + time.time() - start:.1f}", "lr": f"{lr_at(step - 1, args):.2e}",
                 "bandwidth": bandwidth, "loss": f"{float((losses['mel'] + 0.1 * losses['time_l1'] + commit).detach()):.4f}",
-                "mel": f"{float(losses['mel']):.4f}", "time_l1": f"{float(losses['time_l1']):.5f}",
+                "mel": f"{float(losses['mel'].detach()):.4f}", "time_l1": f"{float(losses['time_l1'].detach()):.5f}",
                 "commit": f"{float(commit):.5f}", "grad_norm": f"{grad_norm:.3f}", "step_s": f"{time.time() - t0:.2f}",
             }
             log.writerow(row)
