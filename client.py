@@ -311,7 +311,9 @@ class Client:
                 return
 
     async def _play(self) -> None:
-        """Speaker mode: keep about two frames queued at the sound card, one tick at a time."""
+        """Speaker mode: after each callback, top the sound card's queue up to one callback's block
+        plus half a frame, one tick at a time. Every frame queued here is latency; the half frame
+        is the time a tick has to decode before the card would run dry."""
         from streaming.audio_io import Speaker
 
         speaker = Speaker(self.rate, self.channels, self.options.output_device)
@@ -320,7 +322,7 @@ class Client:
             while True:
                 await speaker.consumed.wait()
                 speaker.consumed.clear()
-                while speaker.queued_seconds < 2 * self.frame_period:
+                while speaker.queued_seconds < speaker.block_seconds + self.frame_period / 2:
                     audio = await self.receiver.tick(time.monotonic())
                     if audio is None:
                         break

@@ -143,6 +143,9 @@ class OpusCodec:
         self.config = OpusConfig(frame_ms=frame_ms, sampling_rate=sampling_rate)
         self.name = f"opus-{frame_ms:g}ms"
 
+    def fingerprint(self) -> bytes:
+        return self.config.fingerprint()
+
     def eval(self) -> "OpusCodec":
         return self
 

@@ -6,7 +6,6 @@ there, so checkpoints move freely between the two implementations.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -152,12 +151,6 @@ class EncodecConfig(ChunkGeometry):
         data["model_type"] = MODEL_TYPE
         data["architectures"] = ["EncodecModel"]
         return data
-
-    def fingerprint(self) -> bytes:
-        """Eight bytes that differ between architectures, so peers can tell they speak the same model."""
-        data = self.to_dict()
-        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).digest()[:8]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EncodecConfig":

@@ -188,6 +188,11 @@ class Speaker(_Device):
         """Audio written and not yet played."""
         return self.ring.available / self.device_rate
 
+    @property
+    def block_seconds(self) -> float:
+        """What one callback takes from the queue (the device's block, which it may choose itself)."""
+        return self.stream.blocksize / self.device_rate
+
     def write(self, block: np.ndarray) -> None:
         samples = block.T.astype(np.float32, copy=False)
         if self.resample is not None:

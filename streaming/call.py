@@ -9,6 +9,7 @@ bursts and starve the sockets.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from concurrent.futures import Executor
@@ -24,6 +25,8 @@ from .decoder import StreamingDecoder
 from .encoder import StreamingEncoder
 from .jitter import STRETCH, JitterBuffer
 from .stream import StartMode
+
+log = logging.getLogger("call")
 
 Observer = Callable[[str, int, int, int, float], None]
 """Optional timing hook: ``observer(event, stream_id, first_frame, n_frames, time.monotonic())``.
@@ -75,7 +78,7 @@ class Sender:
             raise ValueError(f"frames per packet must be 1..{protocol.MAX_FRAMES_PER_PACKET}")
         self.encoder = streaming_encoder(model, bandwidth, start)
         self.header = protocol.stream_header_for(
-            model.config, stream_id=secrets.randbits(31), start_time_us=time.time_ns() // 1000)
+            model, stream_id=secrets.randbits(31), start_time_us=time.time_ns() // 1000)
         self.executor = executor
         self.frames_per_packet = frames_per_packet
         self.n_samples = 0
@@ -206,7 +209,7 @@ class Receiver:
         self.model = model
         self.executor = executor
         self.start = start
-        self.fingerprint = protocol.config_fingerprint(model.config)
+        self.fingerprint = protocol.model_fingerprint(model)
         self.streams: dict[int, RemoteStream] = {}
         self.sources: dict[int, RemoteStream] = {}
         self.source: int | None = None
@@ -236,6 +239,10 @@ class Receiver:
                 raise protocol.OutOfOrderError("packet from a peer whose HEADER was not seen")
         except protocol.OutOfOrderError:
             self._count("out_of_order")
+        except protocol.ModelMismatchError as error:
+            if "other_model" not in self.problems:  # say it once, not once per packet
+                log.error("%s", error)
+            self._count("other_model")
         except protocol.ProtocolError:
             self._count("malformed")
 
@@ -244,7 +251,7 @@ class Receiver:
 
     def _open(self, header: protocol.StreamHeader) -> RemoteStream:
         if header.fingerprint != self.fingerprint:
-            raise protocol.ProtocolError(
+            raise protocol.ModelMismatchError(
                 f"peer {self.source} uses another model (fingerprint {header.fingerprint.hex()}, "
                 f"ours {self.fingerprint.hex()}): start both with the same --model")
         stream = self.streams.get(header.stream_id)

@@ -51,7 +51,7 @@ def decode_file(model, in_path: str, wav_path: str) -> np.ndarray:
     if not messages:
         raise protocol.ProtocolError(f"{in_path} holds no stream")
     header = protocol.StreamHeader.decode(messages[0])
-    if header.fingerprint != protocol.config_fingerprint(model.config):
+    if header.fingerprint != protocol.model_fingerprint(model):
         raise protocol.ProtocolError(f"{in_path} was encoded with another model: pass the same --model")
     stream = RemoteStream(model, header, StartMode.EXACT)
     for message in messages:

@@ -12,8 +12,11 @@ Two ways to take frames out, for the two kinds of sink:
   (``None`` for a lost one). A file sink uses it, so the output keeps the input's length.
 * :meth:`JitterBuffer.playout` — one entry per tick of a sound card's clock. When the
   buffer runs dry it stretches (returns a concealment tick without consuming a frame, so
-  the delay grows); when it holds far more than the target it skips a frame (the delay
-  shrinks).
+  the delay grows). Delay that is no longer needed is given back by skipping frames: at
+  once when the buffer holds far more than the target, and otherwise one frame per
+  half second while even the lowest fill level of that half second exceeds the target.
+  Without the second rule, the 80 ms start and every stretch would stay in the call for
+  good, though on a calm network the target soon falls to 20 ms.
 """
 
 from __future__ import annotations
@@ -52,8 +55,11 @@ class JitterBuffer:
     """
 
     def __init__(self, frame_rate: float, initial_delay: float = 0.08, min_delay: float = 0.02,
-                 max_delay: float = 0.5, window: int = 200) -> None:
+                 max_delay: float = 0.5, window: int = 200, level_window: float = 0.5) -> None:
         self.frame_period = 1.0 / frame_rate
+        self._level_ticks = max(1, round(level_window * frame_rate))
+        self._level_floor: int | None = None  # fewest frames held at a tick of this level window
+        self._level_seen = 0  # ticks of this level window
         self.min_delay, self.max_delay = min_delay, max_delay
         self._initial_delay = initial_delay
         self._frames: dict[int, np.ndarray] = {}
@@ -151,6 +157,7 @@ class JitterBuffer:
             return STRETCH, None  # first fill: build up the target delay before playing
         self._started_at = None
         i = self.next_index
+        excess = self._excess_level()
         if i not in self._frames:
             if self._frames and self._overdue(i, now) or self.end_index is not None:
                 self.stats.lost += 1
@@ -159,9 +166,21 @@ class JitterBuffer:
             self.stats.stretched += 1
             return STRETCH, None
         target_frames = self.target_delay / self.frame_period
-        if len(self._frames) > 2 * target_frames + 2 and i + 1 in self._frames:
-            del self._frames[i]  # far too much queued: skip a frame to cut the delay
+        if (excess or len(self._frames) > 2 * target_frames + 2) and i + 1 in self._frames:
+            del self._frames[i]  # more queued than the jitter needs: skip a frame to cut the delay
             self.stats.skipped += 1
             i += 1
         self.next_index = i + 1
         return i, self._frames.pop(i)
+
+    def _excess_level(self) -> bool:
+        """Track the fill level at each tick; True when a level window has just closed in which
+        the queue, beyond the frame due, never fell to the target delay (the delay is excess)."""
+        level = len(self._frames)
+        self._level_floor = level if self._level_floor is None else min(self._level_floor, level)
+        self._level_seen += 1
+        if self._level_seen < self._level_ticks:
+            return False
+        excess = (self._level_floor - 1) * self.frame_period > self.target_delay
+        self._level_floor, self._level_seen = None, 0
+        return excess

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator, Union
 import numpy as np
 
 if TYPE_CHECKING:  # the relay parses packets without loading the codec
-    from codec import EncodecConfig
+    from codec import EncodecModel
 
 VERSION = 1
 """Protocol version carried by every ``HEADER``; a receiver refuses other versions."""
@@ -344,10 +344,11 @@ def unwrap_index(wire_index: int, reference: int) -> int:
     return reference + delta
 
 
-def stream_header_for(config: EncodecConfig, stream_id: int = 0, start_time_us: int = 0) -> StreamHeader:
-    """The ``HEADER`` of a stream produced by a model with this config."""
+def stream_header_for(model: "EncodecModel", stream_id: int = 0, start_time_us: int = 0) -> StreamHeader:
+    """The ``HEADER`` of a stream produced by ``model`` (anything with a ``config`` and a ``fingerprint()``)."""
+    config = model.config
     return StreamHeader(
-        fingerprint=config_fingerprint(config),
+        fingerprint=model_fingerprint(model),
         sample_rate=int(config.sampling_rate),
         channels=int(config.audio_channels),
         samples_per_frame=int(config.hop_length),
@@ -358,9 +359,9 @@ def stream_header_for(config: EncodecConfig, stream_id: int = 0, start_time_us: 
     )
 
 
-def config_fingerprint(config: EncodecConfig) -> bytes:
-    """8 bytes naming the model config, so peers with different models refuse each other."""
-    return config.fingerprint()[:FINGERPRINT_SIZE]
+def model_fingerprint(model: "EncodecModel") -> bytes:
+    """8 bytes naming the model, weights included, so peers with different models refuse each other."""
+    return model.fingerprint()[:FINGERPRINT_SIZE]
 
 
 # -------------------------------------------------------------------- stream state
@@ -369,6 +370,11 @@ Message = Union[StreamHeader, AudioPacket, EndOfStream]
 
 REORDER_WINDOW = 150
 """Frames (2 s at 75 Hz) a packet may lag the newest one before it counts as stale."""
+
+
+class ModelMismatchError(ProtocolError):
+    """A well-formed stream from a peer whose model (architecture or weights) is not ours: its codes
+    would decode to noise."""
 
 
 class OutOfOrderError(ProtocolError):

@@ -13,6 +13,7 @@ from websockets.asyncio.server import serve
 from client import Client, Options
 from server import Relay
 from streaming import protocol
+from streaming.call import Receiver
 from tests.models import small_model, speech_like
 
 RATE = 24000
@@ -169,3 +170,18 @@ def test_demo_speaks_and_records_exact_length(model, tmp_path, capsys):
     demo.main(["--model", str(tmp_path / "model"), "--output", str(tmp_path / "heard.wav"), "--no-pace"])
     assert soundfile.info(tmp_path / "heard.wav").frames == 3 * RATE
     assert "kbps at the application layer" in capsys.readouterr().out
+
+
+def test_receiver_refuses_a_peer_with_other_weights_and_says_so_once(model, caplog):
+    other = small_model()
+    with torch.no_grad():  # the same architecture, another model: its codes would decode to noise
+        other.quantizer.layers[0].codebook.embed.mul_(2)
+    assert other.config == model.config
+    receiver = Receiver(model, executor=None)
+    header = protocol.stream_header_for(other, stream_id=5).encode()
+    for _ in range(3):
+        receiver.handle(header, now=0.0)
+    assert receiver.problems == {"other_model": 3} and not receiver.streams
+    assert len([r for r in caplog.records if "uses another model" in r.getMessage()]) == 1
+    receiver.handle(protocol.stream_header_for(model, stream_id=6).encode(), now=0.0)
+    assert list(receiver.streams) == [6]

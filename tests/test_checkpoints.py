@@ -129,3 +129,17 @@ def test_config_validation_and_round_trip(tmp_path):
     assert EncodecConfig.from_json_file(tmp_path / "config.json") == config
     assert (config.hop_length, config.frame_rate, config.num_quantizers, config.codebook_nbits) == (320, 75, 8, 10)
     assert EncodecConfig(chunk_length_s=1.0, overlap=0.01).chunk_stride == 23760
+
+
+def test_fingerprint_names_the_weights_not_just_the_architecture(tmp_path):
+    model = small_model()
+    model.save_pretrained(tmp_path / "saved")
+    assert EncodecModel.from_pretrained(tmp_path / "saved").fingerprint() == model.fingerprint()
+
+    retrained = EncodecModel.from_pretrained(tmp_path / "saved")
+    before = retrained.fingerprint()
+    with torch.no_grad():  # same config, one codebook entry moved: the codes mean something else
+        retrained.quantizer.layers[0].codebook.embed[3] += 1e-3
+    assert retrained.config == model.config
+    assert retrained.fingerprint() != before  # the cached value follows in-place changes
+    assert len(before) == 32

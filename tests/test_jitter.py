@@ -99,3 +99,37 @@ def test_gain_schedule_follows_sample_positions():
     g.set(2, 0.0)
     out = np.concatenate([g.apply(np.ones((1, n))) for n in (3, 6, 3)], axis=1)
     np.testing.assert_array_equal(out[0], [1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0, 0, 0, 0])
+
+
+def simulate(jitter: float, seconds: float, seed: int = 0) -> tuple[JitterBuffer, list[int]]:
+    """Frames sent every T arrive up to `jitter` late; a sound card ticks every T. Returns the
+    buffer and the number of frames it held at each tick."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    arrivals = sorted((i * T + jitter * rng.random(), i) for i in range(n))
+    jb, levels, next_arrival = JitterBuffer(RATE), [], 0
+    for tick in range(n):
+        now = tick * T + 0.0005
+        while next_arrival < n and arrivals[next_arrival][0] <= now:
+            jb.put(arrivals[next_arrival][1], (codes(arrivals[next_arrival][1]),), now=arrivals[next_arrival][0])
+            next_arrival += 1
+        levels.append(jb.buffered)
+        jb.playout(now)
+    return jb, levels
+
+
+def test_a_calm_stream_gives_back_the_start_up_delay():
+    jb, levels = simulate(jitter=0.002, seconds=6)
+    assert max(levels[:10]) >= 5  # the 80 ms start: six frames queued
+    assert jb.target_delay == pytest.approx(jb.min_delay, abs=0.005)
+    # Within a few level windows the queue is down to the target (20 ms, 1.5 frames) plus the frame due.
+    assert max(levels[-150:]) <= 3
+    assert 3 <= jb.stats.skipped <= 6 and jb.stats.lost == 0
+
+
+def test_a_jittery_stream_keeps_the_delay_it_needs():
+    jb, levels = simulate(jitter=0.1, seconds=6)
+    assert jb.target_delay > 0.08
+    late = jb.stats.lost
+    assert late <= 0.02 * len(levels)  # the delay it kept covers the jitter
+    assert jb.stats.skipped <= 4

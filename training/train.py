@@ -24,6 +24,7 @@ import torch
 from codec import EncodecConfig, EncodecModel
 
 from .augment import SegmentSampler
+from .discriminator import MultiScaleSTFTDiscriminator, discriminator_loss, generator_losses
 from .losses import Balancer, MultiScaleMelLoss, si_snr
 from .vq import EmaResidualVQ
 
@@ -32,6 +33,7 @@ DEFAULT_CONFIG = dict(num_filters=16, hidden_size=64, num_lstm_layers=1)
 # Quantizer dropout: bandwidth (kbps) → probability per step. 6 kbps, the call default, gets the most.
 BANDWIDTH_PROBS = {1.5: 0.15, 3.0: 0.2, 6.0: 0.35, 12.0: 0.15, 24.0: 0.15}
 LOSS_WEIGHTS = {"time_l1": 0.1, "mel": 1.0}  # EnCodec's λt, λf; commitment λw = 1 outside the balancer
+ADVERSARIAL_WEIGHTS = {"adv": 3.0, "feat": 3.0}  # EnCodec's λg, λfeat
 
 
 def build_model(overrides: dict | None = None) -> EncodecModel:
@@ -87,7 +89,11 @@ def lr_at(step: int, args) -> float:
 
 
 def plot(run_dir: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the CSVs hold everything; the picture is a convenience
+        print("matplotlib is not installed (pip install matplotlib): no loss.png", flush=True)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -164,6 +170,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint-minutes", type=float, default=4.0)
     parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--adversarial", action="store_true", help="add the multi-scale STFT discriminator (hinge + feature matching)")
+    parser.add_argument("--disc-filters", type=int, default=16, help="discriminator width (EnCodec: 32)")
+    parser.add_argument("--disc-ffts", default="2048,512,128", help="discriminator STFT windows (EnCodec: 2048,1024,512,256,128)")
+    parser.add_argument("--disc-batch", type=int, default=4, help="examples of each batch the adversarial losses see")
+    parser.add_argument(
+        "--disc-warmup", type=int, default=300,
+        help="steps the discriminator trains alone before its losses reach the codec (a random one only adds noise)",
+    )
     parser.add_argument(
         "--init", default=None, metavar="MODEL",
         help="start a new run from these weights and codebooks (a model directory, or 'default' for the bundled model) "
@@ -187,7 +201,12 @@ def main() -> None:
     mel_loss = MultiScaleMelLoss(model.config.sampling_rate).to(device)
     params = list(model.encoder.parameters()) + list(model.decoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
-    balancer = Balancer(LOSS_WEIGHTS)
+    balancer = Balancer({**LOSS_WEIGHTS, **ADVERSARIAL_WEIGHTS})
+    discriminator = disc_optimizer = None
+    disc_start = 0  # the step the discriminator joined the run
+    if args.adversarial:
+        discriminator = MultiScaleSTFTDiscriminator(args.disc_filters, tuple(int(n) for n in args.disc_ffts.split(","))).to(device)
+        disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=3e-4, betas=(0.5, 0.9))
     sampler = SegmentSampler(np.load(data_dir / "train.npy"), int(args.segment * model.config.sampling_rate))
     eval_batch = heldout_batch(data_dir).to(device)
     bandwidths, probs = list(BANDWIDTH_PROBS), np.array(list(BANDWIDTH_PROBS.values()))
@@ -200,6 +219,11 @@ def main() -> None:
         optimizer.load_state_dict(state["optimizer"])
         balancer.load_state_dict(state["balancer"])
         step, trained_seconds = state["step"], state["trained_seconds"]
+        disc_start = step
+        if discriminator is not None and "discriminator" in state:
+            discriminator.load_state_dict(state["discriminator"])
+            disc_optimizer.load_state_dict(state["disc_optimizer"])
+            disc_start = state["disc_start"]
         for name in ("log.csv", "eval.csv"):  # drop rows an interrupted run wrote after its last checkpoint
             if (run_dir / name).exists():
                 rows = list(csv.DictReader(open(run_dir / name)))
@@ -219,9 +243,11 @@ def main() -> None:
                 vq.initialise(model.encoder(init), torch.Generator().manual_seed(args.seed))
         print(f"model: {model.num_parameters():,} parameters; config {DEFAULT_CONFIG}", flush=True)
 
-    log_fields = ["step", "wall_s", "lr", "bandwidth", "loss", "mel", "time_l1", "commit", "grad_norm", "step_s"]
+    log_fields = ["step", "wall_s", "lr", "bandwidth", "loss", "mel", "time_l1", "commit", "adv", "feat", "disc", "grad_norm", "step_s"]
+    if (run_dir / "log.csv").exists() and (run_dir / "log.csv").stat().st_size:
+        log_fields = next(csv.reader(open(run_dir / "log.csv")))  # a run's columns stay as it began them
     log_file = open(run_dir / "log.csv", "a", newline="")
-    log = csv.DictWriter(log_file, fieldnames=log_fields)
+    log = csv.DictWriter(log_file, fieldnames=log_fields, extrasaction="ignore")
     if log_file.tell() == 0:
         log.writeheader()
     start = time.time()
@@ -239,6 +265,9 @@ def main() -> None:
         save_checkpoint(last, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "balancer": balancer.state_dict(),
             "step": step, "trained_seconds": trained_seconds + time.time() - start, "args": vars(args),
+            **({} if discriminator is None else {
+                "discriminator": discriminator.state_dict(), "disc_optimizer": disc_optimizer.state_dict(), "disc_start": disc_start,
+            }),
         })
         log_file.flush()
         plot(run_dir)
@@ -261,11 +290,20 @@ def main() -> None:
         quantized, commit, _ = vq(embeddings, n_q, generator)
         y = model.decoder(quantized)[..., : x.shape[-1]]
         losses = {"time_l1": torch.nn.functional.l1_loss(y, x), "mel": mel_loss(x, y)}
+        seen = slice(0, args.disc_batch)
+        if discriminator is not None and step - disc_start >= args.disc_warmup:
+            losses.update(generator_losses(discriminator, x[seen], y[seen]))
         optimizer.zero_grad(set_to_none=True)
         out_grad, _ = balancer.output_grad(losses, y)
         torch.autograd.backward([y, commit], [out_grad, torch.ones_like(commit)])
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 10.0))
         optimizer.step()
+        disc = None
+        if discriminator is not None:
+            disc_optimizer.zero_grad(set_to_none=True)
+            disc = discriminator_loss(discriminator, x[seen], y[seen])
+            disc.backward()
+            disc_optimizer.step()
         step += 1
 
         if step % args.log_every == 0 or step == 1:
@@ -273,7 +311,10 @@ def main() -> None:
                 "step": step, "wall_s": f"{trained_seconds + time.time() - start:.1f}", "lr": f"{lr_at(step - 1, args):.2e}",
                 "bandwidth": bandwidth, "loss": f"{float((losses['mel'] + 0.1 * losses['time_l1'] + commit).detach()):.4f}",
                 "mel": f"{float(losses['mel'].detach()):.4f}", "time_l1": f"{float(losses['time_l1'].detach()):.5f}",
-                "commit": f"{float(commit):.5f}", "grad_norm": f"{grad_norm:.3f}", "step_s": f"{time.time() - t0:.2f}",
+                "commit": f"{float(commit.detach()):.5f}",
+                **{name: f"{float(losses[name].detach()):.4f}" for name in ADVERSARIAL_WEIGHTS if name in losses},
+                **({} if disc is None else {"disc": f"{float(disc.detach()):.4f}"}),
+                "grad_norm": f"{grad_norm:.3f}", "step_s": f"{time.time() - t0:.2f}",
             }
             log.writerow(row)
             if step % (args.log_every * 5) == 0 or step == 1:
