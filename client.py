@@ -289,7 +289,8 @@ class Client:
     async def _microphone(self) -> AsyncIterator[np.ndarray]:
         from streaming.audio_io import Microphone
 
-        microphone = Microphone(self.rate, self.channels, self.options.input_device)
+        microphone = Microphone(self.rate, self.channels, self.options.input_device,
+                                frame_samples=self.model.config.hop_length)
         microphone.start()
         try:
             while True:

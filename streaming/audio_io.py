@@ -16,7 +16,17 @@ from typing import Any
 import numpy as np
 
 BLOCK_SECONDS = 0.01
-"""Device block size asked of PortAudio (10 ms): short enough for latency."""
+"""Device block size asked of PortAudio (10 ms) for playback, and for capture when the caller
+names no frame size."""
+
+
+def capture_blocksize(device_rate: int, rate: int, frame_samples: int | None) -> int:
+    """Device samples per capture block: one codec frame where that is a whole number of device
+    samples, so that each frame is complete the moment its block arrives (10 ms blocks make it
+    wait 5 ms on average for the block holding its last sample), else 10 ms."""
+    if frame_samples is not None and (frame_samples * device_rate) % rate == 0:
+        return frame_samples * device_rate // rate
+    return int(BLOCK_SECONDS * device_rate)
 
 
 class AudioDeviceError(RuntimeError):
@@ -133,7 +143,8 @@ class _Device:
 class Microphone(_Device):
     """Captures blocks at the model rate; ``await read()`` returns ``(channels, n)`` float32."""
 
-    def __init__(self, rate: int, channels: int, device: Any = None, seconds: float = 2.0) -> None:
+    def __init__(self, rate: int, channels: int, device: Any = None, seconds: float = 2.0,
+                 frame_samples: int | None = None) -> None:
         sd = import_sounddevice()
         self.device_rate = _device_rate(sd, device, "input", rate, channels)
         self.resample = LinearResampler(self.device_rate, rate) if self.device_rate != rate else None
@@ -142,7 +153,7 @@ class Microphone(_Device):
         self._loop = asyncio.get_running_loop()
         self._ready = asyncio.Event()
         self.stream = sd.InputStream(samplerate=self.device_rate, channels=channels, dtype="float32",
-                                     blocksize=int(BLOCK_SECONDS * self.device_rate), device=device,
+                                     blocksize=capture_blocksize(self.device_rate, rate, frame_samples), device=device,
                                      callback=self._callback)
 
     def _callback(self, indata: np.ndarray, frames: int, time: Any, status: Any) -> None:

@@ -97,6 +97,10 @@ async def test_microphone_to_speaker_call(model, monkeypatch, refused):
     server.close()
     speakers = [s for s in sd.opened if s.signal is None]
     assert len(speakers) == 2 and all(s.rate == (48000 if refused else 24000) for s in sd.opened)
+    # Capture blocks are one codec frame (320 samples at 24 kHz, 640 at 48 kHz); playback blocks 10 ms.
+    microphones = [s for s in sd.opened if s.signal is not None]
+    assert {s.blocksize for s in microphones} == {640 if refused else 320}
+    assert {s.blocksize for s in speakers} == {480 if refused else 240}
     heard = [np.concatenate(s.played)[:, 0] for s in speakers]
     assert all(np.abs(h).max() > 1e-3 for h in heard), "a peer heard nothing"
     assert "loss 0.0%" in status and "kbps" in status
@@ -157,3 +161,12 @@ def test_linear_resampler_keeps_the_rate_across_blocks():
     assert abs(len(out) - 24000) <= 1
     expected = np.sin(np.arange(len(out)) / 24000 * 2 * np.pi * 100)
     assert np.abs(out[1:, 0] - expected[1:]).max() < 0.01
+
+
+def test_capture_blocks_are_one_frame_where_the_device_rate_allows():
+    from streaming.audio_io import capture_blocksize
+
+    assert capture_blocksize(24000, 24000, 320) == 320
+    assert capture_blocksize(44100, 24000, 320) == 588
+    assert capture_blocksize(16000, 24000, 320) == 160  # 213.3 samples: not a whole block, so 10 ms
+    assert capture_blocksize(48000, 24000, None) == 480
