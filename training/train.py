@@ -174,6 +174,11 @@ def main() -> None:
     parser.add_argument("--disc-filters", type=int, default=16, help="discriminator width (EnCodec: 32)")
     parser.add_argument("--disc-ffts", default="2048,512,128", help="discriminator STFT windows (EnCodec: 2048,1024,512,256,128)")
     parser.add_argument("--disc-batch", type=int, default=4, help="examples of each batch the adversarial losses see")
+    parser.add_argument("--disc-lr", type=float, default=3e-4, help="discriminator learning rate (EnCodec: 3e-4)")
+    parser.add_argument(
+        "--adv-weight", type=float, default=ADVERSARIAL_WEIGHTS["adv"],
+        help="balancer weight of the adversarial and of the feature-matching loss each (EnCodec: 3, against mel 1)",
+    )
     parser.add_argument(
         "--disc-warmup", type=int, default=300,
         help="steps the discriminator trains alone before its losses reach the codec (a random one only adds noise)",
@@ -201,12 +206,12 @@ def main() -> None:
     mel_loss = MultiScaleMelLoss(model.config.sampling_rate).to(device)
     params = list(model.encoder.parameters()) + list(model.decoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
-    balancer = Balancer({**LOSS_WEIGHTS, **ADVERSARIAL_WEIGHTS})
+    balancer = Balancer({**LOSS_WEIGHTS, **{name: args.adv_weight for name in ADVERSARIAL_WEIGHTS}})
     discriminator = disc_optimizer = None
     disc_start = 0  # the step the discriminator joined the run
     if args.adversarial:
         discriminator = MultiScaleSTFTDiscriminator(args.disc_filters, tuple(int(n) for n in args.disc_ffts.split(","))).to(device)
-        disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=3e-4, betas=(0.5, 0.9))
+        disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.disc_lr, betas=(0.5, 0.9))
     sampler = SegmentSampler(np.load(data_dir / "train.npy"), int(args.segment * model.config.sampling_rate))
     eval_batch = heldout_batch(data_dir).to(device)
     bandwidths, probs = list(BANDWIDTH_PROBS), np.array(list(BANDWIDTH_PROBS.values()))
