@@ -222,7 +222,7 @@ class Relay:
         if len(message) > self.limits.max_message:
             return "oversized"
         try:
-            peer.stream.accept(message)
+            peer.stream.check(message)
         except protocol.OutOfOrderError:
             return "out_of_order"
         except protocol.ProtocolError:

@@ -121,22 +121,35 @@ def test_malformed_messages_raise_protocol_error(data):
         state.accept(data)
 
 
+def outcome(check, data):
+    try:
+        check(data)
+    except p.ProtocolError as error:
+        return type(error)
+    return None
+
+
 def test_random_bytes_never_raise_anything_but_protocol_error():
+    """Also: the relay's `check` (no unpacking) refuses exactly what `accept` refuses."""
     rng = np.random.default_rng(1)
-    valid = [HEADER.encode(), audio(1), p.AudioPacket(2, (np.ones(4, np.int64),) * 3).encode(10)]
-    for i in range(3000):
+    valid = [HEADER.encode(), audio(1), p.AudioPacket(2, (np.ones(4, np.int64),) * 3).encode(10),
+             p.AudioPacket(3, (np.ones(3, np.int64), np.ones(5, np.int64))).encode(10)]
+    outcomes = set()
+    for i in range(4000):
         if i % 2:
             data = rng.integers(0, 256, rng.integers(0, 40), dtype=np.uint8).tobytes()
         else:
-            data = bytearray(valid[i % 3])
+            data = bytearray(valid[i % 4])
             data[rng.integers(len(data))] ^= 1 << rng.integers(8)
             data = bytes(data[: rng.integers(1, len(data) + 1)])
-        state = p.StreamState()
-        state.accept(HEADER.encode())
-        try:
-            state.accept(data)
-        except p.ProtocolError:
-            pass
+        receiver, relay = p.StreamState(), p.StreamState()
+        receiver.accept(HEADER.encode())
+        relay.check(HEADER.encode())
+        result = outcome(receiver.accept, data)
+        assert outcome(relay.check, data) == result, data
+        assert relay.newest == receiver.newest
+        outcomes.add(result)
+    assert {None, p.ProtocolError} <= outcomes  # both valid and refused messages were exercised
 
 
 def test_file_round_trip_and_truncation():
