@@ -128,6 +128,8 @@ class Client:
         config = model.config
         self.rate, self.channels = config.sampling_rate, config.audio_channels
         self.frame_period = config.hop_length / config.sampling_rate
+        self.output_margin = self.frame_period / 2
+        """Audio kept at the sound card beyond one callback's block: the time a tick has to decode."""
         self.send_file = options.input is not None
         self.sends = options.input is not None or options.output is None
         self.receives = options.input is None or options.output is not None
@@ -323,7 +325,7 @@ class Client:
             while True:
                 await speaker.consumed.wait()
                 speaker.consumed.clear()
-                while speaker.queued_seconds < speaker.block_seconds + self.frame_period / 2:
+                while speaker.queued_seconds < speaker.block_seconds + self.output_margin:
                     audio = await self.receiver.tick(time.monotonic())
                     if audio is None:
                         break

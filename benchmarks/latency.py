@@ -98,7 +98,7 @@ def plan(args: argparse.Namespace, model: str) -> list[tuple[str, CallSpec]]:
         if bandwidth != 6.0:
             calls.append(("bandwidth", CallSpec(label=f"{bandwidth:g} kbps", model=model,
                                                 **{**base, "bandwidth": bandwidth})))
-    tight = {"jitter_initial": 0.02, "jitter_min": 0.005, "speaker_frames": 1}
+    tight = {"jitter_initial": 0.02, "jitter_min": 0.005, "output_margin": 0.0}
     calls.append(("playout", CallSpec(label=f"what-if tight playout, {model}", model=model, playout=tight, **base)))
     if not args.no_opus:
         calls += [("playout", CallSpec(label="what-if tight playout, opus 20 ms", model="opus-20ms",

@@ -160,9 +160,9 @@ class CallSpec:
     inject: dict = field(default_factory=dict)
     """Known delays to add, for the tests: ``{"encode": s, "network": s, "decode": s}``."""
     playout: dict = field(default_factory=dict)
-    """A what-if, not the shipped defaults: ``{"jitter_initial": s, "jitter_min": s, "speaker_frames": n}``
-    replace the jitter buffer's 80 ms start and 20 ms floor and the client's 2 frames queued at the
-    sound card, to show what the codec allows with a tighter playout policy."""
+    """A what-if, not the shipped defaults: ``{"jitter_initial": s, "jitter_min": s, "output_margin": s}``
+    replace the jitter buffer's 80 ms start and 20 ms floor and the client's half frame queued at the
+    sound card beyond one block, to show what the codec allows with a tighter playout policy."""
 
 
 class DelayedOutbox:
@@ -276,8 +276,8 @@ def _peer(spec: CallSpec, url: str, room: str, audio: np.ndarray, barrier) -> di
     async def call() -> dict:
         client = Client(Options(server=url, room=room, status=False, bandwidth=spec.bandwidth,
                                 frames_per_packet=spec.frames_per_packet, start="immediate"), model)
-        if spec.playout.get("speaker_frames"):  # Client._play keeps 2 * frame_period queued
-            client.frame_period *= spec.playout["speaker_frames"] / 2
+        if "output_margin" in spec.playout:
+            client.output_margin = spec.playout["output_margin"]
         client.sender.observer = on_sent
         client.receiver.observer = on_received
         if spec.inject.get("encode"):
