@@ -251,29 +251,29 @@ class _LSTMState:
     cell: list[torch.Tensor] = field(default_factory=list)
 
 
+def _packed_lstm(lstm: nn.LSTM) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer: [W_ih; W_hh] transposed into one contiguous (input + hidden, 4 × hidden) matrix
+    and the two biases summed, so that a step is one matrix product per layer. The gate columns
+    are reordered from PyTorch's (i, f, g, o) to (i, f, o, g): one sigmoid then covers the three
+    sigmoid gates."""
+    size = lstm.hidden_size
+    order = torch.cat([torch.arange(0, 2 * size), torch.arange(3 * size, 4 * size), torch.arange(2 * size, 3 * size)])
+    return [
+        (
+            torch.cat([getattr(lstm, f"weight_ih_l{i}"), getattr(lstm, f"weight_hh_l{i}")], dim=1)[order].t().contiguous(),
+            (getattr(lstm, f"bias_ih_l{i}") + getattr(lstm, f"bias_hh_l{i}"))[order],
+        )
+        for i in range(lstm.num_layers)
+    ]
+
+
 class StreamingLSTM(StreamingLayer):
     """Steps the LSTM cell by hand: `nn.LSTM` on a single step costs milliseconds of set-up."""
 
     def __init__(self, module: EncodecLSTM) -> None:
         lstm = module.lstm
         self.hidden_size = lstm.hidden_size
-        # Per layer: [W_ih; W_hh] transposed into one contiguous (input + hidden, 4 × hidden) matrix
-        # and the two biases summed, so that a step is one matrix product per layer. The gate
-        # columns are reordered from PyTorch's (i, f, g, o) to (i, f, o, g): one sigmoid then covers
-        # the three sigmoid gates.
-        order = torch.cat([torch.arange(0, 2 * lstm.hidden_size), torch.arange(3 * lstm.hidden_size, 4 * lstm.hidden_size),
-                           torch.arange(2 * lstm.hidden_size, 3 * lstm.hidden_size)])
-        self.layers = derived(
-            lstm,
-            "packed",
-            lambda: [
-                (
-                    torch.cat([getattr(lstm, f"weight_ih_l{i}"), getattr(lstm, f"weight_hh_l{i}")], dim=1)[order].t().contiguous(),
-                    (getattr(lstm, f"bias_ih_l{i}") + getattr(lstm, f"bias_hh_l{i}"))[order],
-                )
-                for i in range(lstm.num_layers)
-            ],
-        )
+        self.layers = derived(lstm, "packed", lambda: _packed_lstm(lstm))
         self.state = _LSTMState()
 
     def reset(self) -> None:

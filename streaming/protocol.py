@@ -103,6 +103,10 @@ def unpack_codes(payload: bytes, count: int, nbits: int) -> np.ndarray:
     bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))
     if bits[count * nbits :].any():
         raise ProtocolError("non-zero padding bits")
+    return _codes_from_bits(bits, count, nbits)
+
+
+def _codes_from_bits(bits: np.ndarray, count: int, nbits: int) -> np.ndarray:
     weights = (1 << np.arange(nbits - 1, -1, -1, dtype=np.int64))
     return bits[: count * nbits].reshape(count, nbits).astype(np.int64) @ weights
 
@@ -231,8 +235,8 @@ class AudioPacket:
     @classmethod
     def decode(cls, data: bytes, nbits: int, max_codebooks: int) -> "AudioPacket":
         """Parse a packet; ``index`` is the 14-bit wire value (see :func:`unwrap_index`)."""
-        wire_index, counts, pos = cls.layout(data, nbits, max_codebooks)
-        codes = unpack_codes(bytes(data[pos:]), sum(counts), nbits)
+        wire_index, counts, pos = cls.layout(data, nbits, max_codebooks)  # sizes and padding checked there
+        codes = _codes_from_bits(np.unpackbits(np.frombuffer(data, dtype=np.uint8, offset=pos)), sum(counts), nbits)
         frames = tuple(np.split(codes, np.cumsum(counts)[:-1]))
         return cls(wire_index, frames)
 
