@@ -80,3 +80,66 @@ def test_a_warm_started_adversarial_run_checkpoints_and_resumes(tmp_path):
     assert [int(r["step"]) for r in csv.DictReader(open(run / "eval.csv"))] == [2, 3]
     # Warm-started from the bundled model: the first step already reconstructs (a fresh model's mel loss is > 1).
     assert float(rows[0]["mel"]) < 1.0
+
+
+def test_worker_processes_build_the_batches_the_training_process_would(tmp_path):
+    from training.augment import SegmentSampler
+    from training.batches import BatchStream
+
+    audio = (speech_like(3 * 24_000, 24_000, seed=3)[0, 0].numpy() * 32767).astype(np.int16)
+    sampler = SegmentSampler(audio, 2400)
+    bandwidths, probs = [1.5, 6.0, 24.0], np.array([0.2, 0.5, 0.3])
+    serial = BatchStream(sampler, 7, 3, bandwidths, probs, workers=0)
+    ahead = BatchStream(sampler, 7, 3, bandwidths, probs, workers=2)
+    try:
+        # Resuming at step 5 must give step 5's batch, whichever process builds it.
+        for (x, bw), (y, bw_ahead), _ in zip(serial(5), ahead(5), range(6)):
+            assert bw == bw_ahead and np.array_equal(x, y)
+            assert x.shape == (3, 1, 2400) and x.dtype == np.float32
+        first, second = next(serial(5))[0], next(serial(6))[0]
+        assert not np.array_equal(first, second)
+    finally:
+        ahead.close()
+
+
+def test_fit_schedule_ends_the_learning_rate_schedule_with_the_time(capsys):
+    import argparse
+
+    from training.train import FIT_STEP_SHARE, fit_schedule, lr_at
+
+    args = argparse.Namespace(steps=1_000_000, warmup=200, lr=1e-3)
+    args.steps = fit_schedule(40, seconds_per_step=0.05, seconds_left=480.0, args=args)
+    assert args.steps == 40 + int(FIT_STEP_SHARE * 480 / 0.05)
+    assert args.warmup == 200 and lr_at(args.steps, args) == pytest.approx(1e-4)  # the cosine floor, reached in time
+    args.steps = 1_000_000
+    # Too little time for the warm-up: it shrinks to a tenth of the schedule; --steps stays a ceiling.
+    assert fit_schedule(40, 0.5, 60.0, args) == 40 + int(FIT_STEP_SHARE * 60 / 0.5) and args.warmup == 15
+    assert fit_schedule(40, 0.001, 1e6, argparse.Namespace(steps=5000, warmup=200, lr=1e-3)) == 5000
+    assert "[fit-schedule]" in capsys.readouterr().out
+
+
+def test_corpus_archive_round_trips_exactly_and_cuts_whole_utterances(tmp_path):
+    from training.archive import pack, unpack
+
+    rate = 24_000
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "data"
+    corpus.mkdir()
+    lengths = [rate * 20, rate * 25, rate * 30]  # utterances ending at 20 s, 45 s and 75 s
+    train = np.concatenate([
+        (speech_like(n, rate, seed=i)[0, 0].numpy() * 32767).astype(np.int16) for i, n in enumerate(lengths)
+    ])
+    train[:3] = [32767, -32768, 32767]  # extreme steps wrap in int16 and must still come back exactly
+    heldout = rng.integers(-32768, 32767, rate, dtype=np.int16)
+    offsets = np.cumsum([0] + lengths[:-1])
+    np.save(corpus / "train.npy", train)
+    np.save(corpus / "heldout.npy", heldout)
+    (corpus / "train_index.json").write_text(json.dumps([{"offset": int(o), "length": n, "voice": f"v{i}"} for i, (o, n) in enumerate(zip(offsets, lengths))]))
+    (corpus / "heldout_index.json").write_text(json.dumps([{"offset": 0, "length": rate}]))
+
+    minutes = pack(corpus, tmp_path / "corpus.npz", train_minutes=1.0)  # only the first two utterances fit in 60 s
+    assert minutes["train"] == pytest.approx(45 / 60) and minutes["heldout"] == pytest.approx(1 / 60)
+    unpack(tmp_path / "corpus.npz", tmp_path / "out")
+    assert np.array_equal(np.load(tmp_path / "out" / "train.npy"), train[: 45 * rate])
+    assert np.array_equal(np.load(tmp_path / "out" / "heldout.npy"), heldout)
+    assert [u["voice"] for u in json.load(open(tmp_path / "out" / "train_index.json"))] == ["v0", "v1"]

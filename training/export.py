@@ -16,16 +16,21 @@ import torch
 
 from codec import EncodecModel
 
-from .train import build_model
+
+def export_model(model: EncodecModel, out: str, dtype: torch.dtype = torch.float16) -> int:
+    """Write `model` (cast in place to `dtype`) in the hub layout; returns the size of its weights file."""
+    model.to(dtype).save_pretrained(out)
+    return os.path.getsize(os.path.join(out, "model.safetensors"))
 
 
 def export(checkpoint: str, out: str, dtype: torch.dtype = torch.float16) -> EncodecModel:
+    from .train import build_model  # train imports this module for its checkpoints
+
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     model = build_model()
     model.load_state_dict(state["model"])
-    model.to(dtype).save_pretrained(out)
+    size = export_model(model, out, dtype)
     reloaded = EncodecModel.from_pretrained(out)
-    size = os.path.getsize(os.path.join(out, "model.safetensors"))
     print(f"{out}: {reloaded.num_parameters():,} parameters, model.safetensors {size / 1e6:.1f} MB, step {state['step']}")
     return reloaded
 

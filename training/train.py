@@ -11,6 +11,7 @@ repeats what an uninterrupted one would have done. Progress goes to stdout, `<ru
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -24,7 +25,9 @@ import torch
 from codec import EncodecConfig, EncodecModel
 
 from .augment import SegmentSampler
+from .batches import BatchStream
 from .discriminator import MultiScaleSTFTDiscriminator, discriminator_loss, generator_losses
+from .export import export_model
 from .losses import Balancer, MultiScaleMelLoss, si_snr
 from .vq import EmaResidualVQ
 
@@ -79,6 +82,22 @@ def warm_start(model: EncodecModel, source: str) -> None:
     model.load_state_dict({name: tensor.float() for name, tensor in trained.state_dict().items()})
     for layer in model.quantizer.layers:
         layer.codebook.inited.fill_(1.0)
+
+
+# Steps of a fresh run timed by --fit-schedule: from the first (after cuDNN's autotuning) to the second.
+FIT_TIMED_STEPS = (10, 40)
+# Share of the wall time the steps get; checkpoints (held-out evaluation, saving, plotting) take the rest.
+FIT_STEP_SHARE = 0.93
+
+
+def fit_schedule(step: int, seconds_per_step: float, seconds_left: float, args) -> int:
+    """The total step count whose schedule ends when `--minutes` runs out, at the measured pace."""
+    steps = step + int(FIT_STEP_SHARE * seconds_left / seconds_per_step)
+    steps = max(step + 1, min(args.steps, steps))
+    args.warmup = min(args.warmup, steps // 10)
+    print(f"[fit-schedule] {seconds_per_step * 1000:.0f} ms/step over steps {FIT_TIMED_STEPS}: schedule of {steps} steps "
+          f"(warm-up {args.warmup}) for the {seconds_left / 60:.1f} min left", flush=True)
+    return steps
 
 
 def lr_at(step: int, args) -> float:
@@ -162,6 +181,13 @@ def main() -> None:
     parser.add_argument("--run-dir", default="training/runs/default")
     parser.add_argument("--steps", type=int, default=4000, help="total steps of the schedule")
     parser.add_argument("--minutes", type=float, default=float("inf"), help="stop (with a checkpoint) after this wall time")
+    parser.add_argument(
+        "--fit-schedule", action="store_true",
+        help="with --minutes, on a fresh run: time the first steps and shorten --steps so the learning-rate schedule "
+        "ends when the time does (for a rented GPU, whose pace is unknown beforehand)",
+    )
+    parser.add_argument("--workers", type=int, default=0, help="processes that build batches ahead (0: the training process)")
+    parser.add_argument("--export-dir", default=None, help="also write the model as a float16 bundle here at every checkpoint")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--segment", type=float, default=0.8, help="seconds")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -191,10 +217,18 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run_dir, data_dir = Path(args.run_dir), Path(args.data)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
+    bandwidths, probs = list(BANDWIDTH_PROBS), np.array(list(BANDWIDTH_PROBS.values()))
+    segment = int(args.segment * EncodecConfig(**DEFAULT_CONFIG).sampling_rate)
+    sampler = SegmentSampler(np.load(data_dir / "train.npy"), segment)
+    batches = BatchStream(sampler, args.seed, args.batch, bandwidths, probs, args.workers)  # forks: before CUDA starts
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        # TF32 convolutions and matmuls: ~2x faster steps; the shipped model runs in float32 all the same.
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
 
     model = build_model()
     if args.init:
@@ -212,9 +246,7 @@ def main() -> None:
     if args.adversarial:
         discriminator = MultiScaleSTFTDiscriminator(args.disc_filters, tuple(int(n) for n in args.disc_ffts.split(","))).to(device)
         disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.disc_lr, betas=(0.5, 0.9))
-    sampler = SegmentSampler(np.load(data_dir / "train.npy"), int(args.segment * model.config.sampling_rate))
     eval_batch = heldout_batch(data_dir).to(device)
-    bandwidths, probs = list(BANDWIDTH_PROBS), np.array(list(BANDWIDTH_PROBS.values()))
 
     step, trained_seconds = 0, 0.0
     last = run_dir / "last.pt"
@@ -246,7 +278,7 @@ def main() -> None:
             init = torch.from_numpy(np.concatenate([sampler.batch(rng, args.batch) for _ in range(4)])).to(device)
             with torch.no_grad():
                 vq.initialise(model.encoder(init), torch.Generator().manual_seed(args.seed))
-        print(f"model: {model.num_parameters():,} parameters; config {DEFAULT_CONFIG}", flush=True)
+        print(f"model: {model.num_parameters():,} parameters; config {DEFAULT_CONFIG}; device {device}", flush=True)
 
     log_fields = ["step", "wall_s", "lr", "bandwidth", "loss", "mel", "time_l1", "commit", "adv", "feat", "disc", "grad_norm", "step_s"]
     if (run_dir / "log.csv").exists() and (run_dir / "log.csv").stat().st_size:
@@ -257,6 +289,7 @@ def main() -> None:
         log.writeheader()
     start = time.time()
     last_checkpoint = start
+    first_step = step
 
     def checkpoint(final: bool = False) -> None:
         nonlocal last_checkpoint
@@ -275,18 +308,25 @@ def main() -> None:
             }),
         })
         log_file.flush()
+        if args.export_dir:
+            export_model(copy.deepcopy(model).cpu(), args.export_dir)
         plot(run_dir)
         print(f"[checkpoint] step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()), flush=True)
         last_checkpoint = time.time()
 
-    while step < args.steps:
-        if (time.time() - start) / 60 > args.minutes:
+    fit_at = first_step + FIT_TIMED_STEPS[1] if args.fit_schedule and first_step == 0 and math.isfinite(args.minutes) else None
+    for x, bandwidth in batches(step):
+        if step >= args.steps or (time.time() - start) / 60 > args.minutes:
             break
+        if step == first_step + FIT_TIMED_STEPS[0]:
+            timed_from = time.time()
+        if step == fit_at:
+            args.steps = fit_schedule(step, (time.time() - timed_from) / (FIT_TIMED_STEPS[1] - FIT_TIMED_STEPS[0]), args.minutes * 60 - (time.time() - start), args)
+            with open(run_dir / "args.json", "w") as f:
+                json.dump({**vars(args), "config": model.config.to_dict()}, f, indent=2)
         t0 = time.time()
-        rng = np.random.default_rng([args.seed, step])
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        x = torch.from_numpy(sampler.batch(rng, args.batch)).to(device)
-        bandwidth = bandwidths[rng.choice(len(bandwidths), p=probs)]
+        x = torch.from_numpy(x).to(device, non_blocking=True)
         n_q = model.config.num_quantizers_for_bandwidth(bandwidth)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args)
@@ -326,6 +366,7 @@ def main() -> None:
                 print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
         if time.time() - last_checkpoint > args.checkpoint_minutes * 60:
             checkpoint()
+    batches.close()
     checkpoint(final=True)
     print(f"stopped at step {step} of {args.steps}", flush=True)
 

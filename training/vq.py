@@ -37,7 +37,7 @@ class EmaResidualVQ:
         flat = embeddings.transpose(1, 2).reshape(-1, embeddings.shape[1])
         residual = flat
         for codebook in self.codebooks:
-            pick = torch.randint(0, residual.shape[0], (codebook.codebook_size,), generator=generator)
+            pick = torch.randint(0, residual.shape[0], (codebook.codebook_size,), generator=generator).to(residual.device)
             codebook.embed.copy_(residual[pick])
             codebook.embed_avg.copy_(residual[pick] * self.dead_threshold)
             codebook.cluster_size.fill_(self.dead_threshold)
@@ -63,7 +63,7 @@ class EmaResidualVQ:
         dead = codebook.cluster_size < self.dead_threshold * (1 - self.decay) * 10
         n_dead = int(dead.sum())
         if n_dead:
-            pick = torch.randint(0, flat.shape[0], (n_dead,), generator=generator)
+            pick = torch.randint(0, flat.shape[0], (n_dead,), generator=generator).to(flat.device)
             fresh = flat[pick]
             codebook.embed[dead] = fresh
             codebook.embed_avg[dead] = fresh * self.dead_threshold
