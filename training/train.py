@@ -85,7 +85,7 @@ def warm_start(model: EncodecModel, source: str) -> None:
 
 
 # Steps of a fresh run timed by --fit-schedule: from the first (after cuDNN's autotuning) to the second.
-FIT_TIMED_STEPS = (10, 40)
+FIT_TIMED_STEPS = (10, 110)
 # Share of the wall time the steps get; checkpoints (held-out evaluation, saving, plotting) take the rest.
 FIT_STEP_SHARE = 0.93
 
