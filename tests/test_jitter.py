@@ -101,25 +101,31 @@ def test_gain_schedule_follows_sample_positions():
     np.testing.assert_array_equal(out[0], [1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0, 0, 0, 0])
 
 
-def simulate(jitter: float, seconds: float, seed: int = 0) -> tuple[JitterBuffer, list[int]]:
-    """Frames sent every T arrive up to `jitter` late; a sound card ticks every T. Returns the
-    buffer and the number of frames it held at each tick."""
+def simulate(jitter: float, seconds: float, seed: int = 0, frames_per_packet: int = 1) -> tuple[JitterBuffer, list[int], list[float]]:
+    """Frames captured every T travel in packets of `frames_per_packet`, each sent when its last frame
+    is ready and arriving up to `jitter` late; a sound card ticks every T. Returns the buffer, the number
+    of frames it held at each tick and, for every frame played, how long after its capture (the end of
+    its 13.3 ms) it played."""
     rng = np.random.default_rng(seed)
-    n = int(seconds * RATE)
-    arrivals = sorted((i * T + jitter * rng.random(), i) for i in range(n))
-    jb, levels, next_arrival = JitterBuffer(RATE), [], 0
+    n = int(seconds * RATE) // frames_per_packet * frames_per_packet
+    firsts = range(0, n, frames_per_packet)
+    arrivals = sorted(((i + frames_per_packet - 1) * T + jitter * rng.random(), i) for i in firsts)
+    jb, levels, delays, next_arrival = JitterBuffer(RATE), [], [], 0
     for tick in range(n):
         now = tick * T + 0.0005
-        while next_arrival < n and arrivals[next_arrival][0] <= now:
-            jb.put(arrivals[next_arrival][1], (codes(arrivals[next_arrival][1]),), now=arrivals[next_arrival][0])
+        while next_arrival < len(arrivals) and arrivals[next_arrival][0] <= now:
+            first = arrivals[next_arrival][1]
+            jb.put(first, tuple(codes(first + k) for k in range(frames_per_packet)), now=arrivals[next_arrival][0])
             next_arrival += 1
         levels.append(jb.buffered)
-        jb.playout(now)
-    return jb, levels
+        index, frame = jb.playout(now)
+        if frame is not None:
+            delays.append(now - index * T)
+    return jb, levels, delays
 
 
 def test_a_calm_stream_gives_back_the_start_up_delay():
-    jb, levels = simulate(jitter=0.002, seconds=6)
+    jb, levels, _ = simulate(jitter=0.002, seconds=6)
     assert max(levels[:10]) >= 5  # the 80 ms start: six frames queued
     assert jb.target_delay == pytest.approx(jb.min_delay, abs=0.005)
     # Within a few level windows the queue is down to the target (20 ms, 1.5 frames), the frame due included.
@@ -128,8 +134,19 @@ def test_a_calm_stream_gives_back_the_start_up_delay():
 
 
 def test_a_jittery_stream_keeps_the_delay_it_needs():
-    jb, levels = simulate(jitter=0.1, seconds=6)
+    jb, levels, _ = simulate(jitter=0.1, seconds=6)
     assert jb.target_delay > 0.08
     late = jb.stats.lost
     assert late <= 0.02 * len(levels)  # the delay it kept covers the jitter
     assert jb.stats.skipped <= 4
+
+
+@pytest.mark.parametrize("frames_per_packet", [2, 4])
+def test_packets_of_several_frames_add_only_their_own_wait(frames_per_packet):
+    """A packet's first frame waits for the others at the sender, its last one at the receiver: a
+    packet of N frames costs N - 1 frames of delay in all, and the buffer must not hold that much again."""
+    _, _, single = simulate(jitter=0.002, seconds=10)
+    jb, _, bursts = simulate(jitter=0.002, seconds=10, frames_per_packet=frames_per_packet)
+    settled_single, settled = np.mean(single[-300:]), np.mean(bursts[-300:])
+    assert settled <= settled_single + (frames_per_packet - 1) * T + T / 2, (settled_single, settled)
+    assert jb.stats.lost == 0 and jb.stats.stretched <= 2
