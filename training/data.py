@@ -73,13 +73,16 @@ def make_sentence(rng: random.Random, words: list[str]) -> str:
     return text[0].upper() + text[1:] + rng.choice([".", ".", ".", "?", "!"])
 
 
+def resample_to_model_rate(audio: np.ndarray, rate: int) -> np.ndarray:
+    if rate == SAMPLE_RATE:
+        return audio
+    g = np.gcd(rate, SAMPLE_RATE)
+    return resample_poly(audio, SAMPLE_RATE // g, rate // g).astype(np.float32)
+
+
 def _read(path: str) -> np.ndarray:
     audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    audio = audio.mean(1)
-    if rate != SAMPLE_RATE:
-        g = np.gcd(rate, SAMPLE_RATE)
-        audio = resample_poly(audio, SAMPLE_RATE // g, rate // g).astype(np.float32)
-    return audio
+    return resample_to_model_rate(audio.mean(1), rate)
 
 
 def synth_espeak(rng: random.Random, text: str, voice: str, path: str) -> None:
@@ -102,11 +105,14 @@ def synth_festival(rng: random.Random, text: str, voice: str, path: str) -> None
     subprocess.run(cmd, input=text.encode(), check=True, capture_output=True, timeout=120)
 
 
-def trim_and_level(audio: np.ndarray) -> np.ndarray | None:
-    """Trim silence to at most 0.2 s at each end; scale to TARGET_DBFS RMS over the active part."""
+def trim_and_level(audio: np.ndarray, shortest: float = 0.5) -> np.ndarray | None:
+    """Trim silence to at most 0.2 s at each end; scale to TARGET_DBFS RMS over the active part.
+
+    None when fewer than `shortest` seconds of samples are above 1 % of the peak (a failed synthesis).
+    """
     env = np.abs(audio)
     active = np.nonzero(env > 0.01 * (env.max() + 1e-9))[0]
-    if len(active) < SAMPLE_RATE // 2:
+    if len(active) < int(shortest * SAMPLE_RATE):
         return None
     keep = int(0.2 * SAMPLE_RATE)
     audio = audio[max(0, active[0] - keep) : active[-1] + keep]
