@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -99,12 +99,20 @@ class Peer:
         self.dropped = 0
 
     def enqueue(self, source: int | None, message: bytes) -> None:
-        """Queue a message for this peer without ever waiting; drop the oldest audio if full.
+        """Send or queue a message for this peer without ever waiting; drop the oldest audio if full.
 
         ``source`` is the peer that sent it, ``None`` for the relay's own messages.
         Control messages (HEADER, END, JOINED, LEFT) are kept: losing one would break a
         whole stream, and they are rare.
+
+        A healthy peer's socket takes each message at once: then it is written here, without
+        waking the writer task (a task switch and a ``send`` coroutine per message were most of
+        the relay's cost). Only when the socket has a backlog, or messages are already queued
+        ahead of this one, does the message wait in the bounded queue.
         """
+        if not self.queue and self.ws.transport.get_write_buffer_size() == 0:
+            broadcast((self.ws,), self._routed(source, message))  # writes now; skips a closing connection
+            return
         is_audio = bool(message[0] & protocol.AUDIO_FLAG)
         if len(self.queue) >= self.capacity:
             oldest_audio = next((k for k, (_, _, audio) in enumerate(self.queue) if audio), 0)
@@ -121,12 +129,16 @@ class Peer:
                 self.wake.clear()
                 while self.queue:
                     source, message, _ = self.queue.popleft()
-                    if source is not None and source != self.last_source:
-                        message = protocol.route(source, message)
-                        self.last_source = source
-                    await self.ws.send(message)
+                    await self.ws.send(self._routed(source, message))
         except ConnectionClosed:
             pass  # the reader sees the close too and cleans up
+
+    def _routed(self, source: int | None, message: bytes) -> bytes:
+        """The message as this peer must receive it: prefixed with its source when that changes."""
+        if source is not None and source != self.last_source:
+            self.last_source = source
+            return protocol.route(source, message)
+        return message
 
 
 class Relay:
