@@ -3,6 +3,7 @@
     python -m training.evaluate                                  # the bundled codec/default_model
     python -m training.evaluate --model training/runs/default/last.pt
     python -m training.evaluate --real-dir ../shared/audio/speech --out training/runs/eval.json
+    python -m training.evaluate --heldout-count 0 --real-dir ../shared/audio/speech training/runs/data_mixed/klettres_heldout
 
 Metrics per clip at each bandwidth: PESQ-WB (ITU-T P.862.2, on 16 kHz resampled copies), STOI and
 SI-SNR (at 24 kHz), averaged per set. Opus (libopus through `opuslib`, VOIP mode, 20 ms frames,
@@ -178,7 +179,10 @@ def main() -> None:
     parser.add_argument("--model", default="default", help="'default', a checkpoint directory, or a training last.pt")
     parser.add_argument("--data", default="training/runs/data", help="where training.data wrote the held-out split")
     parser.add_argument("--heldout-count", type=int, default=16)
-    parser.add_argument("--real-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "audio" / "speech"))
+    parser.add_argument(
+        "--real-dir", nargs="+", default=[str(Path(__file__).resolve().parents[2] / "shared" / "audio" / "speech")],
+        help="directories of recorded-speech WAVs: the first is reported as real_speech, others by their folder name",
+    )
     parser.add_argument("--bandwidths", default="1.5,3,6,12,24")
     parser.add_argument("--opus-kbps", default="6")
     parser.add_argument("--out", default=None, help="write the full results as JSON here")
@@ -188,10 +192,11 @@ def main() -> None:
 
     model = load_model(args.model)
     sets = {}
-    if os.path.exists(os.path.join(args.data, "heldout.npy")):
+    if args.heldout_count > 0 and os.path.exists(os.path.join(args.data, "heldout.npy")):
         sets["heldout_synthetic"] = heldout_clips(args.data, args.heldout_count)
-    if os.path.isdir(args.real_dir):
-        sets["real_speech"] = real_clips(args.real_dir)
+    for n, directory in enumerate(args.real_dir):
+        if os.path.isdir(directory):
+            sets["real_speech" if n == 0 else Path(directory).name] = real_clips(directory)
     if not sets:
         raise SystemExit("No evaluation audio: run `python -m training.data` and/or pass --real-dir")
 
