@@ -148,30 +148,34 @@ def test_corpus_archive_round_trips_exactly_and_cuts_whole_utterances(tmp_path):
 def test_recorded_speech_joins_the_corpus_and_held_out_speakers_stay_out(tmp_path):
     import soundfile as sf
 
-    from training.real_speech import HELDOUT_LANGUAGES, build
+    from training.real_speech import Source, build
 
     write_corpus(tmp_path / "data")
     (tmp_path / "data" / "train_index.json").write_text(json.dumps([
         {"offset": 0, "length": 2 * 24_000}, {"offset": 2 * 24_000, "length": 4 * 24_000},
     ]))
-    root = tmp_path / "klettres"
-    recorded = {"en/alpha/a.ogg": 44_100, "ml/syllab/ka.ogg": 44_100, f"{HELDOUT_LANGUAGES[0]}/alpha/b.ogg": 48_000}
+    root = tmp_path / "recordings"
+    recorded = {"en/alpha/a.ogg": 44_100, "en/alpha/b.ogg": 44_100, "en/alpha/c.ogg": 44_100, "ml/syllab/ka.ogg": 8_000,
+                "de/alpha/b.ogg": 48_000, "de/alpha/c.ogg": 48_000}
     for name, rate in recorded.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         voice = speech_like(rate, rate, seed=len(name))[0, 0].numpy() * 0.3
         sf.write(root / name, np.stack([voice, voice], 1), rate, format="OGG", subtype="VORBIS")
-    (root / "en" / "alpha" / "silence.ogg").parent.mkdir(parents=True, exist_ok=True)
-    sf.write(root / "en" / "alpha" / "silence.ogg", np.zeros(44_100), 44_100, format="OGG", subtype="VORBIS")
+    sf.write(root / "ml" / "syllab" / "silence.ogg", np.zeros(8_000), 8_000, format="OGG", subtype="VORBIS")
+    source = Source("letters", root, "*/*/*.ogg", "letters-data", heldout_speakers=("de",),
+                    minutes_per_speaker=1.5 / 60, heldout_clips=1)
 
-    minutes = build(tmp_path / "data", tmp_path / "mixed", tts_minutes=3 / 60, root=root)
+    minutes = build(tmp_path / "data", tmp_path / "mixed", tts_minutes=3 / 60, sources=[source])
 
     assert minutes["synthetic"] == pytest.approx(2 / 60)  # whole utterances only: the second ends at 6 s
     train = np.load(tmp_path / "mixed" / "train.npy")
     index = json.load(open(tmp_path / "mixed" / "train_index.json"))
-    assert [u.get("voice") for u in index[1:]] == ["en", "ml"]  # the held-out speaker and the silence are not in it
+    # 'en' stops once it passes its 1.5 s; 'ml' (resampled from 8 kHz) once; the silence and 'de' never.
+    assert sorted(u["voice"] for u in index[1:]) == ["en", "en", "ml"] and {u["engine"] for u in index[1:]} == {"letters"}
+    assert minutes["letters"] == pytest.approx(sum(u["length"] for u in index[1:]) / 24_000 / 60)
     assert index[-1]["offset"] + index[-1]["length"] == len(train)
     assert np.array_equal(train[: 2 * 24_000], np.load(tmp_path / "data" / "train.npy")[: 2 * 24_000])
     assert np.array_equal(np.load(tmp_path / "mixed" / "heldout.npy"), np.load(tmp_path / "data" / "heldout.npy"))
-    (heldout,) = (tmp_path / "mixed" / "klettres_heldout").glob("*.wav")
+    (heldout,) = (tmp_path / "mixed" / "letters_heldout").glob("*.wav")  # one clip: heldout_clips=1
     audio, rate = sf.read(heldout)
-    assert rate == 24_000 and heldout.name == f"{HELDOUT_LANGUAGES[0]}_alpha_b.wav" and 0.3 < len(audio) / rate < 1.5
+    assert rate == 24_000 and heldout.name.startswith("de_alpha_") and 0.3 < len(audio) / rate < 1.5

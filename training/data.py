@@ -111,6 +111,8 @@ def trim_and_level(audio: np.ndarray, shortest: float = 0.5) -> np.ndarray | Non
     None when fewer than `shortest` seconds of samples are above 1 % of the peak (a failed synthesis).
     """
     env = np.abs(audio)
+    if env.size == 0:
+        return None
     active = np.nonzero(env > 0.01 * (env.max() + 1e-9))[0]
     if len(active) < int(shortest * SAMPLE_RATE):
         return None

@@ -1,18 +1,20 @@
-"""Add recorded speech that a Debian package ships to a synthetic corpus of `training.data`.
+"""Add recorded speech that Debian packages ship to a synthetic corpus of `training.data`.
 
-    apt-get install klettres-data
+    apt-get install klettres-data asterisk-core-sounds-{en,es,fr,it,ru}-wav
     python -m training.real_speech --corpus training/runs/data --out training/runs/data_mixed --tts-minutes 90
 
-KLettres (`klettres-data`, GPL-2+) holds letters and syllables read by native speakers of
-20 languages: 1,836 recordings, 51 minutes, 44.1 kHz. It is the only openly licensed recorded speech
-found in the reachable package registries, and the synthetic corpus lacks what it has: human
-voices, breath, real microphones and rooms. Its syllables are short, so it teaches timbre and
-recording conditions rather than running speech; the TTS corpus keeps supplying that.
+The synthetic corpus lacks what recordings have: human voices, breath, natural prosody, real
+microphones and rooms. Two packages ship openly licensed recordings (SOURCES below):
+
+- KLettres (`klettres-data`, GPL-2+): letters and syllables read by native speakers of 20 languages,
+  44.1 kHz; short, so it teaches timbre and recording conditions more than running speech;
+- Asterisk's core prompts (`asterisk-core-sounds-*-wav`; CC-BY-SA-3.0, ru and it CC-BY-3.0): running
+  phrases ("please enter your password…") by five professional voices, but telephone-band (8 kHz).
 
 The output corpus has the layout `training.data` writes: `train.npy` is the first `--tts-minutes`
-of the synthetic training split followed by the KLettres recordings of every language but
-HELDOUT_LANGUAGES; `heldout.npy` is the synthetic held-out split unchanged, so held-out losses stay
-comparable across runs. The held-out languages' recordings go to `klettres_heldout/*.wav` (24 kHz) for
+of the synthetic training split followed by the recordings of every speaker but the held-out ones;
+`heldout.npy` is the synthetic held-out split unchanged, so held-out losses stay comparable across
+runs. Held-out speakers' recordings go to `<source>_heldout/*.wav` (24 kHz) for
 `python -m training.evaluate --real-dir`.
 """
 
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,21 +32,42 @@ import soundfile as sf
 
 from .data import SAMPLE_RATE, resample_to_model_rate, trim_and_level
 
-KLETTRES_DIR = Path("/usr/share/klettres")
-# Three speakers no training step hears: a German, a Hebrew and a Norwegian voice (≈ 3.4 min).
-HELDOUT_LANGUAGES = ("de", "he", "nb")
 SHORTEST_UTTERANCE = 0.25  # seconds of sound: a spoken letter is short
 
 
-def klettres_recordings(root: Path = KLETTRES_DIR) -> list[Path]:
-    files = sorted(root.glob("*/*/*.ogg"))
-    if not files:
-        raise SystemExit(f"no KLettres recordings under {root}: apt-get install klettres-data")
-    return files
+@dataclass(frozen=True)
+class Source:
+    """Recordings under `root` matching `pattern`, one speaker per first-level folder."""
+
+    name: str
+    root: Path
+    pattern: str
+    package: str
+    heldout_speakers: tuple[str, ...]
+    minutes_per_speaker: float = float("inf")  # keeps one prolific speaker from dominating
+    heldout_clips: int = 1_000_000  # held-out recordings written out at most (evaluation time)
+
+    def recordings(self) -> list[Path]:
+        files = sorted(self.root.glob(self.pattern))
+        if not files:
+            raise SystemExit(f"no {self.name} recordings under {self.root}: apt-get install {self.package}")
+        if self.minutes_per_speaker < float("inf") or self.heldout_clips < len(files):
+            random.Random(self.name).shuffle(files)  # a capped speaker keeps a sample of all its prompts
+        return files
+
+    def speaker(self, path: Path) -> str:
+        return path.relative_to(self.root).parts[0]
 
 
-def language(path: Path, root: Path = KLETTRES_DIR) -> str:
-    return path.relative_to(root).parts[0]
+SOURCES = {
+    # Three speakers no training step hears: German, Hebrew and Norwegian (143 recordings, 2.9 min).
+    "klettres": Source("klettres", Path("/usr/share/klettres"), "*/*/*.ogg", "klettres-data", ("de", "he", "nb")),
+    # Speakers' folders (the per-language folders beside them are symlinks); the Russian voice is held out.
+    "asterisk": Source(
+        "asterisk", Path("/usr/share/asterisk/sounds"), "*_*_*_*/**/*.wav", "asterisk-core-sounds-{en,es,fr,it,ru}-wav",
+        ("ru_RU_f_IvrvoiceRU",), minutes_per_speaker=10.0, heldout_clips=60,
+    ),
+}
 
 
 def load_utterance(path: Path) -> np.ndarray | None:
@@ -50,43 +75,57 @@ def load_utterance(path: Path) -> np.ndarray | None:
     return trim_and_level(resample_to_model_rate(audio.mean(1), rate), SHORTEST_UTTERANCE)
 
 
-def build(corpus: Path, out: Path, tts_minutes: float, root: Path = KLETTRES_DIR) -> dict[str, float]:
-    """Write the mixed corpus; returns minutes of synthetic, recorded and held-out recorded speech."""
+def build(corpus: Path, out: Path, tts_minutes: float, sources: list[Source]) -> dict[str, float]:
+    """Write the mixed corpus; returns minutes of synthetic speech and, per source, of training and held-out recordings."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "klettres_heldout").mkdir(exist_ok=True)
     tts = np.load(corpus / "train.npy", mmap_mode="r")
     index = [u for u in json.load(open(corpus / "train_index.json")) if u["offset"] + u["length"] <= tts_minutes * 60 * SAMPLE_RATE]
     end = index[-1]["offset"] + index[-1]["length"]
-    chunks, offset, heldout_samples = [np.asarray(tts[:end])], end, 0
-    for path in klettres_recordings(root):
-        audio = load_utterance(path)
-        if audio is None:
-            continue
-        pcm = (audio * 32767).astype(np.int16)
-        name = "/".join(path.relative_to(root).parts)
-        if language(path, root) in HELDOUT_LANGUAGES:
-            sf.write(out / "klettres_heldout" / (name.replace("/", "_")[:-4] + ".wav"), pcm, SAMPLE_RATE, subtype="PCM_16")
-            heldout_samples += len(pcm)
-            continue
-        chunks.append(pcm)
-        index.append({"offset": offset, "length": len(pcm), "engine": "klettres", "voice": language(path, root), "text": name})
-        offset += len(pcm)
+    chunks, offset, minutes = [np.asarray(tts[:end])], end, {"synthetic": end / SAMPLE_RATE / 60}
+    for source in sources:
+        heldout_dir = out / f"{source.name}_heldout"
+        heldout_dir.mkdir(exist_ok=True)
+        taken: dict[str, int] = {}
+        heldout_written = trained = heldout = 0
+        for path in source.recordings():
+            speaker = source.speaker(path)
+            is_heldout = speaker in source.heldout_speakers
+            if is_heldout and heldout_written >= source.heldout_clips:
+                continue
+            if not is_heldout and taken.get(speaker, 0) >= source.minutes_per_speaker * 60 * SAMPLE_RATE:
+                continue
+            audio = load_utterance(path)
+            if audio is None:
+                continue
+            pcm = (audio * 32767).astype(np.int16)
+            name = "_".join(path.relative_to(source.root).parts)
+            if is_heldout:
+                sf.write(heldout_dir / (name.rsplit(".", 1)[0] + ".wav"), pcm, SAMPLE_RATE, subtype="PCM_16")
+                heldout_written += 1
+                heldout += len(pcm)
+                continue
+            taken[speaker] = taken.get(speaker, 0) + len(pcm)
+            chunks.append(pcm)
+            index.append({"offset": offset, "length": len(pcm), "engine": source.name, "voice": speaker, "text": name})
+            offset += len(pcm)
+            trained += len(pcm)
+        minutes[source.name] = trained / SAMPLE_RATE / 60
+        minutes[f"{source.name}_heldout"] = heldout / SAMPLE_RATE / 60
     np.save(out / "train.npy", np.concatenate(chunks))
     (out / "train_index.json").write_text(json.dumps(index, indent=0))
     for name in ("heldout.npy", "heldout_index.json"):
         shutil.copyfile(corpus / name, out / name)
-    minutes = lambda samples: samples / SAMPLE_RATE / 60  # noqa: E731
-    return {"synthetic": minutes(end), "recorded": minutes(offset - end), "recorded_heldout": minutes(heldout_samples)}
+    return minutes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default="training/runs/data", help="a corpus written by training.data")
     parser.add_argument("--out", default="training/runs/data_mixed")
-    parser.add_argument("--tts-minutes", type=float, default=90.0, help="synthetic minutes to keep (recorded speech is 45 of them)")
-    parser.add_argument("--klettres", default=str(KLETTRES_DIR))
+    parser.add_argument("--tts-minutes", type=float, default=90.0, help="synthetic minutes to keep")
+    parser.add_argument("--sources", default="klettres,asterisk", help=f"any of {', '.join(SOURCES)}")
     args = parser.parse_args()
-    minutes = build(Path(args.corpus), Path(args.out), args.tts_minutes, Path(args.klettres))
+    minutes = build(Path(args.corpus), Path(args.out), args.tts_minutes, [SOURCES[name] for name in args.sources.split(",")])
     print(f"{args.out}: " + ", ".join(f"{k} {v:.1f} min" for k, v in minutes.items()), flush=True)
 
 
