@@ -86,16 +86,19 @@ def warm_start(model: EncodecModel, source: str) -> None:
 
 # Steps of a fresh run timed by --fit-schedule: from the first (after cuDNN's autotuning) to the second.
 FIT_TIMED_STEPS = (10, 110)
-# Share of the wall time the steps get; checkpoints (held-out evaluation, saving, plotting) take the rest.
+# Share of the wall time the steps get at the first fit; checkpoints (held-out evaluation, saving,
+# plotting) take the rest. Every checkpoint re-fits with the pace measured since, checkpoints included.
 FIT_STEP_SHARE = 0.93
 
 
-def fit_schedule(step: int, seconds_per_step: float, seconds_left: float, args) -> int:
-    """The total step count whose schedule ends when `--minutes` runs out, at the measured pace."""
-    steps = step + int(FIT_STEP_SHARE * seconds_left / seconds_per_step)
-    steps = max(step + 1, min(args.steps, steps))
+def fit_schedule(step: int, seconds_per_step: float, seconds_left: float, args, ceiling: int | None = None,
+                 share: float = FIT_STEP_SHARE) -> int:
+    """The total step count (at most `ceiling`, the --steps asked for) whose schedule ends when
+    `--minutes` runs out, at the measured pace."""
+    steps = step + int(share * seconds_left / seconds_per_step)
+    steps = max(step + 1, min(args.steps if ceiling is None else ceiling, steps))
     args.warmup = min(args.warmup, steps // 10)
-    print(f"[fit-schedule] {seconds_per_step * 1000:.0f} ms/step over steps {FIT_TIMED_STEPS}: schedule of {steps} steps "
+    print(f"[fit-schedule] {seconds_per_step * 1000:.0f} ms/step at step {step}: schedule of {steps} steps "
           f"(warm-up {args.warmup}) for the {seconds_left / 60:.1f} min left", flush=True)
     return steps
 
@@ -290,6 +293,14 @@ def main() -> None:
     start = time.time()
     last_checkpoint = start
     first_step = step
+    steps_asked, timed_from = args.steps, None  # timed_from: (step, time) where --fit-schedule's timing began
+
+    def refit(share: float = 1.0) -> None:
+        if timed_from is not None and step > timed_from[0]:
+            pace = (time.time() - timed_from[1]) / (step - timed_from[0])
+            args.steps = fit_schedule(step, pace, args.minutes * 60 - (time.time() - start), args, steps_asked, share)
+            with open(run_dir / "args.json", "w") as f:
+                json.dump({**vars(args), "config": model.config.to_dict()}, f, indent=2)
 
     def checkpoint(final: bool = False) -> None:
         nonlocal last_checkpoint
@@ -313,17 +324,18 @@ def main() -> None:
         plot(run_dir)
         print(f"[checkpoint] step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()), flush=True)
         last_checkpoint = time.time()
+        if not final:
+            refit()
 
     fit_at = first_step + FIT_TIMED_STEPS[1] if args.fit_schedule and first_step == 0 and math.isfinite(args.minutes) else None
     for x, bandwidth in batches(step):
         if step >= args.steps or (time.time() - start) / 60 > args.minutes:
             break
-        if step == first_step + FIT_TIMED_STEPS[0]:
-            timed_from = time.time()
+        if fit_at is not None and step == first_step + FIT_TIMED_STEPS[0]:
+            timing = (step, time.time())
         if step == fit_at:
-            args.steps = fit_schedule(step, (time.time() - timed_from) / (FIT_TIMED_STEPS[1] - FIT_TIMED_STEPS[0]), args.minutes * 60 - (time.time() - start), args)
-            with open(run_dir / "args.json", "w") as f:
-                json.dump({**vars(args), "config": model.config.to_dict()}, f, indent=2)
+            timed_from = timing
+            refit(FIT_STEP_SHARE)
         t0 = time.time()
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         x = torch.from_numpy(x).to(device, non_blocking=True)
