@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument(
         "--fit-schedule", action="store_true",
         help="with --minutes, on a fresh run: time the first steps and shorten --steps so the learning-rate schedule "
-        "ends when the time does (for a rented GPU, whose pace is unknown beforehand)",
+        "ends when the time does, re-fitted at every checkpoint (for a rented GPU, whose pace is unknown beforehand)",
     )
     parser.add_argument("--workers", type=int, default=0, help="processes that build batches ahead (0: the training process)")
     parser.add_argument("--export-dir", default=None, help="also write the model as a float16 bundle here at every checkpoint")
