@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 24_000
+SAMPLE_RATE = 24_000  # training.data's; not imported from there: it needs soundfile, which a bare GPU machine lacks
 SPLITS = ("train", "heldout")
 
 

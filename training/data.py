@@ -73,16 +73,14 @@ def make_sentence(rng: random.Random, words: list[str]) -> str:
     return text[0].upper() + text[1:] + rng.choice([".", ".", ".", "?", "!"])
 
 
-def resample_to_model_rate(audio: np.ndarray, rate: int) -> np.ndarray:
-    if rate == SAMPLE_RATE:
-        return audio
-    g = np.gcd(rate, SAMPLE_RATE)
-    return resample_poly(audio, SAMPLE_RATE // g, rate // g).astype(np.float32)
-
-
-def _read(path: str) -> np.ndarray:
+def read_mono(path: str | os.PathLike) -> np.ndarray:
+    """An audio file as float32 mono at SAMPLE_RATE."""
     audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    return resample_to_model_rate(audio.mean(1), rate)
+    audio = audio.mean(1)
+    if rate != SAMPLE_RATE:
+        g = np.gcd(rate, SAMPLE_RATE)
+        audio = resample_poly(audio, SAMPLE_RATE // g, rate // g).astype(np.float32)
+    return audio
 
 
 def synth_espeak(rng: random.Random, text: str, voice: str, path: str) -> None:
@@ -159,7 +157,7 @@ def build_split(split: str, seconds: float, seed: int, out: Path) -> None:
             else:
                 engine, voice = "festival", rng.choice(festival)
                 synth_festival(rng, text, voice, path)
-            audio = trim_and_level(_read(path))
+            audio = trim_and_level(read_mono(path))
             if audio is None:
                 continue
             pcm = (audio * 32767).astype(np.int16)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .data import SAMPLE_RATE, resample_to_model_rate, trim_and_level
+from .data import SAMPLE_RATE, read_mono, trim_and_level
 
 SHORTEST_UTTERANCE = 0.25  # seconds of sound: a spoken letter is short
 
@@ -71,8 +71,7 @@ SOURCES = {
 
 
 def load_utterance(path: Path) -> np.ndarray | None:
-    audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    return trim_and_level(resample_to_model_rate(audio.mean(1), rate), SHORTEST_UTTERANCE)
+    return trim_and_level(read_mono(path), SHORTEST_UTTERANCE)
 
 
 def build(corpus: Path, out: Path, tts_minutes: float, sources: list[Source]) -> dict[str, float]:
