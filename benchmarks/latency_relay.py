@@ -235,15 +235,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 def capacity(quick: bool = False, progress=print, room_size: int = 2, budget_ms: float = BUDGET_MS,
-             levels: list[int] | None = None) -> dict:
+             levels: list[int] | None = None, server: Path = ROOT / "server.py") -> dict:
+    """Ramp the load through `levels` (streams) against `server` (another version of server.py, for
+    an A/B: it runs with this checkout's packages importable)."""
     from benchmarks.latency_call import free_port
 
     levels = levels or ([0, 100, 200] if quick else [0, 50, 100, 150, 200, 250, 300, 400, 500, 600, 800, 1000])
     window = 3.0 if quick else 6.0
     pairs = 4
     port = free_port()
-    relay = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(port)], cwd=ROOT,
-                             stderr=subprocess.DEVNULL, preexec_fn=lambda: pin(0))
+    relay = subprocess.Popen([sys.executable, str(server), "--port", str(port)], cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL, preexec_fn=lambda: pin(0))
     context = multiprocessing.get_context("spawn")
     here, there = context.Pipe()
     generator = context.Process(target=generator_main, args=(port, room_size, 1, there), daemon=True)
@@ -278,10 +280,12 @@ def capacity(quick: bool = False, progress=print, room_size: int = 2, budget_ms:
                    "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"), "p99_ms": p99,
                    "max_ms": float(lat.max()) if len(lat) else float("nan"),
                    "added_p99_ms": p99 - baseline_p99, "relay_cpu": cpu,
+                   "relay_cpu_us_per_packet": cpu / 100 * elapsed / max(1, stats["received"] + len(lat)) * 1e6,
                    "load_late_p99_ms": stats["late_p99_ms"], "lost_connections": stats["lost_connections"]}
             results.append(row)
             progress(f"relay: {streams} streams, probe p50 {row['p50_ms']:.2f} ms p99 {p99:.2f} ms "
-                     f"(added {row['added_p99_ms']:.2f}), relay CPU {cpu:.0f} %, generator late p99 "
+                     f"(added {row['added_p99_ms']:.2f}), relay CPU {cpu:.0f} % "
+                     f"({row['relay_cpu_us_per_packet']:.1f} us a forwarded packet), generator late p99 "
                      f"{stats['late_p99_ms']:.1f} ms")
             failing = [r["added_p99_ms"] > budget_ms for r in results[1:]]
             if len(failing) >= 2 and failing[-1] and failing[-2]:
@@ -330,6 +334,16 @@ def _wait_listening(port: int) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
+    import argparse
     import json
 
-    print(json.dumps(capacity(quick="--quick" in sys.argv), indent=1))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="A/B against an older relay: git show REV:server.py > /tmp/old_server.py; "
+                                     "python benchmarks/latency_relay.py --levels 0,200,400 --server /tmp/old_server.py")
+    parser.add_argument("--quick", action="store_true", help="short windows (3 s) and levels 0, 100, 200")
+    parser.add_argument("--levels", help="streams at each step, comma-separated (default: the full ramp)")
+    parser.add_argument("--room-size", type=int, default=2)
+    parser.add_argument("--server", type=Path, default=ROOT / "server.py", help="the relay script to measure")
+    args = parser.parse_args()
+    levels = [int(n) for n in args.levels.split(",")] if args.levels else None
+    print(json.dumps(capacity(args.quick, room_size=args.room_size, levels=levels, server=args.server), indent=1))
