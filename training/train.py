@@ -172,6 +172,12 @@ def heldout_batch(data_dir: Path, seconds: float = 2.0, count: int = 8) -> torch
     return torch.from_numpy(np.stack(clips).astype(np.float32) / 32768.0)[:, None]
 
 
+def write_args(run_dir: Path, args, model: EncodecModel) -> None:
+    """`<run-dir>/args.json`: the run's options (`--steps` as fitted) and the model config."""
+    with open(run_dir / "args.json", "w") as f:
+        json.dump({**vars(args), "config": model.config.to_dict()}, f, indent=2)
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -274,8 +280,7 @@ def main() -> None:
                         writer.writerows(r for r in rows if int(r["step"]) <= step)
         print(f"resumed from {last} at step {step} ({trained_seconds / 60:.1f} min trained)", flush=True)
     else:
-        with open(run_dir / "args.json", "w") as f:
-            json.dump({**vars(args), "config": model.config.to_dict()}, f, indent=2)
+        write_args(run_dir, args, model)
         if not args.init:
             rng = np.random.default_rng([args.seed, 10**9])
             init = torch.from_numpy(np.concatenate([sampler.batch(rng, args.batch) for _ in range(4)])).to(device)
@@ -292,15 +297,13 @@ def main() -> None:
         log.writeheader()
     start = time.time()
     last_checkpoint = start
-    first_step = step
     steps_asked, timed_from = args.steps, None  # timed_from: (step, time) where --fit-schedule's timing began
 
     def refit(share: float = 1.0) -> None:
         if timed_from is not None and step > timed_from[0]:
             pace = (time.time() - timed_from[1]) / (step - timed_from[0])
             args.steps = fit_schedule(step, pace, args.minutes * 60 - (time.time() - start), args, steps_asked, share)
-            with open(run_dir / "args.json", "w") as f:
-                json.dump({**vars(args), "config": model.config.to_dict()}, f, indent=2)
+            write_args(run_dir, args, model)
 
     def checkpoint(final: bool = False) -> None:
         nonlocal last_checkpoint
@@ -327,11 +330,12 @@ def main() -> None:
         if not final:
             refit()
 
-    fit_at = first_step + FIT_TIMED_STEPS[1] if args.fit_schedule and first_step == 0 and math.isfinite(args.minutes) else None
+    # Only a fresh run is fitted: a resumed one keeps the schedule its checkpoint was made under.
+    fit_at = FIT_TIMED_STEPS[1] if args.fit_schedule and step == 0 and math.isfinite(args.minutes) else None
     for x, bandwidth in batches(step):
         if step >= args.steps or (time.time() - start) / 60 > args.minutes:
             break
-        if fit_at is not None and step == first_step + FIT_TIMED_STEPS[0]:
+        if fit_at is not None and step == FIT_TIMED_STEPS[0]:
             timing = (step, time.time())
         if step == fit_at:
             timed_from = timing
