@@ -118,31 +118,40 @@ def test_fit_schedule_ends_the_learning_rate_schedule_with_the_time(capsys):
     assert "[fit-schedule]" in capsys.readouterr().out
 
 
-def test_corpus_archive_round_trips_exactly_and_cuts_whole_utterances(tmp_path):
+def test_corpus_archive_round_trips_exactly_and_samples_whole_utterances(tmp_path):
     from training.archive import pack, unpack
 
     rate = 24_000
     rng = np.random.default_rng(0)
     corpus = tmp_path / "data"
     corpus.mkdir()
-    lengths = [rate * 20, rate * 25, rate * 30]  # utterances ending at 20 s, 45 s and 75 s
-    train = np.concatenate([
-        (speech_like(n, rate, seed=i)[0, 0].numpy() * 32767).astype(np.int16) for i, n in enumerate(lengths)
-    ])
-    train[:3] = [32767, -32768, 32767]  # extreme steps wrap in int16 and must still come back exactly
+    lengths = [rate * 20, rate * 25, rate * 30, rate * 12]
+    utterances = [(speech_like(n, rate, seed=i)[0, 0].numpy() * 32767).astype(np.int16) for i, n in enumerate(lengths)]
+    utterances[0][:3] = [32767, -32768, 32767]  # extreme steps wrap in int16 and must still come back exactly
     heldout = rng.integers(-32768, 32767, rate, dtype=np.int16)
     offsets = np.cumsum([0] + lengths[:-1])
-    np.save(corpus / "train.npy", train)
+    np.save(corpus / "train.npy", np.concatenate(utterances))
     np.save(corpus / "heldout.npy", heldout)
     (corpus / "train_index.json").write_text(json.dumps([{"offset": int(o), "length": n, "voice": f"v{i}"} for i, (o, n) in enumerate(zip(offsets, lengths))]))
     (corpus / "heldout_index.json").write_text(json.dumps([{"offset": 0, "length": rate}]))
 
-    minutes = pack(corpus, tmp_path / "corpus.npz", train_minutes=1.0)  # only the first two utterances fit in 60 s
-    assert minutes["train"] == pytest.approx(45 / 60) and minutes["heldout"] == pytest.approx(1 / 60)
-    unpack(tmp_path / "corpus.npz", tmp_path / "out")
-    assert np.array_equal(np.load(tmp_path / "out" / "train.npy"), train[: 45 * rate])
-    assert np.array_equal(np.load(tmp_path / "out" / "heldout.npy"), heldout)
-    assert [u["voice"] for u in json.load(open(tmp_path / "out" / "train_index.json"))] == ["v0", "v1"]
+    everything = pack(corpus, tmp_path / "all.npz")
+    assert everything["train"] == pytest.approx(87 / 60)
+    samples = []
+    for seed in range(4):
+        minutes = pack(corpus, tmp_path / "corpus.npz", train_minutes=1.0, seed=seed)
+        assert 32 / 60 <= minutes["train"] <= 1.0 and minutes["heldout"] == pytest.approx(1 / 60)
+        unpack(tmp_path / "corpus.npz", tmp_path / "out")
+        train = np.load(tmp_path / "out" / "train.npy")
+        index = json.load(open(tmp_path / "out" / "train_index.json"))
+        voices = [u["voice"] for u in index]
+        samples.append(set(voices))
+        assert voices == sorted(voices) and len(train) == sum(u["length"] for u in index) == minutes["train"] * 60 * rate
+        for u in index:  # whole utterances, exactly, at their new offsets
+            assert np.array_equal(train[u["offset"] : u["offset"] + u["length"]], utterances[int(u["voice"][1:])])
+        assert np.array_equal(np.load(tmp_path / "out" / "heldout.npy"), heldout)
+    # A sample, not a prefix: the seeds draw different utterances, the last one included.
+    assert len({frozenset(s) for s in samples}) > 1 and any("v3" in s for s in samples)
 
 
 def test_recorded_speech_joins_the_corpus_and_held_out_speakers_stay_out(tmp_path):
@@ -179,3 +188,49 @@ def test_recorded_speech_joins_the_corpus_and_held_out_speakers_stay_out(tmp_pat
     (heldout,) = (tmp_path / "mixed" / "letters_heldout").glob("*.wav")  # one clip: heldout_clips=1
     audio, rate = sf.read(heldout)
     assert rate == 24_000 and heldout.name.startswith("de_alpha_") and 0.3 < len(audio) / rate < 1.5
+
+
+def test_widening_keeps_what_the_model_computes():
+    from codec import EncodecConfig, EncodecModel
+    from tests.models import SMALL, fill_realistic_codebooks
+    from training.widen import widen
+
+    torch.manual_seed(0)
+    narrow = EncodecModel(EncodecConfig(**SMALL)).eval()
+    fill_realistic_codebooks(narrow)
+    wide, other = widen(narrow, 6, seed=0).eval(), widen(narrow, 6, seed=1).eval()
+    assert wide.config.num_filters == 6 and wide.num_parameters() > 2 * narrow.num_parameters()
+    audio = speech_like(9600, 24_000, seed=4)
+    with torch.no_grad():
+        codes = narrow.encode(audio, bandwidth=6.0).audio_codes
+        assert torch.equal(wide.encode(audio, bandwidth=6.0).audio_codes, codes)
+        assert torch.allclose(wide.encoder(audio), narrow.encoder(audio), atol=1e-5)
+        decoded = narrow.decode(codes, [None]).audio_values
+        assert torch.allclose(wide.decode(codes, [None]).audio_values, decoded, atol=1e-5)
+        assert decoded.abs().max() > 1e-3
+        # Copies of a channel are read with different random shares, so the seeds differ in weights only.
+        assert torch.allclose(other.decode(codes, [None]).audio_values, decoded, atol=1e-5)
+    assert not torch.equal(wide.decoder.layers[-1].conv.weight, other.decoder.layers[-1].conv.weight)
+    with pytest.raises(ValueError, match="cannot narrow"):
+        widen(wide, 4)
+
+
+def test_a_run_widens_the_bundled_model_and_exports_it(tmp_path):
+    from codec import EncodecModel
+    from training.evaluate import load_model
+    from training.export import export
+
+    write_corpus(tmp_path / "data")
+    command = [
+        sys.executable, "-m", "training.train", "--data", str(tmp_path / "data"), "--run-dir", str(tmp_path / "run"),
+        "--init", "default", "--num-filters", "18", "--steps", "1", "--batch", "2", "--segment", "0.2", "--warmup", "1",
+        "--threads", "1",
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "widened from 16 to 18 filters" in done.stdout
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert float(rows[0]["mel"]) < 1.0  # it starts from the bundled model's quality, not from scratch
+    assert load_model(str(tmp_path / "run" / "last.pt")).config.num_filters == 18
+    exported = export(str(tmp_path / "run" / "last.pt"), str(tmp_path / "bundle"))
+    assert EncodecModel.from_pretrained(tmp_path / "bundle").config.num_filters == exported.config.num_filters == 18

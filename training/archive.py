@@ -7,8 +7,8 @@ For training on a machine that has no TTS engines to build the corpus with (a re
 takes a limited upload. Samples are stored as their first difference (wrapping int16 arithmetic,
 so a cumulative sum undoes it exactly) compressed with LZMA: 56 % of the int16 size on this corpus
 (speech predicts well from the last sample; TTS silences are runs of zeros). The training split
-can be cut to its first utterances; the corpus draws utterances independently, so a prefix is a
-fair sample of its voices and texts.
+can be cut to a random sample of whole utterances (seeded), not a prefix: a corpus with recorded
+speech (`training.real_speech`) appends it after the synthetic part.
 """
 
 from __future__ import annotations
@@ -35,19 +35,33 @@ def decompress(data: np.ndarray) -> np.ndarray:
     return np.cumsum(delta, dtype=np.int16)
 
 
-def pack(data_dir: Path, out: Path, train_minutes: float = float("inf")) -> dict[str, float]:
+def sample_utterances(index: list[dict], samples: float, seed: int) -> list[dict]:
+    """Utterances drawn in a seeded random order while they fit in `samples`, kept in corpus order."""
+    if sum(u["length"] for u in index) <= samples:
+        return index
+    chosen, total = set(), 0
+    for i in np.random.default_rng(seed).permutation(len(index)):
+        if total + index[i]["length"] <= samples:
+            chosen.add(int(i))
+            total += index[i]["length"]
+    return [u for i, u in enumerate(index) if i in chosen]
+
+
+def pack(data_dir: Path, out: Path, train_minutes: float = float("inf"), seed: int = 0) -> dict[str, float]:
     """Write `out` (.npz); returns the minutes of audio packed per split."""
     arrays, minutes = {}, {}
     for split in SPLITS:
         pcm = np.load(data_dir / f"{split}.npy", mmap_mode="r")
         index = json.load(open(data_dir / f"{split}_index.json"))
         if split == "train":
-            limit = train_minutes * 60 * SAMPLE_RATE
-            index = [u for u in index if u["offset"] + u["length"] <= limit]
-        end = index[-1]["offset"] + index[-1]["length"] if index else 0
-        arrays[split] = compress(np.asarray(pcm[:end]))
+            index = sample_utterances(index, train_minutes * 60 * SAMPLE_RATE, seed)
+        pieces, offset = [], 0
+        for utterance in index:  # the chosen utterances, contiguous, with their offsets in the packed split
+            pieces.append(np.asarray(pcm[utterance["offset"] : utterance["offset"] + utterance["length"]]))
+            utterance["offset"], offset = offset, offset + utterance["length"]
+        arrays[split] = compress(np.concatenate(pieces) if pieces else np.zeros(0, np.int16))
         arrays[f"{split}_index"] = np.array(json.dumps(index))
-        minutes[split] = end / SAMPLE_RATE / 60
+        minutes[split] = offset / SAMPLE_RATE / 60
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **arrays)
     return minutes
@@ -68,13 +82,14 @@ def main() -> None:
     p = commands.add_parser("pack")
     p.add_argument("--data", default="training/runs/data")
     p.add_argument("--out", required=True)
-    p.add_argument("--train-minutes", type=float, default=float("inf"), help="keep only the first utterances of the training split")
+    p.add_argument("--train-minutes", type=float, default=float("inf"), help="keep a random sample of the training split's utterances")
+    p.add_argument("--seed", type=int, default=0, help="of that sample")
     u = commands.add_parser("unpack")
     u.add_argument("archive")
     u.add_argument("--out", required=True)
     args = parser.parse_args()
     if args.command == "pack":
-        minutes = pack(Path(args.data), Path(args.out), args.train_minutes)
+        minutes = pack(Path(args.data), Path(args.out), args.train_minutes, args.seed)
         size = Path(args.out).stat().st_size
         print(f"{args.out}: {size / 1e6:.1f} MB; " + ", ".join(f"{k} {v:.1f} min" for k, v in minutes.items()))
     else:

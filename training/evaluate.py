@@ -37,12 +37,9 @@ def load_model(spec: str | None) -> EncodecModel:
     if spec is None or spec == "default":
         return load_default_model()
     if spec.endswith(".pt"):
-        from .train import build_model
+        from .train import model_from_checkpoint
 
-        state = torch.load(spec, map_location="cpu", weights_only=False)
-        model = build_model()
-        model.load_state_dict(state["model"])
-        return model.eval()
+        return model_from_checkpoint(spec)[0]
     return EncodecModel.from_pretrained(spec)
 
 

@@ -24,11 +24,9 @@ def export_model(model: EncodecModel, out: str, dtype: torch.dtype = torch.float
 
 
 def export(checkpoint: str, out: str, dtype: torch.dtype = torch.float16) -> EncodecModel:
-    from .train import build_model  # train imports this module for its checkpoints
+    from .train import model_from_checkpoint  # train imports this module for its checkpoints
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model = build_model()
-    model.load_state_dict(state["model"])
+    model, state = model_from_checkpoint(checkpoint)
     size = export_model(model, out, dtype)
     reloaded = EncodecModel.from_pretrained(out)
     print(f"{out}: {reloaded.num_parameters():,} parameters, model.safetensors {size / 1e6:.1f} MB, step {state['step']}")

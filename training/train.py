@@ -30,6 +30,7 @@ from .discriminator import MultiScaleSTFTDiscriminator, discriminator_loss, gene
 from .export import export_model
 from .losses import Balancer, MultiScaleMelLoss, si_snr
 from .vq import EmaResidualVQ
+from .widen import widen
 
 # The bundled model's architecture; see codec/MODEL_CARD.md for why these sizes.
 DEFAULT_CONFIG = dict(num_filters=16, hidden_size=64, num_lstm_layers=1)
@@ -41,6 +42,15 @@ ADVERSARIAL_WEIGHTS = {"adv": 3.0, "feat": 3.0}  # EnCodec's λg, λfeat
 
 def build_model(overrides: dict | None = None) -> EncodecModel:
     return EncodecModel(EncodecConfig(**{**DEFAULT_CONFIG, **(overrides or {})}))
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[EncodecModel, dict]:
+    """The model of a `last.pt` (in evaluation mode) and the checkpoint's state."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    # Checkpoints from before --num-filters have no "config": they are of DEFAULT_CONFIG.
+    model = EncodecModel(EncodecConfig.from_dict(state["config"])) if "config" in state else build_model()
+    model.load_state_dict(state["model"])
+    return model.eval(), state
 
 
 @torch.no_grad()
@@ -69,17 +79,22 @@ def init_weights(model: EncodecModel, gain: float = 1.0, last_gain: float = 0.25
 
 @torch.no_grad()
 def warm_start(model: EncodecModel, source: str) -> None:
-    """Copy weights and codebooks (with their EMA statistics) from a trained model of the same config.
+    """Copy weights and codebooks (with their EMA statistics) from a trained model of the same config,
+    or of a narrower one (fewer `num_filters`), widened so that it computes the same (`training.widen`).
 
     A CPU budget buys a few thousand steps per session; continuing from the bundled model lets
     sessions add up instead of each starting over. The optimizer and the balancer start fresh.
     """
     from codec import load_model
 
-    trained = load_model(source)
-    if trained.config.to_dict() != model.config.to_dict():
-        raise SystemExit(f"--init {source}: its config differs from the training config {DEFAULT_CONFIG}")
-    model.load_state_dict({name: tensor.float() for name, tensor in trained.state_dict().items()})
+    trained = load_model(source).float()
+    narrower = {**trained.config.to_dict(), "num_filters": model.config.num_filters} == model.config.to_dict()
+    if narrower and trained.config.num_filters < model.config.num_filters:
+        print(f"--init {source}: widened from {trained.config.num_filters} to {model.config.num_filters} filters", flush=True)
+        trained = widen(trained, model.config.num_filters)
+    elif trained.config.to_dict() != model.config.to_dict():
+        raise SystemExit(f"--init {source}: its config differs from the training config {model.config.to_dict()}")
+    model.load_state_dict(trained.state_dict())
     for layer in model.quantizer.layers:
         layer.codebook.inited.fill_(1.0)
 
@@ -197,6 +212,10 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=0, help="processes that build batches ahead (0: the training process)")
     parser.add_argument("--export-dir", default=None, help="also write the model as a float16 bundle here at every checkpoint")
+    parser.add_argument(
+        "--num-filters", type=int, default=DEFAULT_CONFIG["num_filters"],
+        help="model width; with --init, a narrower model is widened to it (training.widen)",
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--segment", type=float, default=0.8, help="seconds")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -239,7 +258,7 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
 
-    model = build_model()
+    model = build_model({"num_filters": args.num_filters})
     if args.init:
         warm_start(model, args.init)
     else:
@@ -286,7 +305,7 @@ def main() -> None:
             init = torch.from_numpy(np.concatenate([sampler.batch(rng, args.batch) for _ in range(4)])).to(device)
             with torch.no_grad():
                 vq.initialise(model.encoder(init), torch.Generator().manual_seed(args.seed))
-        print(f"model: {model.num_parameters():,} parameters; config {DEFAULT_CONFIG}; device {device}", flush=True)
+        print(f"model: {model.num_parameters():,} parameters; num_filters {args.num_filters}; device {device}", flush=True)
 
     log_fields = ["step", "wall_s", "lr", "bandwidth", "loss", "mel", "time_l1", "commit", "adv", "feat", "disc", "grad_norm", "step_s"]
     if (run_dir / "log.csv").exists() and (run_dir / "log.csv").stat().st_size:
@@ -317,6 +336,7 @@ def main() -> None:
         save_checkpoint(last, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "balancer": balancer.state_dict(),
             "step": step, "trained_seconds": trained_seconds + time.time() - start, "args": vars(args),
+            "config": model.config.to_dict(),
             **({} if discriminator is None else {
                 "discriminator": discriminator.state_dict(), "disc_optimizer": disc_optimizer.state_dict(), "disc_start": disc_start,
             }),
