@@ -223,14 +223,53 @@ def test_a_run_widens_the_bundled_model_and_exports_it(tmp_path):
     write_corpus(tmp_path / "data")
     command = [
         sys.executable, "-m", "training.train", "--data", str(tmp_path / "data"), "--run-dir", str(tmp_path / "run"),
-        "--init", "default", "--num-filters", "18", "--steps", "1", "--batch", "2", "--segment", "0.2", "--warmup", "1",
+        "--init", "default", "--num-filters", "24", "--steps", "1", "--batch", "2", "--segment", "0.2", "--warmup", "1",
         "--threads", "1",
     ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "widened from 16 to 18 filters" in done.stdout
+    assert "widened from 22 to 24 filters" in done.stdout
     rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
     assert float(rows[0]["mel"]) < 1.0  # it starts from the bundled model's quality, not from scratch
-    assert load_model(str(tmp_path / "run" / "last.pt")).config.num_filters == 18
+    assert load_model(str(tmp_path / "run" / "last.pt")).config.num_filters == 24
     exported = export(str(tmp_path / "run" / "last.pt"), str(tmp_path / "bundle"))
-    assert EncodecModel.from_pretrained(tmp_path / "bundle").config.num_filters == exported.config.num_filters == 18
+    assert EncodecModel.from_pretrained(tmp_path / "bundle").config.num_filters == exported.config.num_filters == 24
+
+
+def test_wideband_g722_prompts_decode_to_the_corpus_rate(tmp_path):
+    from G722 import G722
+
+    from training.real_speech import read_g722
+
+    rate = 16_000
+    speech = speech_like(rate, rate, seed=5)[0, 0].numpy() * 0.5
+    path = tmp_path / "prompt.g722"
+    path.write_bytes(G722(rate, 64_000).encode((speech * 32767).astype(np.int16)))  # headerless, as Asterisk ships it
+    audio = read_g722(path)
+    assert audio.dtype == np.float32 and len(audio) == 24_000  # 1 s at 24 kHz
+    # The decoder's output is the speech, delayed by G.722's filter bank (under 2 ms).
+    reference = np.interp(np.arange(24_000) * 2 / 3, np.arange(rate), speech)
+    best = max(np.corrcoef(audio[lag:], reference[: len(audio) - lag])[0, 1] for lag in range(48))
+    assert best > 0.95
+
+
+def test_a_source_can_name_speakers_by_file_name(tmp_path):
+    import soundfile as sf
+
+    from training.real_speech import Source, build
+
+    write_corpus(tmp_path / "data")
+    (tmp_path / "data" / "train_index.json").write_text(json.dumps([{"offset": 0, "length": 2 * 24_000}]))
+    root = tmp_path / "stamps"
+    for name in ("animals/dog_desc_ro.ogg", "animals/cat_desc_da.ogg", "food/apple_desc_ro.ogg"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(root / name, speech_like(44_100, 44_100, seed=len(name))[0, 0].numpy() * 0.3, 44_100,
+                 format="OGG", subtype="VORBIS")
+    source = Source("stamps", root, "**/*_desc_*.ogg", "stamps-data", ("da",),
+                    speaker_of=lambda relative: relative.stem.rsplit("_desc_", 1)[1])
+
+    build(tmp_path / "data", tmp_path / "mixed", tts_minutes=1.0, sources=[source])
+
+    index = json.load(open(tmp_path / "mixed" / "train_index.json"))
+    assert sorted(u["voice"] for u in index[1:]) == ["ro", "ro"]
+    assert [p.name for p in (tmp_path / "mixed" / "stamps_heldout").iterdir()] == ["animals_cat_desc_da.wav"]

@@ -31,6 +31,8 @@ from scipy.signal import resample_poly
 from codec import EncodecModel, load_default_model
 
 SAMPLE_RATE = 24_000
+# What pystoi returns for a clip with under 30 frames (384 ms) of sound: a spoken letter, a short word.
+STOI_TOO_SHORT = 1e-5
 
 
 def load_model(spec: str | None) -> EncodecModel:
@@ -111,7 +113,10 @@ def metrics(ref: np.ndarray, est: np.ndarray) -> dict[str, float]:
         pesq_wb = float(pesq(16_000, ref16, est16, "wb"))
     except Exception:  # PESQ refuses clips it finds no speech in
         pesq_wb = float("nan")
-    return {"pesq_wb": pesq_wb, "stoi": float(stoi(ref, est, SAMPLE_RATE, extended=False)), "si_snr": si_snr(ref, est)}
+    intelligibility = float(stoi(ref, est, SAMPLE_RATE, extended=False))
+    if intelligibility == STOI_TOO_SHORT:  # not a score: left out of the averages, as PESQ's refusals are
+        intelligibility = float("nan")
+    return {"pesq_wb": pesq_wb, "stoi": intelligibility, "si_snr": si_snr(ref, est)}
 
 
 def speed(model: EncodecModel, seconds: float = 10.0) -> dict[str, float]:
@@ -168,6 +173,7 @@ def summarise(rows: list[dict]) -> dict:
         values = np.array([r[key] for r in rows], dtype=np.float64)
         out[key] = float(np.nanmean(values))
     out["clips"] = len(rows)
+    out["stoi_clips"] = int(np.isfinite([r["stoi"] for r in rows]).sum())  # clips long enough for STOI
     return out
 
 

@@ -1,15 +1,23 @@
 """Add recorded speech that Debian packages ship to a synthetic corpus of `training.data`.
 
-    apt-get install klettres-data asterisk-core-sounds-{en,es,fr,it,ru}-wav
+    apt-get install klettres-data asterisk-core-sounds-{en,es,fr,it,ru}-{wav,g722} festvox-ru \
+        fillets-ng-data fillets-ng-data-cs fillets-ng-data-nl tuxpaint-stamps-default
+    pip install G722
     python -m training.real_speech --corpus training/runs/data --out training/runs/data_mixed --tts-minutes 90
 
 The synthetic corpus lacks what recordings have: human voices, breath, natural prosody, real
-microphones and rooms. Two packages ship openly licensed recordings (SOURCES below):
+microphones and rooms. These packages ship openly licensed recordings (SOURCES below):
 
 - KLettres (`klettres-data`, GPL-2+): letters and syllables read by native speakers of 20 languages,
   44.1 kHz; short, so it teaches timbre and recording conditions more than running speech;
-- Asterisk's core prompts (`asterisk-core-sounds-*-wav`; CC-BY-SA-3.0, ru and it CC-BY-3.0): running
-  phrases ("please enter your password…") by five professional voices, but telephone-band (8 kHz).
+- Asterisk's core prompts (CC-BY-SA-3.0, ru and it CC-BY-3.0): running phrases ("please enter your
+  password…") by five professional voices, telephone-band in `-wav` (8 kHz) and wideband in `-g722`
+  (16 kHz, the same recordings; G.722 is decoded by the `G722` package, public domain and BSD-2);
+- festvox-ru (BSD-like): the 620 read sentences (16 kHz) behind Festival's Russian voice, one man;
+- Fish Fillets NG (`fillets-ng-data*`, GPL-2): acted game dialogue in Czech, Dutch and English,
+  22–44 kHz Ogg Vorbis, by a cast of several actors playing about 30 characters;
+- Tux Paint's stamp descriptions (`tuxpaint-stamps-default`, GPL-2): short phrases read by volunteers
+  in nine languages, 44.1 kHz Ogg Vorbis.
 
 The output corpus has the layout `training.data` writes: `train.npy` is the first `--tts-minutes`
 of the synthetic training split followed by the recordings of every speaker but the held-out ones;
@@ -24,6 +32,7 @@ import argparse
 import json
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +44,26 @@ from .data import SAMPLE_RATE, read_mono, trim_and_level
 SHORTEST_UTTERANCE = 0.25  # seconds of sound: a spoken letter is short
 
 
+def first_folder(relative: Path) -> str:
+    return relative.parts[0]
+
+
+def read_g722(path: Path) -> np.ndarray:
+    """A headerless 64 kbit/s G.722 file (Asterisk's wideband prompts) as float32 mono at SAMPLE_RATE."""
+    from scipy.signal import resample_poly
+    try:
+        from G722 import G722
+    except ImportError as error:
+        raise SystemExit("reading .g722 prompts needs the G722 package: pip install G722") from error
+
+    pcm = np.asarray(G722(16_000, 64_000).decode(path.read_bytes()), dtype=np.float32) / 32768.0
+    return resample_poly(pcm, 3, 2).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Source:
-    """Recordings under `root` matching `pattern`, one speaker per first-level folder."""
+    """Recordings under `root` matching `pattern`; `speaker` names the speaker (or group) of a path
+    relative to `root`, by default its first folder."""
 
     name: str
     root: Path
@@ -46,6 +72,8 @@ class Source:
     heldout_speakers: tuple[str, ...]
     minutes_per_speaker: float = float("inf")  # keeps one prolific speaker from dominating
     heldout_clips: int = 1_000_000  # held-out recordings written out at most (evaluation time)
+    speaker_of: Callable[[Path], str] = first_folder
+    read: Callable[[Path], np.ndarray] = read_mono
 
     def recordings(self) -> list[Path]:
         files = sorted(self.root.glob(self.pattern))
@@ -56,7 +84,7 @@ class Source:
         return files
 
     def speaker(self, path: Path) -> str:
-        return path.relative_to(self.root).parts[0]
+        return self.speaker_of(path.relative_to(self.root))
 
 
 SOURCES = {
@@ -67,11 +95,33 @@ SOURCES = {
         "asterisk", Path("/usr/share/asterisk/sounds"), "*_*_*_*/**/*.wav", "asterisk-core-sounds-{en,es,fr,it,ru}-wav",
         ("ru_RU_f_IvrvoiceRU",), minutes_per_speaker=10.0, heldout_clips=60,
     ),
+    # The same voices and prompts, wideband; the same voice held out.
+    "asterisk_g722": Source(
+        "asterisk_g722", Path("/usr/share/asterisk/sounds"), "*_*_*_*/**/*.g722",
+        "asterisk-core-sounds-{en,es,fr,it,ru}-g722", ("ru_RU_f_IvrvoiceRU",), minutes_per_speaker=10.0,
+        heldout_clips=60, read=read_g722,
+    ),
+    # One speaker: none held out; capped so that he does not outweigh the many-voiced sources.
+    "festvox_ru": Source(
+        "festvox_ru", Path("/usr/share/festival/voices/russian/msu_ru_nsh_clunits/wav"), "ru_*.wav", "festvox-ru",
+        (), minutes_per_speaker=25.0, speaker_of=lambda relative: "nsh",
+    ),
+    # sound/<level>/<language>/*.ogg; grouped by level (the cast varies from level to level), three held out.
+    "fillets": Source(
+        "fillets", Path("/usr/share/games/fillets-ng/sound"), "*/[a-z][a-z]/*.ogg",
+        "fillets-ng-data fillets-ng-data-cs fillets-ng-data-nl", ("city", "columns", "corridor"),
+        minutes_per_speaker=1.5, heldout_clips=60,
+    ),
+    # <stamp>_desc_<language>.ogg; grouped by language (one to three readers each), Danish held out.
+    "tuxpaint": Source(
+        "tuxpaint", Path("/usr/share/tuxpaint/stamps"), "**/*_desc_*.ogg", "tuxpaint-stamps-default", ("da",),
+        minutes_per_speaker=8.0, heldout_clips=60, speaker_of=lambda relative: relative.stem.rsplit("_desc_", 1)[1],
+    ),
 }
 
 
-def load_utterance(path: Path) -> np.ndarray | None:
-    return trim_and_level(read_mono(path), SHORTEST_UTTERANCE)
+def load_utterance(path: Path, source: Source) -> np.ndarray | None:
+    return trim_and_level(source.read(path), SHORTEST_UTTERANCE)
 
 
 def build(corpus: Path, out: Path, tts_minutes: float, sources: list[Source]) -> dict[str, float]:
@@ -83,7 +133,8 @@ def build(corpus: Path, out: Path, tts_minutes: float, sources: list[Source]) ->
     chunks, offset, minutes = [np.asarray(tts[:end])], end, {"synthetic": end / SAMPLE_RATE / 60}
     for source in sources:
         heldout_dir = out / f"{source.name}_heldout"
-        heldout_dir.mkdir(exist_ok=True)
+        if source.heldout_speakers:
+            heldout_dir.mkdir(exist_ok=True)
         taken: dict[str, int] = {}
         heldout_written = trained = heldout = 0
         for path in source.recordings():
@@ -93,7 +144,7 @@ def build(corpus: Path, out: Path, tts_minutes: float, sources: list[Source]) ->
                 continue
             if not is_heldout and taken.get(speaker, 0) >= source.minutes_per_speaker * 60 * SAMPLE_RATE:
                 continue
-            audio = load_utterance(path)
+            audio = load_utterance(path, source)
             if audio is None:
                 continue
             pcm = (audio * 32767).astype(np.int16)

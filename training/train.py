@@ -33,7 +33,9 @@ from .vq import EmaResidualVQ
 from .widen import widen
 
 # The bundled model's architecture; see codec/MODEL_CARD.md for why these sizes.
-DEFAULT_CONFIG = dict(num_filters=16, hidden_size=64, num_lstm_layers=1)
+DEFAULT_CONFIG = dict(num_filters=22, hidden_size=64, num_lstm_layers=1)
+# Every checkpoint written before checkpoints carried their config is of this width.
+FIRST_NUM_FILTERS = 16
 # Quantizer dropout: bandwidth (kbps) → probability per step. 6 kbps, the call default, gets the most.
 BANDWIDTH_PROBS = {1.5: 0.15, 3.0: 0.2, 6.0: 0.35, 12.0: 0.15, 24.0: 0.15}
 LOSS_WEIGHTS = {"time_l1": 0.1, "mel": 1.0}  # EnCodec's λt, λf; commitment λw = 1 outside the balancer
@@ -47,8 +49,10 @@ def build_model(overrides: dict | None = None) -> EncodecModel:
 def model_from_checkpoint(path: str | Path) -> tuple[EncodecModel, dict]:
     """The model of a `last.pt` (in evaluation mode) and the checkpoint's state."""
     state = torch.load(path, map_location="cpu", weights_only=False)
-    # Checkpoints from before --num-filters have no "config": they are of DEFAULT_CONFIG.
-    model = EncodecModel(EncodecConfig.from_dict(state["config"])) if "config" in state else build_model()
+    if "config" in state:
+        model = EncodecModel(EncodecConfig.from_dict(state["config"]))
+    else:
+        model = build_model({"num_filters": FIRST_NUM_FILTERS})
     model.load_state_dict(state["model"])
     return model.eval(), state
 
