@@ -232,6 +232,9 @@ def test_a_run_widens_the_bundled_model_and_exports_it(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
     assert float(rows[0]["mel"]) < 1.0  # it starts from the bundled model's quality, not from scratch
     assert load_model(str(tmp_path / "run" / "last.pt")).config.num_filters == 24
+    resumed = subprocess.run([c for c in command if c not in ("--num-filters", "24")], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode != 0 and "resume it with --num-filters 24" in resumed.stderr
     exported = export(str(tmp_path / "run" / "last.pt"), str(tmp_path / "bundle"))
     assert EncodecModel.from_pretrained(tmp_path / "bundle").config.num_filters == exported.config.num_filters == 24
 

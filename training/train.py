@@ -284,6 +284,9 @@ def main() -> None:
     last = run_dir / "last.pt"
     if last.exists():
         state = torch.load(last, map_location=device, weights_only=False)
+        width = state.get("config", {}).get("num_filters", FIRST_NUM_FILTERS)
+        if width != args.num_filters:
+            raise SystemExit(f"{last} is a run of a {width}-filter model: resume it with --num-filters {width}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         balancer.load_state_dict(state["balancer"])
