@@ -28,6 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 FRAME = 320 / 24000
 BUDGET_MS = 5.0
+ADD_TIMEOUT_S = 20.0  # a handshake slower than this: the relay is past taking more peers
+SATURATED_CPU = 97.0  # relay CPU (% of its core) past which a level over budget ends the ramp
 
 
 def stream_header() -> bytes:
@@ -109,6 +111,8 @@ class LoadPeer(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.generator.lost_connections += 1
+        if not self.opened.done():  # closed before its upgrade: whoever waits for it must not wait forever
+            self.opened.set_exception(ConnectionError(f"connection closed during the handshake: {exc}"))
 
     def send_next(self) -> None:
         self.transport.write(masked_frame(audio_packet(self.index)))
@@ -128,16 +132,20 @@ class Generator:
         self.lost_connections = 0
         self.late: list[float] = []
 
-    async def add(self, streams: int) -> None:
+    async def add(self, streams: int, timeout: float = ADD_TIMEOUT_S) -> None:
+        """Open `streams` more peers, one handshake at a time; stops early (fewer peers) when the relay
+        refuses, drops or does not answer a handshake within `timeout`: a saturated relay may never."""
         loop = asyncio.get_running_loop()
-        new = []
         for _ in range(streams):
             room = f"load{self.peers // self.room_size}"
-            _, peer = await loop.create_connection(lambda: LoadPeer(self, f"/{room}"), "127.0.0.1", self.port)
-            await peer.opened
+            try:
+                _, peer = await asyncio.wait_for(
+                    loop.create_connection(lambda: LoadPeer(self, f"/{room}"), "127.0.0.1", self.port), timeout)
+                await asyncio.wait_for(asyncio.shield(peer.opened), timeout)
+            except (OSError, asyncio.TimeoutError):
+                return
             self.slots[self.peers % self.SLOTS].append(peer)
             self.peers += 1
-            new.append(peer)
 
     async def run(self) -> None:
         slot_period = FRAME / self.SLOTS
@@ -262,6 +270,10 @@ def capacity(quick: bool = False, progress=print, room_size: int = 2, budget_ms:
             if level > streams:
                 here.send(("add", level - streams))
                 streams = here.recv()
+                if streams < level:
+                    progress(f"relay: took only {streams} of {level} streams (handshakes refused or over "
+                             f"{ADD_TIMEOUT_S:g} s): past its capacity")
+                    break
             time.sleep(1.0 if quick else 1.5)
             here.send(("reset", None))
             here.recv()
@@ -290,6 +302,8 @@ def capacity(quick: bool = False, progress=print, room_size: int = 2, budget_ms:
             failing = [r["added_p99_ms"] > budget_ms for r in results[1:]]
             if len(failing) >= 2 and failing[-1] and failing[-2]:
                 break  # two levels in a row over budget: the relay is past its capacity
+            if failing and failing[-1] and cpu >= SATURATED_CPU:
+                break  # over budget with the core busy: more load only makes the next handshakes hang
     finally:
         try:
             here.send(("stop", None))
