@@ -73,14 +73,18 @@ def make_sentence(rng: random.Random, words: list[str]) -> str:
     return text[0].upper() + text[1:] + rng.choice([".", ".", ".", "?", "!"])
 
 
+def to_corpus_rate(audio: np.ndarray, rate: int) -> np.ndarray:
+    """float32 mono audio at `rate` → float32 at SAMPLE_RATE."""
+    if rate == SAMPLE_RATE:
+        return audio
+    g = np.gcd(rate, SAMPLE_RATE)
+    return resample_poly(audio, SAMPLE_RATE // g, rate // g).astype(np.float32)
+
+
 def read_mono(path: str | os.PathLike) -> np.ndarray:
     """An audio file as float32 mono at SAMPLE_RATE."""
     audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    audio = audio.mean(1)
-    if rate != SAMPLE_RATE:
-        g = np.gcd(rate, SAMPLE_RATE)
-        audio = resample_poly(audio, SAMPLE_RATE // g, rate // g).astype(np.float32)
-    return audio
+    return to_corpus_rate(audio.mean(1), rate)
 
 
 def synth_espeak(rng: random.Random, text: str, voice: str, path: str) -> None:

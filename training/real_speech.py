@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .data import SAMPLE_RATE, read_mono, trim_and_level
+from .data import SAMPLE_RATE, read_mono, to_corpus_rate, trim_and_level
 
 SHORTEST_UTTERANCE = 0.25  # seconds of sound: a spoken letter is short
 
@@ -50,14 +50,13 @@ def first_folder(relative: Path) -> str:
 
 def read_g722(path: Path) -> np.ndarray:
     """A headerless 64 kbit/s G.722 file (Asterisk's wideband prompts) as float32 mono at SAMPLE_RATE."""
-    from scipy.signal import resample_poly
     try:
         from G722 import G722
     except ImportError as error:
         raise SystemExit("reading .g722 prompts needs the G722 package: pip install G722") from error
 
     pcm = np.asarray(G722(16_000, 64_000).decode(path.read_bytes()), dtype=np.float32) / 32768.0
-    return resample_poly(pcm, 3, 2).astype(np.float32)
+    return to_corpus_rate(pcm, 16_000)
 
 
 @dataclass(frozen=True)
