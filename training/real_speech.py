@@ -61,8 +61,8 @@ def read_g722(path: Path) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Source:
-    """Recordings under `root` matching `pattern`; `speaker` names the speaker (or group) of a path
-    relative to `root`, by default its first folder."""
+    """Recordings under `root` matching `pattern`; `speaker_of` names the speaker (or group) of a path
+    relative to `root`, by default its first folder, and `read` loads one as float32 mono at SAMPLE_RATE."""
 
     name: str
     root: Path
