@@ -31,7 +31,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from streaming import protocol
-from streaming.call import Meter, Receiver, Sender
+from streaming.call import SEARCH_WIDTH, Meter, Receiver, Sender
 from streaming.stream import StartMode
 from streaming.wav import read_wav
 
@@ -58,6 +58,8 @@ class Options:
     output: str | None = None
     pace: bool = True
     frames_per_packet: int = 1
+    search_width: int = SEARCH_WIDTH
+    """Codebook search width of the encoder (``EncodecModel.encode``): better codes, same bits, more CPU."""
     input_device: int | str | None = None
     output_device: int | str | None = None
     status: bool = True
@@ -139,7 +141,7 @@ class Client:
         self.encode_pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
         self.decode_pool = ThreadPoolExecutor(1, thread_name_prefix="decode")
         self.sender = Sender(model, self.encode_pool, options.bandwidth, start,
-                             options.frames_per_packet) if self.sends else None
+                             options.frames_per_packet, options.search_width) if self.sends else None
         self.receiver = Receiver(model, self.decode_pool, start) if self.receives else None
         self.outbox = Outbox(capacity=64, lossy=not self.send_file)
         self.up = Meter()
@@ -386,6 +388,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", help="WAV file to write what is heard (instead of the speaker)")
     parser.add_argument("--no-pace", action="store_true", help="send --input as fast as possible")
     parser.add_argument("--frames-per-packet", type=int, default=1, help="latency/overhead trade (default 1)")
+    parser.add_argument("--search-width", type=int, default=SEARCH_WIDTH,
+                        help="codebook search width: better sound for the same bits, more encoder CPU (default %(default)s)")
     parser.add_argument("--start", choices=[m.value for m in StartMode],
                         help="codec start mode (default: exact with files, immediate with devices)")
     parser.add_argument("--token", help="token the server asks for")
@@ -396,6 +400,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.list_devices and not args.room:
         parser.error("--room is required")
+    if args.search_width < 1:
+        parser.error("--search-width must be 1 (greedy) or more")
     return args
 
 
@@ -418,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
 
     options = Options(server=args.server, room=args.room, token=args.token, bandwidth=args.bandwidth,
                       input=args.input, output=args.output, pace=not args.no_pace,
-                      frames_per_packet=args.frames_per_packet, input_device=device(args.input_device),
+                      frames_per_packet=args.frames_per_packet, search_width=args.search_width, input_device=device(args.input_device),
                       output_device=device(args.output_device), status=not args.quiet, start=args.start)
     try:
         model = load_model(args.model)

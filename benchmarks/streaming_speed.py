@@ -1,6 +1,6 @@
 """Streaming speed: encoder + decoder fed 320-sample blocks, against offline encode + decode.
 
-    python benchmarks/streaming_speed.py [--seconds 10] [--bandwidth 6] [--batch 1] [--threads 1]
+    python benchmarks/streaming_speed.py [--seconds 10] [--bandwidth 6] [--batch 1] [--threads 1] [--search-width 1]
 
 Prints × real time (compute seconds per second of audio) of streaming and of the offline model
 on the same audio in the same run, their ratio, and percentiles of the per-frame cost (the time
@@ -26,9 +26,9 @@ from benchmarks.common import add_model_arguments, benchmark_audio, benchmark_mo
 from streaming import StreamingDecoder, StreamingEncoder  # noqa: E402
 
 
-def stream_once(model, audio: torch.Tensor, bandwidth: float, block: int) -> np.ndarray:
+def stream_once(model, audio: torch.Tensor, bandwidth: float, block: int, search_width: int = 1) -> np.ndarray:
     """Per-block wall times (s) of one full stream, flush included in the last block."""
-    encoder, decoder = StreamingEncoder(model, bandwidth), StreamingDecoder(model)
+    encoder, decoder = StreamingEncoder(model, bandwidth, search_width=search_width), StreamingDecoder(model)
     times = []
     for start in range(0, audio.shape[-1], block):
         began = time.perf_counter()
@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="independent streams in one batch")
     parser.add_argument("--block", type=int, default=320, help="samples per push (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; the fastest counts")
+    parser.add_argument("--search-width", type=int, default=1, help="codebook search width of both (default %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = benchmark_model(args.model)
@@ -94,16 +95,17 @@ def main() -> None:
 
     with torch.inference_mode():
         def offline() -> None:
-            encoded = model.encode(audio, bandwidth=args.bandwidth)
+            encoded = model.encode(audio, bandwidth=args.bandwidth, search_width=args.search_width)
             model.decode(encoded.audio_codes, encoded.audio_scales)
 
         offline_time = best_of(args.repeats, offline)
-        runs = [stream_once(model, audio, args.bandwidth, args.block) for _ in range(args.repeats)]
+        runs = [stream_once(model, audio, args.bandwidth, args.block, args.search_width) for _ in range(args.repeats)]
     frames = min(runs, key=lambda times: times.sum())
     streaming_time = frames.sum()
 
     print(
-        f"{seconds:g} s of audio × {args.batch} stream(s), {args.bandwidth:g} kbps, {args.block}-sample blocks, "
+        f"{seconds:g} s of audio × {args.batch} stream(s), {args.bandwidth:g} kbps, search width {args.search_width}, "
+        f"{args.block}-sample blocks, "
         f"{args.threads} thread(s), model {args.model}"
     )
     print(f"streaming encode+decode: {streaming_time / seconds:.3f}× real time per stream batch")

@@ -47,14 +47,14 @@ class EncodecModel(nn.Module):
         self.bits_per_codebook = config.codebook_nbits
 
     # Offline encoding ---------------------------------------------------------------------------
-    def _encode_frame(self, input_values: torch.Tensor, bandwidth: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _encode_frame(self, input_values: torch.Tensor, bandwidth: float, search_width: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         scale = None
         if self.config.normalize:
             mono = input_values.sum(1, keepdim=True) / input_values.shape[1]
             scale = mono.pow(2).mean(dim=-1, keepdim=True).sqrt() + 1e-8
             input_values = input_values / scale
             scale = scale.view(-1, 1)
-        codes = self.quantizer.encode(self.encoder(input_values), bandwidth)
+        codes = self.quantizer.encode(self.encoder(input_values), bandwidth, search_width)
         return codes.transpose(0, 1), scale
 
     def _check_audio(self, input_values: torch.Tensor) -> None:
@@ -75,10 +75,13 @@ class EncodecModel(nn.Module):
         padding_mask: torch.Tensor | None = None,
         bandwidth: float | None = None,
         return_dict: bool | None = None,
+        search_width: int = 1,
     ) -> EncodecEncoderOutput | tuple:
         """Audio `(batch, channels, samples)` → codes `(nb_chunks, batch, n_q, frames)` and one scale per chunk.
 
-        `bandwidth=None` takes the smallest supported bandwidth, as transformers does.
+        `bandwidth=None` takes the smallest supported bandwidth, as transformers does. `search_width`
+        (not in transformers) > 1 searches the codebooks jointly (`quantizer.residual_beam_search`):
+        better codes for the same bits; 1 gives transformers' codes.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         bandwidth = self.config.target_bandwidths[0] if bandwidth is None else bandwidth
@@ -94,7 +97,7 @@ class EncodecModel(nn.Module):
         codes, scales = [], []
         for offset in range(0, input_length, stride):
             chunk = padding_mask[..., offset : offset + chunk_length] * input_values[..., offset : offset + chunk_length]
-            chunk_codes, scale = self._encode_frame(chunk, bandwidth)
+            chunk_codes, scale = self._encode_frame(chunk, bandwidth, search_width)
             codes.append(chunk_codes)
             scales.append(scale)
         last_frame_pad_length = codes[0].shape[-1] - codes[-1].shape[-1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from codec import EncodecModel
+from codec.quantizer import check_search_width
 
 from .layers import State, streaming_stack
 from .quantize import FrameQuantizer
@@ -17,6 +18,7 @@ class StreamingEncoder(Stream):
     `push(audio)` takes `(batch, channels, n)` float32 blocks of any length and returns the codes
     `(batch, n_q, k)` of the k frames they completed; `flush()` ends the stream and returns the
     rest (the last frame padded as offline pads it). The bandwidth can change between pushes.
+    `search_width` is the codec's (`EncodecModel.encode`): the codes equal offline codes of the same width.
     """
 
     def __init__(
@@ -25,8 +27,10 @@ class StreamingEncoder(Stream):
         bandwidth: float = 6.0,
         start: StartMode | str = StartMode.IMMEDIATE,
         sample_rate: int | None = None,
+        search_width: int = 1,
     ) -> None:
         check_streamable(model)
+        check_search_width(search_width)
         if sample_rate is not None and sample_rate != model.config.sampling_rate:
             raise ValueError(
                 f"The model runs at {model.config.sampling_rate} Hz, the audio is at {sample_rate} Hz: resample it first"
@@ -34,6 +38,7 @@ class StreamingEncoder(Stream):
         super().__init__(model, streaming_stack(model.encoder.layers, StartMode(start) is StartMode.EXACT), start)
         self.set_bandwidth(bandwidth)
         self.quantizer = FrameQuantizer(model)
+        self.search_width = search_width
 
     def set_bandwidth(self, bandwidth: float) -> None:
         """Takes effect from the next frame completed; each push returns frames of one bandwidth."""
@@ -68,7 +73,7 @@ class StreamingEncoder(Stream):
     def _quantize(self, embeddings: torch.Tensor | None) -> torch.Tensor:
         if embeddings is None or embeddings.shape[-1] == 0:
             return torch.zeros(self.batch or 0, self.num_codebooks, 0, dtype=torch.long)
-        return self.quantizer.encode(embeddings, self.num_codebooks)
+        return self.quantizer.encode(embeddings, self.num_codebooks, self.search_width)
 
     def _extra_state(self) -> State:
         return {"bandwidth": self.bandwidth}

@@ -19,7 +19,7 @@ import numpy as np
 import soundfile
 
 from . import protocol
-from .call import RemoteStream, Sender
+from .call import SEARCH_WIDTH, RemoteStream, Sender
 from .stream import StartMode
 from .wav import read_wav
 
@@ -27,13 +27,15 @@ BLOCK = 24000
 """Samples encoded per call into the model: large blocks, since nothing waits for them."""
 
 
-def encode_file(model, wav_path: str, out_path: str, bandwidth: float = 6.0, frames_per_packet: int = 1) -> int:
+def encode_file(
+    model, wav_path: str, out_path: str, bandwidth: float = 6.0, frames_per_packet: int = 1, search_width: int = SEARCH_WIDTH
+) -> int:
     """Encode a WAV file (any rate; resampled to the model's) to a stream file; returns its size."""
     audio = read_wav(wav_path, model.config.sampling_rate, model.config.audio_channels)
 
     async def encode() -> list[bytes]:
         with ThreadPoolExecutor(1) as pool:
-            sender = Sender(model, pool, bandwidth, StartMode.EXACT, frames_per_packet)
+            sender = Sender(model, pool, bandwidth, StartMode.EXACT, frames_per_packet, search_width)
             messages = [sender.header.encode()]
             for start in range(0, audio.shape[-1], BLOCK):
                 messages += await sender.push(audio[:, start : start + BLOCK])
@@ -71,12 +73,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("destination")
     parser.add_argument("--model", default="default", help="default | checkpoint dir | hub id | Meta .th file")
     parser.add_argument("--bandwidth", type=float, default=6.0, help="kbps, for encode (default %(default)s)")
+    parser.add_argument(
+        "--search-width", type=int, default=SEARCH_WIDTH, help="codebook search width, for encode: more is better codes, slower (default %(default)s)"
+    )
     args = parser.parse_args(argv)
+    if args.search_width < 1:
+        parser.error("--search-width must be 1 (greedy) or more")
     from codec import load_model
 
     model = load_model(args.model).eval()
     if args.command == "encode":
-        size = encode_file(model, args.source, args.destination, args.bandwidth)
+        size = encode_file(model, args.source, args.destination, args.bandwidth, search_width=args.search_width)
         seconds = soundfile.info(args.source).duration
         print(f"{args.destination}: {size} bytes, {8 * size / seconds / 1000:.2f} kbps")
     else:

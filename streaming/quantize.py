@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from codec import EncodecModel
-from codec.quantizer import check_codes, nearest_entries
+from codec.quantizer import check_codes, nearest_entries, residual_beam_search
 
 
 class FrameQuantizer:
@@ -19,10 +19,15 @@ class FrameQuantizer:
         self.transposed = [embed.t().contiguous() for embed in self.embeds]
         self.sqnorms = [embed_t.pow(2).sum(0, keepdim=True) for embed_t in self.transposed]
 
-    def encode(self, embeddings: torch.Tensor, num_codebooks: int) -> torch.Tensor:
-        """Embeddings `(batch, dim, frames)` → codes `(batch, num_codebooks, frames)`."""
+    def encode(self, embeddings: torch.Tensor, num_codebooks: int, search_width: int = 1) -> torch.Tensor:
+        """Embeddings `(batch, dim, frames)` → codes `(batch, num_codebooks, frames)`, searched as the codec searches."""
         batch, dim, frames = embeddings.shape
         residual = embeddings.transpose(1, 2).reshape(-1, dim)
+        if search_width > 1:
+            codes = residual_beam_search(
+                residual, self.embeds[:num_codebooks], self.transposed[:num_codebooks], self.sqnorms[:num_codebooks], search_width
+            )
+            return codes.view(batch, frames, num_codebooks).transpose(1, 2)
         codes = []
         for layer in range(num_codebooks):
             indices = nearest_entries(residual, self.transposed[layer], self.sqnorms[layer])

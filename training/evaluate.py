@@ -71,9 +71,9 @@ def heldout_clips(data_dir: str, count: int, max_seconds: float = 6.0) -> dict[s
 
 
 @torch.inference_mode()
-def codec_roundtrip(model: EncodecModel, x: np.ndarray, bandwidth: float) -> np.ndarray:
+def codec_roundtrip(model: EncodecModel, x: np.ndarray, bandwidth: float, search_width: int = 1) -> np.ndarray:
     audio = torch.from_numpy(x.astype(np.float32))[None, None]
-    codes = model.encode(audio, bandwidth=bandwidth)
+    codes = model.encode(audio, bandwidth=bandwidth, search_width=search_width)
     out = model.decode(codes.audio_codes, codes.audio_scales, last_frame_pad_length=codes.last_frame_pad_length)
     return out.audio_values[0, 0, : len(x)].double().numpy()
 
@@ -187,6 +187,10 @@ def main() -> None:
         help="directories of recorded-speech WAVs: the first is reported as real_speech, others by their folder name",
     )
     parser.add_argument("--bandwidths", default="1.5,3,6,12,24")
+    parser.add_argument(
+        "--search-widths", default="1",
+        help="codebook search widths to evaluate each bandwidth with (1: greedy, as transformers; see EncodecModel.encode)",
+    )
     parser.add_argument("--opus-kbps", default="6")
     parser.add_argument("--out", default=None, help="write the full results as JSON here")
     parser.add_argument("--threads", type=int, default=1)
@@ -208,7 +212,9 @@ def main() -> None:
         systems: dict[str, list[dict]] = {}
         for name, ref in clips.items():
             for bw in [float(b) for b in args.bandwidths.split(",")]:
-                systems.setdefault(f"codec {bw:g} kbps", []).append({"clip": name, **metrics(ref, codec_roundtrip(model, ref, bw))})
+                for width in [int(w) for w in args.search_widths.split(",")]:
+                    system = f"codec {bw:g} kbps" + (f", search {width}" if width > 1 else "")
+                    systems.setdefault(system, []).append({"clip": name, **metrics(ref, codec_roundtrip(model, ref, bw, width))})
             for kbps in [float(b) for b in args.opus_kbps.split(",")]:
                 systems.setdefault(f"opus {kbps:g} kbps", []).append({"clip": name, **metrics(ref, opus_roundtrip(ref, int(kbps * 1000)))})
         results["sets"][set_name] = {
