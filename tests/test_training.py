@@ -276,3 +276,38 @@ def test_a_source_can_name_speakers_by_file_name(tmp_path):
     index = json.load(open(tmp_path / "mixed" / "train_index.json"))
     assert sorted(u["voice"] for u in index[1:]) == ["ro", "ro"]
     assert [p.name for p in (tmp_path / "mixed" / "stamps_heldout").iterdir()] == ["animals_cat_desc_da.wav"]
+
+
+def test_envelope_loss_scores_envelope_shape_not_level():
+    from training.losses import EnvelopeCorrelationLoss
+
+    loss = EnvelopeCorrelationLoss(24_000)
+    speech = speech_like(loss.min_samples + 4_800, 24_000, seed=4)[:, 0]
+    assert float(loss(speech, speech)) == pytest.approx(0.0, abs=1e-4)
+    assert float(loss(speech, 0.3 * speech)) == pytest.approx(0.0, abs=1e-3)  # correlation ignores level
+    noisy = speech + 0.05 * torch.randn_like(speech)
+    smeared = torch.nn.functional.avg_pool1d(speech[None], 241, stride=1, padding=120)[0]
+    assert 0.01 < float(loss(speech, noisy)) < float(loss(speech, smeared))
+    estimate = noisy.clone().requires_grad_()
+    loss(torch.zeros_like(speech), estimate).backward()  # silence as reference: a finite gradient
+    assert torch.isfinite(estimate.grad).all()
+    with pytest.raises(ValueError, match="at least"):
+        loss(speech[:, :1000], speech[:, :1000])
+
+
+def test_a_run_with_the_envelope_loss_and_chosen_bandwidths(tmp_path):
+    write_corpus(tmp_path / "data")
+    command = [
+        sys.executable, "-m", "training.train", "--data", str(tmp_path / "data"), "--run-dir", str(tmp_path / "run"),
+        "--init", "default", "--steps", "2", "--batch", "2", "--segment", "0.5", "--warmup", "1", "--log-every", "1",
+        "--threads", "1", "--envelope-weight", "0.5", "--bandwidth-probs", "6:0.5,24:0.5",
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert all(0 < float(r["envelope"]) < 1 and float(r["bandwidth"]) in (6.0, 24.0) for r in rows)
+    for bad, message in (("6:0.5,7:0.5", "no bandwidth [7.0]"), ("6:0.4", "sum to 1"), ("six", "KBPS:P")):
+        refused = subprocess.run(command[:-1] + [bad], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert refused.returncode != 0 and message in refused.stderr
+    short = subprocess.run([c if c != "0.5" else "0.2" for c in command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert short.returncode != 0 and "--envelope-weight needs --segment" in short.stderr

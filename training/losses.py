@@ -99,3 +99,47 @@ def si_snr(reference: torch.Tensor, estimate: torch.Tensor, eps: float = 1e-8) -
     projection = (estimate * reference).sum(-1, keepdim=True) / (reference.pow(2).sum(-1, keepdim=True) + eps) * reference
     noise = estimate - projection
     return 10 * torch.log10(projection.pow(2).sum(-1) / (noise.pow(2).sum(-1) + eps) + eps)
+
+
+class EnvelopeCorrelationLoss(nn.Module):
+    """1 − the mean correlation of short-time one-third-octave band envelopes (a differentiable STOI).
+
+    STOI (Taal et al., 2011) scores intelligibility by how well each 384 ms stretch of each
+    one-third-octave band envelope (150 Hz–4.3 kHz) of the decoded speech correlates with the
+    original's. The mel loss matches magnitudes frame by frame and lets envelopes smear over tens of
+    milliseconds; this loss rewards keeping their shape. It follows STOI's framing (25.6 ms Hann
+    frames, 50 % overlap, 15 bands from 150 Hz, 30-frame segments) at the model's rate, without STOI's
+    clipping of the estimate and silent-frame removal, neither of which has a useful gradient.
+    """
+
+    def __init__(self, sample_rate: int, bands: int = 15, lowest_centre_hz: float = 150.0, segment_frames: int = 30) -> None:
+        super().__init__()
+        self.n_fft = int(round(0.0256 * sample_rate))
+        self.hop = self.n_fft // 2
+        self.segment_frames = segment_frames
+        freqs = torch.fft.rfftfreq(self.n_fft, 1.0 / sample_rate)
+        centres = lowest_centre_hz * 2.0 ** (torch.arange(bands) / 3.0)
+        low, high = centres * 2.0 ** (-1 / 6), centres * 2.0 ** (1 / 6)
+        self.register_buffer("band_matrix", ((freqs >= low[:, None]) & (freqs < high[:, None])).float(), persistent=False)
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        self.min_samples = self.n_fft + (segment_frames - 1) * self.hop
+        """The shortest input that holds one segment."""
+
+    def envelopes(self, x: torch.Tensor) -> torch.Tensor:
+        """`(batch, samples)` → band envelopes `(batch, bands, frames)`."""
+        spec = torch.stft(x, self.n_fft, self.hop, window=self.window, center=False, return_complex=True)
+        power = spec.real.pow(2) + spec.imag.pow(2)
+        return (torch.matmul(self.band_matrix, power) + 1e-10).sqrt()
+
+    def forward(self, reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+        reference, estimate = reference.reshape(-1, reference.shape[-1]), estimate.reshape(-1, estimate.shape[-1])
+        if reference.shape[-1] < self.min_samples:
+            raise ValueError(f"the envelope loss needs at least {self.min_samples} samples (one STOI segment), got {reference.shape[-1]}")
+        ref = self.envelopes(reference).unfold(-1, self.segment_frames, 1)  # (batch, bands, segments, frames)
+        est = self.envelopes(estimate).unfold(-1, self.segment_frames, 1)
+        ref = ref - ref.mean(-1, keepdim=True)
+        est = est - est.mean(-1, keepdim=True)
+        # The floor keeps silent stretches (where both envelopes are near zero) from steering the gradient.
+        floor = 1e-6 * ref.pow(2).sum(-1).amax(dim=(1, 2), keepdim=True)[..., None] + 1e-12
+        corr = (ref * est).sum(-1) / ((ref.pow(2).sum(-1) + floor[..., 0]) * (est.pow(2).sum(-1) + floor[..., 0])).sqrt()
+        return 1.0 - corr.mean()

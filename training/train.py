@@ -28,7 +28,7 @@ from .augment import SegmentSampler
 from .batches import BatchStream
 from .discriminator import MultiScaleSTFTDiscriminator, discriminator_loss, generator_losses
 from .export import export_model
-from .losses import Balancer, MultiScaleMelLoss, si_snr
+from .losses import Balancer, EnvelopeCorrelationLoss, MultiScaleMelLoss, si_snr
 from .vq import EmaResidualVQ
 from .widen import widen
 
@@ -40,6 +40,20 @@ FIRST_NUM_FILTERS = 16
 BANDWIDTH_PROBS = {1.5: 0.15, 3.0: 0.2, 6.0: 0.35, 12.0: 0.15, 24.0: 0.15}
 LOSS_WEIGHTS = {"time_l1": 0.1, "mel": 1.0}  # EnCodec's λt, λf; commitment λw = 1 outside the balancer
 ADVERSARIAL_WEIGHTS = {"adv": 3.0, "feat": 3.0}  # EnCodec's λg, λfeat
+
+
+def parse_bandwidth_probs(text: str) -> dict[float, float]:
+    """`"1.5:0.1,6:0.9"` → {1.5: 0.1, 6.0: 0.9}, checked to be a distribution over bandwidths the model has."""
+    try:
+        probs = {float(k): float(v) for k, v in (pair.split(":") for pair in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected KBPS:P pairs separated by commas, got {text!r}") from None
+    unknown = set(probs) - set(EncodecConfig(**DEFAULT_CONFIG).target_bandwidths)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"the model has no bandwidth {sorted(unknown)} kbps")
+    if any(p < 0 for p in probs.values()) or not math.isclose(sum(probs.values()), 1.0, abs_tol=1e-6):
+        raise argparse.ArgumentTypeError(f"probabilities must be non-negative and sum to 1, got {text!r}")
+    return probs
 
 
 def build_model(overrides: dict | None = None) -> EncodecModel:
@@ -220,6 +234,15 @@ def main() -> None:
         "--num-filters", type=int, default=DEFAULT_CONFIG["num_filters"],
         help="model width; with --init, a narrower model is widened to it (training.widen)",
     )
+    parser.add_argument(
+        "--bandwidth-probs", type=parse_bandwidth_probs, default=BANDWIDTH_PROBS, metavar="KBPS:P,...",
+        help="quantizer dropout: how often each bandwidth is trained, e.g. 1.5:0.05,3:0.15,6:0.6,12:0.1,24:0.1 "
+        f"(default {','.join(f'{k:g}:{v:g}' for k, v in BANDWIDTH_PROBS.items())})",
+    )
+    parser.add_argument(
+        "--envelope-weight", type=float, default=0.0,
+        help="balancer weight of the band-envelope correlation loss (a differentiable STOI; 0: off), against mel 1",
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--segment", type=float, default=0.8, help="seconds")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -252,7 +275,7 @@ def main() -> None:
     run_dir, data_dir = Path(args.run_dir), Path(args.data)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    bandwidths, probs = list(BANDWIDTH_PROBS), np.array(list(BANDWIDTH_PROBS.values()))
+    bandwidths, probs = list(args.bandwidth_probs), np.array(list(args.bandwidth_probs.values()))
     segment = int(args.segment * EncodecConfig(**DEFAULT_CONFIG).sampling_rate)
     sampler = SegmentSampler(np.load(data_dir / "train.npy"), segment)
     batches = BatchStream(sampler, args.seed, args.batch, bandwidths, probs, args.workers)  # forks: before CUDA starts
@@ -272,7 +295,12 @@ def main() -> None:
     mel_loss = MultiScaleMelLoss(model.config.sampling_rate).to(device)
     params = list(model.encoder.parameters()) + list(model.decoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
-    balancer = Balancer({**LOSS_WEIGHTS, **{name: args.adv_weight for name in ADVERSARIAL_WEIGHTS}})
+    envelope_loss = EnvelopeCorrelationLoss(model.config.sampling_rate).to(device) if args.envelope_weight else None
+    if envelope_loss is not None and segment < envelope_loss.min_samples:
+        raise SystemExit(f"--envelope-weight needs --segment of at least {envelope_loss.min_samples / model.config.sampling_rate:.3f} s")
+    balancer = Balancer({
+        **LOSS_WEIGHTS, "envelope": args.envelope_weight, **{name: args.adv_weight for name in ADVERSARIAL_WEIGHTS},
+    })
     discriminator = disc_optimizer = None
     disc_start = 0  # the step the discriminator joined the run
     if args.adversarial:
@@ -314,7 +342,7 @@ def main() -> None:
                 vq.initialise(model.encoder(init), torch.Generator().manual_seed(args.seed))
         print(f"model: {model.num_parameters():,} parameters; num_filters {args.num_filters}; device {device}", flush=True)
 
-    log_fields = ["step", "wall_s", "lr", "bandwidth", "loss", "mel", "time_l1", "commit", "adv", "feat", "disc", "grad_norm", "step_s"]
+    log_fields = ["step", "wall_s", "lr", "bandwidth", "loss", "mel", "time_l1", "commit", "envelope", "adv", "feat", "disc", "grad_norm", "step_s"]
     if (run_dir / "log.csv").exists() and (run_dir / "log.csv").stat().st_size:
         log_fields = next(csv.reader(open(run_dir / "log.csv")))  # a run's columns stay as it began them
     log_file = open(run_dir / "log.csv", "a", newline="")
@@ -378,6 +406,8 @@ def main() -> None:
         quantized, commit, _ = vq(embeddings, n_q, generator)
         y = model.decoder(quantized)[..., : x.shape[-1]]
         losses = {"time_l1": torch.nn.functional.l1_loss(y, x), "mel": mel_loss(x, y)}
+        if envelope_loss is not None:
+            losses["envelope"] = envelope_loss(x, y)
         seen = slice(0, args.disc_batch)
         if discriminator is not None and step - disc_start >= args.disc_warmup:
             losses.update(generator_losses(discriminator, x[seen], y[seen]))
@@ -400,7 +430,7 @@ def main() -> None:
                 "bandwidth": bandwidth, "loss": f"{float((losses['mel'] + 0.1 * losses['time_l1'] + commit).detach()):.4f}",
                 "mel": f"{float(losses['mel'].detach()):.4f}", "time_l1": f"{float(losses['time_l1'].detach()):.5f}",
                 "commit": f"{float(commit.detach()):.5f}",
-                **{name: f"{float(losses[name].detach()):.4f}" for name in ADVERSARIAL_WEIGHTS if name in losses},
+                **{name: f"{float(losses[name].detach()):.4f}" for name in ("envelope", *ADVERSARIAL_WEIGHTS) if name in losses},
                 **({} if disc is None else {"disc": f"{float(disc.detach()):.4f}"}),
                 "grad_norm": f"{grad_norm:.3f}", "step_s": f"{time.time() - t0:.2f}",
             }
