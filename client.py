@@ -31,7 +31,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from streaming import protocol
-from streaming.call import SEARCH_WIDTH, Meter, Receiver, Sender
+from streaming.call import Meter, Receiver, Sender
 from streaming.stream import StartMode
 from streaming.wav import read_wav
 
@@ -58,8 +58,9 @@ class Options:
     output: str | None = None
     pace: bool = True
     frames_per_packet: int = 1
-    search_width: int = SEARCH_WIDTH
-    """Codebook search width of the encoder (``EncodecModel.encode``): better codes, same bits, more CPU."""
+    search_width: int | None = None
+    """Codebook search width of the encoder (``EncodecModel.encode``): better codes, same bits, more CPU.
+    ``None``: ``streaming.call.default_search_width`` of the bandwidth."""
     input_device: int | str | None = None
     output_device: int | str | None = None
     status: bool = True
@@ -388,8 +389,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", help="WAV file to write what is heard (instead of the speaker)")
     parser.add_argument("--no-pace", action="store_true", help="send --input as fast as possible")
     parser.add_argument("--frames-per-packet", type=int, default=1, help="latency/overhead trade (default 1)")
-    parser.add_argument("--search-width", type=int, default=SEARCH_WIDTH,
-                        help="codebook search width: better sound for the same bits, more encoder CPU (default %(default)s)")
+    parser.add_argument("--search-width", type=int,
+                        help="codebook search width: better sound for the same bits, more encoder CPU "
+                             "(default: 4 up to 6 kbps, 1 above)")
     parser.add_argument("--start", choices=[m.value for m in StartMode],
                         help="codec start mode (default: exact with files, immediate with devices)")
     parser.add_argument("--token", help="token the server asks for")
@@ -400,7 +402,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.list_devices and not args.room:
         parser.error("--room is required")
-    if args.search_width < 1:
+    if args.search_width is not None and args.search_width < 1:
         parser.error("--search-width must be 1 (greedy) or more")
     return args
 

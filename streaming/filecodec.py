@@ -19,7 +19,7 @@ import numpy as np
 import soundfile
 
 from . import protocol
-from .call import SEARCH_WIDTH, RemoteStream, Sender
+from .call import RemoteStream, Sender
 from .stream import StartMode
 from .wav import read_wav
 
@@ -28,7 +28,7 @@ BLOCK = 24000
 
 
 def encode_file(
-    model, wav_path: str, out_path: str, bandwidth: float = 6.0, frames_per_packet: int = 1, search_width: int = SEARCH_WIDTH
+    model, wav_path: str, out_path: str, bandwidth: float = 6.0, frames_per_packet: int = 1, search_width: int | None = None
 ) -> int:
     """Encode a WAV file (any rate; resampled to the model's) to a stream file; returns its size."""
     audio = read_wav(wav_path, model.config.sampling_rate, model.config.audio_channels)
@@ -74,10 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="default", help="default | checkpoint dir | hub id | Meta .th file")
     parser.add_argument("--bandwidth", type=float, default=6.0, help="kbps, for encode (default %(default)s)")
     parser.add_argument(
-        "--search-width", type=int, default=SEARCH_WIDTH, help="codebook search width, for encode: more is better codes, slower (default %(default)s)"
+        "--search-width", type=int, default=None,
+        help="codebook search width, for encode: more is better codes, slower (default: 4 up to 6 kbps, 1 above)",
     )
     args = parser.parse_args(argv)
-    if args.search_width < 1:
+    if args.search_width is not None and args.search_width < 1:
         parser.error("--search-width must be 1 (greedy) or more")
     from codec import load_model
 

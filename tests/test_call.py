@@ -13,7 +13,7 @@ from websockets.asyncio.server import serve
 from client import Client, Options
 from server import Relay
 from streaming import protocol
-from streaming.call import SEARCH_WIDTH, Receiver
+from streaming.call import Receiver, default_search_width
 from tests.models import small_model, speech_like
 
 RATE = 24000
@@ -59,7 +59,7 @@ async def call(model, url, speech_path, out_path, **sender_options):
 
 def offline(model, audio):
     with torch.no_grad():
-        encoded = model.encode(audio[None], bandwidth=6.0, search_width=SEARCH_WIDTH)
+        encoded = model.encode(audio[None], bandwidth=6.0, search_width=default_search_width(6.0))
         decoded = model.decode(encoded.audio_codes, encoded.audio_scales)[0]
     return encoded.audio_codes[0, 0], decoded[0, :, : audio.shape[-1]].numpy()
 

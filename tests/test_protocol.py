@@ -168,7 +168,7 @@ def test_wav_file_round_trip_equals_offline(tmp_path):
     import soundfile
     import torch
 
-    from streaming.call import SEARCH_WIDTH
+    from streaming.call import default_search_width
     from streaming.filecodec import decode_file, encode_file
     from tests.models import small_model, speech_like
 
@@ -180,7 +180,7 @@ def test_wav_file_round_trip_equals_offline(tmp_path):
     assert size == (tmp_path / "in.ecs").stat().st_size <= 4 + 33 + frames * 13 + 6  # magic, header, 1+12 bytes a frame, end
     decoded = decode_file(model, str(tmp_path / "in.ecs"), str(tmp_path / "out.wav"))
     with torch.no_grad():
-        encoded = model.encode(audio[None], bandwidth=6.0, search_width=SEARCH_WIDTH)
+        encoded = model.encode(audio[None], bandwidth=6.0, search_width=default_search_width(6.0))
         expected = model.decode(encoded.audio_codes, encoded.audio_scales)[0][0, :, :12_345]
     assert decoded.shape == (1, 12_345)
     assert np.abs(decoded - expected.numpy()).max() < 1e-4

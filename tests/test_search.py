@@ -9,7 +9,7 @@ import torch
 
 from codec.quantizer import residual_beam_search
 from streaming import StartMode, StreamingEncoder
-from streaming.call import SEARCH_WIDTH
+from streaming.call import SEARCH_WIDTH, Sender, default_search_width
 from tests.models import realistic_model, speech_like
 from tests.test_streaming import stream_encode
 
@@ -83,9 +83,21 @@ def test_command_lines_refuse_a_bad_width(capsys):
     import client
     from streaming import filecodec
 
-    assert client.parse_args(["--room", "r"]).search_width == SEARCH_WIDTH
+    assert client.parse_args(["--room", "r"]).search_width is None  # the call's default for the bandwidth
     with pytest.raises(SystemExit):
         client.parse_args(["--room", "r", "--search-width", "0"])
     with pytest.raises(SystemExit):
         filecodec.main(["encode", "in.wav", "out.ecs", "--search-width", "0"])
     assert capsys.readouterr().err.count("--search-width must be 1 (greedy) or more") == 2
+
+
+def test_a_call_searches_at_low_rates_and_honours_an_explicit_width():
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = realistic_model(seed=3)
+    assert default_search_width(6.0) == SEARCH_WIDTH > 1 and default_search_width(12.0) == 1
+    with ThreadPoolExecutor(1) as pool:
+        assert Sender(model, pool, 6.0).encoder.search_width == SEARCH_WIDTH
+        assert Sender(model, pool, 24.0).encoder.search_width == 1
+        assert Sender(model, pool, 24.0, search_width=8).encoder.search_width == 8
+        assert Sender(model, pool, 6.0, search_width=1).encoder.search_width == 1
