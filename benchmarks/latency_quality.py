@@ -2,7 +2,8 @@
 
 Every file of ``--audio`` (any rate, mono) is resampled to 24 kHz, coded, decoded, resampled to
 16 kHz and compared with the original at 16 kHz. Our codec runs offline (``model.encode`` /
-``decode``: the streaming path reproduces it exactly, see tests/test_streaming.py); Opus runs
+``decode`` with the codebook search a call uses at that bitrate: the streaming path reproduces it
+exactly, see tests/test_streaming.py and tests/test_search.py); Opus runs
 frame by frame through :mod:`benchmarks.opus_codec` (CBR, VoIP) and its output is shifted by its
 lookahead so that it lines up with the input.
 """
@@ -70,12 +71,14 @@ def metrics(reference: np.ndarray, decoded_24k: np.ndarray) -> dict[str, float]:
 
 
 def ours(model, audio_24k: np.ndarray, bandwidth: float) -> tuple[np.ndarray, float]:
-    """Offline encode/decode at ``bandwidth``; ``(decoded, kbps of the codes)``."""
+    """Offline encode/decode at ``bandwidth``, searched as a call searches; ``(decoded, kbps of the codes)``."""
     import torch
+
+    from streaming.call import default_search_width
 
     with torch.inference_mode():
         x = torch.from_numpy(audio_24k)[None, None]
-        encoded = model.encode(x, bandwidth=bandwidth)
+        encoded = model.encode(x, bandwidth=bandwidth, search_width=default_search_width(bandwidth))
         decoded = model.decode(encoded.audio_codes, encoded.audio_scales)[0]
     n_q = encoded.audio_codes.shape[-2]
     kbps = n_q * math.log2(model.config.codebook_size) * model.config.frame_rate / 1000
