@@ -73,14 +73,15 @@ def test_exact_start_equals_offline(model):
 
 def test_immediate_start_differs_only_at_the_start(model):
     config = model.config
-    audio = speech_like(int(2.0 * config.sampling_rate), config.sampling_rate, seed=5)
+    audio = speech_like(int(2.5 * config.sampling_rate), config.sampling_rate, seed=5)
     expected = model.encode(audio, bandwidth=6.0).audio_codes[0]
     codes = stream_encode(StreamingEncoder(model, 6.0, start=StartMode.IMMEDIATE), audio)
     assert codes.shape == expected.shape
-    # Frames (1.2 s) for the zero start to wash out of the conv context and the LSTM state. It decays
-    # exponentially at a rate the weights set: the bundled model's decoder is within 1e-4 of offline
-    # after 70–80 frames (measured: 1.3e-4 over frames 60–70, 1.6e-5 over 80–90).
-    settle = 90
+    # Frames (1.6 s) for the zero start to wash out of the conv context and the LSTM state. It decays
+    # exponentially at a rate the weights set: session 5's bundled model's decoder is within 1e-4 of
+    # offline after about 100 frames (measured: 1.1e-4 over frames 90–100, 4.4e-5 over 120–130;
+    # session 4's was there after 70–80).
+    settle = 120
     late = codes.clone()
     late[..., :settle] = expected[..., :settle]
     # The zero start's trace in the LSTM state decays but never vanishes: later codes may flip near-ties.
