@@ -311,3 +311,23 @@ def test_a_run_with_the_envelope_loss_and_chosen_bandwidths(tmp_path):
         assert refused.returncode != 0 and message in refused.stderr
     short = subprocess.run([c if c != "0.5" else "0.2" for c in command], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert short.returncode != 0 and "--envelope-weight needs --segment" in short.stderr
+
+
+def test_candidates_compare_on_held_out_sets_with_a_clip_limit(tmp_path, monkeypatch):
+    import soundfile as sf
+
+    from training import compare
+
+    for set_name in ("set_a", "set_b"):
+        (tmp_path / set_name).mkdir()
+        for n in range(3):  # 16 kHz files, as most recorded sets are: real_clips resamples them to 24 kHz
+            sf.write(tmp_path / set_name / f"clip{n}.wav", speech_like(32_000, 16_000, seed=n)[0, 0].numpy() * 0.3, 16_000)
+    sets = [str(tmp_path / "set_a"), str(tmp_path / "set_b")]
+    results = compare.compare(["default"], sets, bandwidth=6.0, search_width=1, max_clips=2)
+    assert list(results["default"]) == ["set_a", "set_b"]
+    assert all(s["clips"] == 2 and 0.5 < s["stoi"] <= 1 and 1 < s["pesq_wb"] < 4.7 for s in results["default"].values())
+    assert "| default | " in compare.table(results, "stoi")
+
+    monkeypatch.setattr(sys, "argv", ["compare", "--models", "default", "--sets", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match="No such set directory"):
+        compare.main()
