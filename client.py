@@ -31,7 +31,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from streaming import protocol
-from streaming.call import Meter, Receiver, Sender
+from streaming.call import Meter, Receiver, Sender, search_width_option
 from streaming.stream import StartMode
 from streaming.wav import read_wav
 
@@ -389,7 +389,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", help="WAV file to write what is heard (instead of the speaker)")
     parser.add_argument("--no-pace", action="store_true", help="send --input as fast as possible")
     parser.add_argument("--frames-per-packet", type=int, default=1, help="latency/overhead trade (default 1)")
-    parser.add_argument("--search-width", type=int,
+    parser.add_argument("--search-width", type=search_width_option,
                         help="codebook search width: better sound for the same bits, more encoder CPU "
                              "(default: 4 up to 6 kbps, 1 above)")
     parser.add_argument("--start", choices=[m.value for m in StartMode],
@@ -402,8 +402,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.list_devices and not args.room:
         parser.error("--room is required")
-    if args.search_width is not None and args.search_width < 1:
-        parser.error("--search-width must be 1 (greedy) or more")
     return args
 
 

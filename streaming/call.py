@@ -8,6 +8,7 @@ bursts and starve the sockets.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import secrets
@@ -53,6 +54,18 @@ def default_search_width(bandwidth: float) -> int:
     call), so those rates search greedily, as transformers does.
     """
     return SEARCH_WIDTH if bandwidth <= SEARCH_UP_TO_KBPS else 1
+
+
+def search_width_option(text: str) -> int:
+    """``argparse`` type of the ``--search-width`` options: the command line refuses a bad width
+    with a usage message, before any model is loaded or socket opened."""
+    try:
+        width = int(text)
+    except ValueError:
+        width = 0
+    if width < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 1 (greedy) or more; got {text!r}")
+    return width
 
 
 def streaming_encoder(model: object, bandwidth: float, start: StartMode | str, search_width: int = 1) -> object:

@@ -19,7 +19,7 @@ import numpy as np
 import soundfile
 
 from . import protocol
-from .call import RemoteStream, Sender
+from .call import RemoteStream, Sender, search_width_option
 from .stream import StartMode
 from .wav import read_wav
 
@@ -74,12 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="default", help="default | checkpoint dir | hub id | Meta .th file")
     parser.add_argument("--bandwidth", type=float, default=6.0, help="kbps, for encode (default %(default)s)")
     parser.add_argument(
-        "--search-width", type=int, default=None,
+        "--search-width", type=search_width_option, default=None,
         help="codebook search width, for encode: more is better codes, slower (default: 4 up to 6 kbps, 1 above)",
     )
     args = parser.parse_args(argv)
-    if args.search_width is not None and args.search_width < 1:
-        parser.error("--search-width must be 1 (greedy) or more")
     from codec import load_model
 
     model = load_model(args.model).eval()

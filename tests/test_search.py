@@ -87,8 +87,10 @@ def test_command_lines_refuse_a_bad_width(capsys):
     with pytest.raises(SystemExit):
         client.parse_args(["--room", "r", "--search-width", "0"])
     with pytest.raises(SystemExit):
-        filecodec.main(["encode", "in.wav", "out.ecs", "--search-width", "0"])
-    assert capsys.readouterr().err.count("--search-width must be 1 (greedy) or more") == 2
+        filecodec.main(["encode", "in.wav", "out.ecs", "--search-width", "four"])
+    errors = capsys.readouterr().err
+    assert "argument --search-width: must be a whole number, 1 (greedy) or more; got '0'" in errors
+    assert "argument --search-width: must be a whole number, 1 (greedy) or more; got 'four'" in errors
 
 
 def test_a_call_searches_at_low_rates_and_honours_an_explicit_width():
