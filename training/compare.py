@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from streaming.call import search_width_option
+
 from .evaluate import codec_roundtrip, load_model, metrics, real_clips, summarise
 
 
@@ -50,7 +52,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", required=True, help="'default', checkpoint directories or training last.pt files")
     parser.add_argument("--sets", nargs="+", required=True, help="directories of held-out recorded WAVs")
     parser.add_argument("--bandwidth", type=float, default=6.0)
-    parser.add_argument("--search-width", type=int, default=1)
+    parser.add_argument("--search-width", type=search_width_option, default=1, help="codebook search width (1: greedy)")
     parser.add_argument("--max-clips", type=int, default=None, help="the first N clips of each set (a quick check)")
     parser.add_argument("--out", default=None, help="write {model: {set: summary}} as JSON here")
     parser.add_argument("--threads", type=int, default=1)
