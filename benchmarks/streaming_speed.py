@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import add_model_arguments, benchmark_audio, benchmark_model, best_of  # noqa: E402
 from streaming import StreamingDecoder, StreamingEncoder  # noqa: E402
+from streaming.call import search_width_option  # noqa: E402
 
 
 def stream_once(model, audio: torch.Tensor, bandwidth: float, block: int, search_width: int = 1) -> np.ndarray:
@@ -86,7 +87,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="independent streams in one batch")
     parser.add_argument("--block", type=int, default=320, help="samples per push (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; the fastest counts")
-    parser.add_argument("--search-width", type=int, default=1, help="codebook search width of both (default %(default)s)")
+    parser.add_argument("--search-width", type=search_width_option, default=1, help="codebook search width of both (default %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = benchmark_model(args.model)

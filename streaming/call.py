@@ -48,10 +48,11 @@ def default_search_width(bandwidth: float) -> int:
     """A call's codebook search width (see ``EncodecModel.encode``) when none is asked for.
 
     On the bundled model at 6 kbps, width 4 raises PESQ-WB by 0.04–0.07 and STOI by
-    0.003–0.011 over the greedy search for the same bits (``codec/MODEL_CARD.md``) for 0.3 ms more
-    encoding a frame (0.9 ms in the latency benchmark's calls). Above 6 kbps the quantization error is already small, the gain is about
-    nothing and the cost grows with the codebooks searched (about 1.8 ms a frame at 24 kbps in a
-    call), so those rates search greedily, as transformers does.
+    0.003–0.011 over the greedy search for the same bits (``codec/MODEL_CARD.md``) for 0.3–0.5 ms
+    more encoding a frame (0.9 ms in session 5's latency benchmark calls). Above 6 kbps the
+    quantization error is already small, the gain is little and the cost grows with the codebooks
+    searched (about 1.8 ms a frame at 24 kbps in a call), so those rates search greedily, as
+    transformers does.
     """
     return SEARCH_WIDTH if bandwidth <= SEARCH_UP_TO_KBPS else 1
 
