@@ -41,8 +41,8 @@ async def demo(model, input_path: str, output_path: str, pace: bool) -> None:
         speaker = Client(Options(server=url, room="demo", input=input_path, pace=pace, status=False), model)
         # The speaker waits until someone is in the room, so the start order does not matter.
         await asyncio.gather(listener.run(), speaker.run())
-    print(speaker.summary())
-    print(listener.summary())
+    print(speaker.status.summary())
+    print(listener.status.summary())
     print(f"wrote {output_path} ({soundfile.info(output_path).frames} samples, "
           f"input had {soundfile.info(input_path).frames})")
 

@@ -4,7 +4,7 @@
 
 Peers connect to ``ws://HOST:PORT/ROOM`` (token in ``Authorization: Bearer …`` or
 ``?token=…``). Each message a peer sends is checked against the wire format
-(``streaming/protocol.py``) and forwarded to every other peer of its room. Latency beats
+(``streaming/wire.py``) and forwarded to every other peer of its room. Latency beats
 completeness in a call, so every peer has its own small send queue (≈200 ms of audio)
 that drops its oldest audio packet when full: a slow or stalled peer loses its own
 packets and never slows the others or grows the server's memory.
@@ -37,7 +37,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from streaming import protocol
+from call import wire
 
 log = logging.getLogger("relay")
 
@@ -91,7 +91,7 @@ class Peer:
 
     def __init__(self, peer_id: int, ws: ServerConnection, room: str, limits: Limits) -> None:
         self.id, self.ws, self.room = peer_id, ws, room
-        self.stream = protocol.StreamState()
+        self.stream = wire.StreamValidator()
         self.queue: deque[tuple[int | None, bytes, bool]] = deque()
         self.capacity = limits.queue_packets
         self.wake = asyncio.Event()
@@ -113,7 +113,7 @@ class Peer:
         if not self.queue and self.ws.transport.get_write_buffer_size() == 0:
             broadcast((self.ws,), self._routed(source, message))  # writes now; skips a closing connection
             return
-        is_audio = bool(message[0] & protocol.AUDIO_FLAG)
+        is_audio = bool(message[0] & wire.AUDIO_FLAG)
         if len(self.queue) >= self.capacity:
             oldest_audio = next((k for k, (_, _, audio) in enumerate(self.queue) if audio), 0)
             del self.queue[oldest_audio]
@@ -137,7 +137,7 @@ class Peer:
         """The message as this peer must receive it: prefixed with its source when that changes."""
         if source is not None and source != self.last_source:
             self.last_source = source
-            return protocol.route(source, message)
+            return wire.route(source, message)
         return message
 
 
@@ -183,8 +183,8 @@ class Relay:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.send_buffer)
         room = self.rooms.setdefault(room_name, {})
         for other in room.values():  # a joiner learns who is there and the streams in progress
-            peer.enqueue(None, protocol.joined(other.id))
-            other.enqueue(None, protocol.joined(peer.id))
+            peer.enqueue(None, wire.joined(other.id))
+            other.enqueue(None, wire.joined(peer.id))
             if other.stream.header is not None and not other.stream.ended:
                 peer.enqueue(other.id, other.stream.header.encode())
         room[peer.id] = peer
@@ -200,7 +200,7 @@ class Relay:
             if not room:
                 del self.rooms[room_name]
             for other in room.values():
-                other.enqueue(None, protocol.left(peer.id))
+                other.enqueue(None, wire.left(peer.id))
             log_event("leave", room=room_name, peer=peer.id, dropped_for_peer=peer.dropped,
                       close_code=ws.close_code)
 
@@ -235,9 +235,9 @@ class Relay:
             return "oversized"
         try:
             peer.stream.check(message)
-        except protocol.OutOfOrderError:
+        except wire.OutOfOrderError:
             return "out_of_order"
-        except protocol.ProtocolError:
+        except wire.ProtocolError:
             return "malformed"
         return None
 

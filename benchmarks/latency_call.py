@@ -5,7 +5,7 @@ The source delivers blocks of ``block`` samples of speech in real time (block ``
 its last sample has been "captured", at ``t0 + (b + 1) * block / rate``); the sink asks for
 ``block`` samples every ``block / rate`` seconds and "plays" them from that moment. Both clients
 talk (two speech files), so both directions are measured and each process encodes and decodes
-as in a real call. ``streaming/call.py``'s observer hook timestamps every frame on its way
+as in a real call. The observer hook of ``call/sender.py`` and ``call/receiver.py`` timestamps every frame on its way
 (``time.monotonic()``, one clock for all processes on Linux), and the sink logs which samples
 it played when; from these each frame's end-to-end latency splits into stages:
 
@@ -211,7 +211,8 @@ def warm_up(model, bandwidth: float, seconds: float = 1.0) -> None:
     and a cold start would put a burst, then a backlog, into the first seconds of the call."""
     import torch
 
-    from streaming.call import streaming_decoder, streaming_encoder
+    from call.receiver import streaming_decoder
+    from call.sender import streaming_encoder
 
     encoder = streaming_encoder(model, bandwidth, "immediate")
     decoder = streaming_decoder(model, "immediate")
@@ -226,9 +227,9 @@ def tighten_playout(playout: dict) -> None:
     start at ``jitter_initial`` and never aim below ``jitter_min``."""
     import functools
 
-    from streaming import call
+    from call import receiver
 
-    call.JitterBuffer = functools.partial(call.JitterBuffer, initial_delay=playout.get("jitter_initial", 0.08),
+    receiver.JitterBuffer = functools.partial(receiver.JitterBuffer, initial_delay=playout.get("jitter_initial", 0.08),
                                           min_delay=playout.get("jitter_min", 0.02))
 
 
@@ -283,7 +284,7 @@ def _peer(spec: CallSpec, url: str, room: str, audio: np.ndarray, barrier) -> di
         if spec.inject.get("encode"):
             client.sender.encoder = Slowed(client.sender.encoder, spec.inject["encode"])
         if spec.inject.get("network"):
-            client.outbox = DelayedOutbox(client.outbox, spec.inject["network"])
+            client.connection.outbox = DelayedOutbox(client.connection.outbox, spec.inject["network"])
         if spec.inject.get("decode"):
             original = client.receiver._open
 

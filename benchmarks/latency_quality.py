@@ -74,7 +74,7 @@ def ours(model, audio_24k: np.ndarray, bandwidth: float) -> tuple[np.ndarray, fl
     """Offline encode/decode at ``bandwidth``, searched as a call searches; ``(decoded, kbps of the codes)``."""
     import torch
 
-    from streaming.call import default_search_width
+    from call.search_width import default_search_width
 
     with torch.inference_mode():
         x = torch.from_numpy(audio_24k)[None, None]

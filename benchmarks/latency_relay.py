@@ -33,10 +33,10 @@ SATURATED_CPU = 97.0  # relay CPU (% of its core) past which a level over budget
 
 
 def stream_header() -> bytes:
-    from streaming import protocol
+    from call import wire
 
-    return protocol.StreamHeader(fingerprint=b"relaybch", sample_rate=24000, channels=1, samples_per_frame=320,
-                                 codebook_nbits=10, max_codebooks=32).encode()
+    return wire.StreamHeader(fingerprint=b"relaybch", sample_rate=24000, channels=1, samples_per_frame=320,
+                             codebook_nbits=10, max_codebooks=32).encode()
 
 
 def audio_packet(index: int) -> bytes:
@@ -198,7 +198,7 @@ async def probe(url: str, pairs: int, seconds: float) -> np.ndarray:
     """Latencies (s) of packets from one peer to the other, ``pairs`` rooms of two in parallel."""
     from websockets.asyncio.client import connect
 
-    from streaming import protocol
+    from call import wire
 
     latencies: list[float] = []
 
@@ -211,12 +211,12 @@ async def probe(url: str, pairs: int, seconds: float) -> np.ndarray:
             async def receive() -> None:
                 async for message in b:
                     now = time.monotonic()
-                    if message[0] == protocol.ROUTED:
-                        _, message = protocol.unroute(message)
-                    if message[0] & protocol.AUDIO_FLAG:
-                        wire = (message[0] & 0x3F) << 8 | message[1]
-                        if wire in sent:
-                            latencies.append(now - sent.pop(wire))
+                    if message[0] == wire.ROUTED:
+                        _, message = wire.unroute(message)
+                    if message[0] & wire.AUDIO_FLAG:
+                        wire_index = (message[0] & 0x3F) << 8 | message[1]
+                        if wire_index in sent:
+                            latencies.append(now - sent.pop(wire_index))
 
             reader = asyncio.create_task(receive())
             await asyncio.sleep(0.2)

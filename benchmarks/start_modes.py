@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import benchmark_audio, benchmark_model  # noqa: E402
 from streaming import StartMode, StreamingDecoder, StreamingEncoder  # noqa: E402
-from streaming.wav import read_wav  # noqa: E402
+from call.wav import read_wav  # noqa: E402
 
 DEFAULT_AUDIO = Path(__file__).resolve().parent.parent.parent / "shared/audio/speech/librivox_0870.wav"
 

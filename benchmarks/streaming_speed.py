@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import add_model_arguments, benchmark_audio, benchmark_model, best_of  # noqa: E402
 from streaming import StreamingDecoder, StreamingEncoder  # noqa: E402
-from streaming.call import search_width_option  # noqa: E402
+from call.search_width import search_width_option  # noqa: E402
 
 
 def stream_once(model, audio: torch.Tensor, bandwidth: float, block: int, search_width: int = 1) -> np.ndarray:

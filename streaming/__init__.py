@@ -1,25 +1,13 @@
-"""Stateful streaming EnCodec, the wire format and the jitter buffer.
+"""The stateful streaming wrapper of the codec: audio blocks in, codes out, and back, frame by frame.
 
-The encoder and decoder load torch and the codec; they are imported on first use so that the relay
-(which only parses packets) stays light.
+Each streaming layer (``layers``) wraps one codec module and keeps the state that module needs
+between frames; :class:`StreamingEncoder` and :class:`StreamingDecoder` run stacks of them
+(``coder``) and quantize one frame at a time (``frame_quantizer``). Nothing here knows about
+sockets, packets or sound cards: that is the ``call`` package, which builds on this one.
 """
 
-from typing import Any
+from .coder import StartMode
+from .decoder import StreamingDecoder
+from .encoder import StreamingEncoder
 
 __all__ = ["StartMode", "StreamingDecoder", "StreamingEncoder"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "StreamingEncoder":
-        from .encoder import StreamingEncoder
-
-        return StreamingEncoder
-    if name == "StreamingDecoder":
-        from .decoder import StreamingDecoder
-
-        return StreamingDecoder
-    if name == "StartMode":
-        from .stream import StartMode
-
-        return StartMode
-    raise AttributeError(f"module 'streaming' has no attribute {name!r}")

@@ -6,12 +6,12 @@ import torch
 
 from codec import EncodecModel
 
-from .stream import StartMode, Stream, check_streamable
+from .coder import StartMode, StreamingCoder, check_streamable
+from .frame_quantizer import FrameQuantizer
 from .layers import streaming_stack
-from .quantize import FrameQuantizer
 
 
-class StreamingDecoder(Stream):
+class StreamingDecoder(StreamingCoder):
     """Decodes a stream of codes; the concatenated output equals the offline `decode` of all the codes.
 
     `push(codes)` takes `(batch, n_q, k)` integer codes (n_q may change from push to push, as the

@@ -8,11 +8,11 @@ from codec import EncodecModel
 from codec.quantizer import check_search_width
 
 from .layers import State, streaming_stack
-from .quantize import FrameQuantizer
-from .stream import StartMode, Stream, check_streamable
+from .frame_quantizer import FrameQuantizer
+from .coder import StartMode, StreamingCoder, check_streamable
 
 
-class StreamingEncoder(Stream):
+class StreamingEncoder(StreamingCoder):
     """Encodes a stream of audio frame by frame, as the offline model would encode the whole signal.
 
     `push(audio)` takes `(batch, channels, n)` float32 blocks of any length and returns the codes

@@ -12,8 +12,10 @@ from websockets.asyncio.server import serve
 
 from client import Client, Options
 from server import Relay
-from streaming import protocol
-from streaming.call import Receiver, default_search_width
+from call import wire
+from call.model_header import stream_header_for
+from call.receiver import Receiver
+from call.search_width import default_search_width
 from tests.models import small_model, speech_like
 
 RATE = 24000
@@ -48,7 +50,7 @@ async def call(model, url, speech_path, out_path, **sender_options):
     """Start the receiver, then the sender; return both clients once both are done."""
     receiver = Client(Options(server=url, room="r", output=str(out_path), status=False), model)
     receiving = asyncio.create_task(receiver.run())
-    await asyncio.wait_for(receiver.connected.wait(), 5)
+    await asyncio.wait_for(receiver.connection.connected.wait(), 5)
     await asyncio.sleep(0.05)
     options = dict(pace=False, status=False, **sender_options)
     sender = Client(Options(server=url, room="r", input=str(speech_path), **options), model)
@@ -77,7 +79,7 @@ async def test_received_wav_equals_offline_decode(model, speech, tmp_path):
     # Wire bitrate at 6 kbps, one frame per packet, counted at the application layer.
     seconds = sender.sender.next_index / 75
     kbps = 8 * sender.up.bytes / seconds / 1000
-    print(f"\n{sender.summary()}")
+    print(f"\n{sender.status.summary()}")
     assert sender.up.messages == sender.sender.next_index + 2  # header + one packet per frame + end
     assert kbps <= 1.3 * 6.0
 
@@ -94,10 +96,10 @@ async def test_ten_percent_loss_and_reordering_keep_length_and_continuity(model,
             downstream = asyncio.create_task(forward(up, ws))
             held = None
             async for message in ws:
-                if message[0] & protocol.AUDIO_FLAG and rng.random() < 0.1:
+                if message[0] & wire.AUDIO_FLAG and rng.random() < 0.1:
                     dropped.append(message)
                     continue
-                if message[0] & protocol.AUDIO_FLAG and held is None and rng.random() < 0.1:
+                if message[0] & wire.AUDIO_FLAG and held is None and rng.random() < 0.1:
                     held = message  # sent after the next one: reordered
                     continue
                 await up.send(message)
@@ -115,7 +117,7 @@ async def test_ten_percent_loss_and_reordering_keep_length_and_continuity(model,
         receiver = Client(Options(server=upstream, room="r", output=str(tmp_path / "heard.wav"),
                                   status=False), model)
         receiving = asyncio.create_task(receiver.run())
-        await asyncio.wait_for(receiver.connected.wait(), 5)
+        await asyncio.wait_for(receiver.connection.connected.wait(), 5)
         await asyncio.sleep(0.05)
         sender = Client(Options(server=proxy_url, room="r", input=str(speech[0]), pace=False,
                                 status=False), model)
@@ -141,7 +143,7 @@ async def test_server_restart_mid_call_clients_reconnect(model, speech, tmp_path
     url = f"ws://127.0.0.1:{port}"
     receiver = Client(Options(server=url, room="r", output=str(tmp_path / "heard.wav"), status=False), model)
     receiving = asyncio.create_task(receiver.run())
-    await asyncio.wait_for(receiver.connected.wait(), 5)
+    await asyncio.wait_for(receiver.connection.connected.wait(), 5)
     await asyncio.sleep(0.05)
     sender = Client(Options(server=url, room="r", input=str(speech[0]), pace=True, status=False), model)
     sending = asyncio.create_task(sender.run())
@@ -156,7 +158,7 @@ async def test_server_restart_mid_call_clients_reconnect(model, speech, tmp_path
     finally:
         server.close()
     heard, _ = soundfile.read(tmp_path / "heard.wav", dtype="float32", always_2d=True)
-    assert sender.reconnects >= 1 and receiver.reconnects >= 1
+    assert sender.connection.reconnects >= 1 and receiver.connection.reconnects >= 1
     assert heard.shape == (LENGTH, 1)
     stats = next(iter(receiver.receiver.streams.values())).jitter.stats
     print(f"\nafter a server restart: {stats}")
@@ -178,10 +180,10 @@ def test_receiver_refuses_a_peer_with_other_weights_and_says_so_once(model, capl
         other.quantizer.layers[0].codebook.embed.mul_(2)
     assert other.config == model.config
     receiver = Receiver(model, executor=None)
-    header = protocol.stream_header_for(other, stream_id=5).encode()
+    header = stream_header_for(other, stream_id=5).encode()
     for _ in range(3):
         receiver.handle(header, now=0.0)
     assert receiver.problems == {"other_model": 3} and not receiver.streams
     assert len([r for r in caplog.records if "uses another model" in r.getMessage()]) == 1
-    receiver.handle(protocol.stream_header_for(model, stream_id=6).encode(), now=0.0)
+    receiver.handle(stream_header_for(model, stream_id=6).encode(), now=0.0)
     assert list(receiver.streams) == [6]

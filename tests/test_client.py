@@ -11,7 +11,7 @@ import pytest
 
 from client import CallError, Client, Options, Outbox, main
 from server import Relay
-from streaming.audio_io import AudioDeviceError, LinearResampler, Ring
+from call.sound_card import AudioDeviceError, LinearResampler, Ring
 from tests.models import small_model
 
 
@@ -90,7 +90,7 @@ async def test_microphone_to_speaker_call(model, monkeypatch, refused):
     bob = Client(Options(server=url, room="call", status=False), model)
     calls = [asyncio.create_task(c.run()) for c in (alice, bob)]
     await asyncio.sleep(1.5)
-    status = bob.status_line()
+    status = bob.status.line()
     for task in calls:
         task.cancel()
     await asyncio.gather(*calls, return_exceptions=True)
@@ -164,7 +164,7 @@ def test_linear_resampler_keeps_the_rate_across_blocks():
 
 
 def test_capture_blocks_are_one_frame_where_the_device_rate_allows():
-    from streaming.audio_io import capture_blocksize
+    from call.sound_card import capture_blocksize
 
     assert capture_blocksize(24000, 24000, 320) == 320
     assert capture_blocksize(44100, 24000, 320) == 588

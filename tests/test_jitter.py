@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from streaming.concealment import Concealer, GainSchedule
-from streaming.jitter import STRETCH, JitterBuffer
+from call.concealment import Concealer, GainSchedule
+from call.jitter import STRETCH, JitterBuffer
 
 RATE = 75.0
 T = 1 / RATE

@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 
-from streaming import protocol as p
+from call import wire as p
 
 HEADER = p.StreamHeader(fingerprint=b"12345678", sample_rate=24000, channels=1,
                         samples_per_frame=320, codebook_nbits=10, max_codebooks=32,
@@ -88,7 +88,7 @@ def audio(index, n_q=8):
 
 
 def test_stream_state_orders_and_unwraps():
-    state = p.StreamState()
+    state = p.StreamValidator()
     with pytest.raises(p.OutOfOrderError):
         state.accept(audio(0))
     assert state.accept(HEADER.encode()) == HEADER
@@ -102,7 +102,7 @@ def test_stream_state_orders_and_unwraps():
 
 
 def test_stream_state_refuses_contradictory_end():
-    state = p.StreamState()
+    state = p.StreamValidator()
     state.accept(HEADER.encode())
     state.accept(audio(9))
     with pytest.raises(p.ProtocolError):
@@ -115,7 +115,7 @@ def test_stream_state_refuses_contradictory_end():
     b"\x02\xff\xff\xff\xff\xff\xff\xff", b"\x01\x01abc",
 ])
 def test_malformed_messages_raise_protocol_error(data):
-    state = p.StreamState()
+    state = p.StreamValidator()
     state.accept(HEADER.encode())
     with pytest.raises(p.ProtocolError):
         state.accept(data)
@@ -142,7 +142,7 @@ def test_random_bytes_never_raise_anything_but_protocol_error():
             data = bytearray(valid[i % 4])
             data[rng.integers(len(data))] ^= 1 << rng.integers(8)
             data = bytes(data[: rng.integers(1, len(data) + 1)])
-        receiver, relay = p.StreamState(), p.StreamState()
+        receiver, relay = p.StreamValidator(), p.StreamValidator()
         receiver.accept(HEADER.encode())
         relay.check(HEADER.encode())
         result = outcome(receiver.accept, data)
@@ -168,8 +168,8 @@ def test_wav_file_round_trip_equals_offline(tmp_path):
     import soundfile
     import torch
 
-    from streaming.call import default_search_width
-    from streaming.filecodec import decode_file, encode_file
+    from call.search_width import default_search_width
+    from call.filecodec import decode_file, encode_file
     from tests.models import small_model, speech_like
 
     model = small_model()

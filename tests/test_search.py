@@ -9,7 +9,8 @@ import torch
 
 from codec.quantizer import residual_beam_search
 from streaming import StartMode, StreamingEncoder
-from streaming.call import SEARCH_WIDTH, Sender, default_search_width
+from call.search_width import SEARCH_WIDTH, default_search_width
+from call.sender import Sender
 from tests.models import realistic_model, speech_like
 from tests.test_streaming import stream_encode
 
@@ -81,7 +82,7 @@ def test_bad_width_is_refused(width):
 
 def test_command_lines_refuse_a_bad_width(capsys):
     import client
-    from streaming import filecodec
+    from call import filecodec
 
     assert client.parse_args(["--room", "r"]).search_width is None  # the call's default for the bandwidth
     with pytest.raises(SystemExit):

@@ -15,7 +15,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from server import Limits, Relay
-from streaming import protocol as p
+from call import wire as p
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = p.StreamHeader(fingerprint=b"fprint01", sample_rate=24000, channels=1,

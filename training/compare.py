@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from streaming.call import search_width_option
+from call.search_width import search_width_option
 
 from .evaluate import codec_roundtrip, load_model, metrics, real_clips, summarise
 

@@ -1,12 +1,12 @@
 """Compressed audio files: the wire's packet stream written to disk.
 
-    python -m streaming.filecodec encode speech.wav speech.ecs [--model default] [--bandwidth 6]
-    python -m streaming.filecodec decode speech.ecs speech_out.wav [--model default]
+    python -m call.filecodec encode speech.wav speech.ecs [--model default] [--bandwidth 6]
+    python -m call.filecodec decode speech.ecs speech_out.wav [--model default]
 
 A file is the ``HEADER``, the audio packets and the ``END`` of one stream, each prefixed
 by its length (``docs/PROTOCOL.md``), so a file is a recorded call and decodes to exactly
-the input's length. The same :class:`~streaming.call.Sender` and
-:class:`~streaming.call.RemoteStream` as a call do the work, with the exact start mode.
+the input's length. The same :class:`~call.sender.Sender` and
+:class:`~call.receiver.PeerStream` as a call do the work, with the exact start mode.
 """
 
 from __future__ import annotations
@@ -18,9 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import soundfile
 
-from . import protocol
-from .call import RemoteStream, Sender, search_width_option
-from .stream import StartMode
+from streaming import StartMode
+
+from . import wire
+from .model_header import model_fingerprint
+from .receiver import PeerStream
+from .search_width import search_width_option
+from .sender import Sender
 from .wav import read_wav
 
 BLOCK = 24000
@@ -43,23 +47,23 @@ def encode_file(
 
     messages = asyncio.run(encode())
     with open(out_path, "wb") as out:
-        return protocol.write_stream(out, messages)
+        return wire.write_stream(out, messages)
 
 
 def decode_file(model, in_path: str, wav_path: str) -> np.ndarray:
     """Decode a stream file to a WAV at the model's rate; returns the ``(channels, n)`` audio."""
     with open(in_path, "rb") as source:
-        messages = list(protocol.read_stream(source))
+        messages = list(wire.read_stream(source))
     if not messages:
-        raise protocol.ProtocolError(f"{in_path} holds no stream")
-    header = protocol.StreamHeader.decode(messages[0])
-    if header.fingerprint != protocol.model_fingerprint(model):
-        raise protocol.ProtocolError(f"{in_path} was encoded with another model: pass the same --model")
-    stream = RemoteStream(model, header, StartMode.EXACT)
+        raise wire.ProtocolError(f"{in_path} holds no stream")
+    header = wire.StreamHeader.decode(messages[0])
+    if header.fingerprint != model_fingerprint(model):
+        raise wire.ProtocolError(f"{in_path} was encoded with another model: pass the same --model")
+    stream = PeerStream(model, header, StartMode.EXACT)
     for message in messages:
         stream.accept(message, now=0.0)
     if stream.end is None:
-        raise protocol.ProtocolError(f"{in_path} has no END message: the file is truncated")
+        raise wire.ProtocolError(f"{in_path} has no END message: the file is truncated")
     audio = np.concatenate([stream.decode(stream.jitter.pop(now=0.0)), stream.flush()], axis=-1)
     audio = audio[:, : stream.output_length()]
     soundfile.write(wav_path, audio.T, header.sample_rate, subtype="FLOAT")

@@ -37,8 +37,9 @@ def check_streamable(model: EncodecModel) -> None:
         raise ValueError("time_group_norm normalises over the whole signal and cannot stream")
 
 
-class Stream:
-    """A stack of streaming layers fed along time, with the start-up hold of the EXACT mode."""
+class StreamingCoder:
+    """The base of the streaming encoder and decoder: a stack of streaming layers fed along time,
+    with the start-up hold of the EXACT mode."""
 
     def __init__(self, model: EncodecModel, stack: StreamingStack, start: StartMode | str) -> None:
         self.model = model

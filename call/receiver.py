@@ -1,82 +1,31 @@
-"""A call's media path, apart from sockets and sound cards.
+"""The receiving half of a call's media path: a room's wire messages in, audio out.
 
-:class:`Sender` turns audio blocks into wire messages; :class:`Receiver` turns wire
-messages from any number of peers into audio. The model runs on a single worker thread
-(an executor), never on the event loop's thread: a blocked loop would bunch sends into
-bursts and starve the sockets.
+:class:`Receiver` sorts the messages of every peer into :class:`PeerStream` s, each with its
+own jitter buffer, concealment and decoder. Decoding runs on a worker thread (an executor),
+never on the event loop's thread.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import secrets
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
-from . import protocol
+from streaming import StartMode, StreamingDecoder
+
+from . import wire
 from .concealment import Concealer, GainSchedule
-from .decoder import StreamingDecoder
-from .encoder import StreamingEncoder
 from .jitter import STRETCH, JitterBuffer
-from .stream import StartMode
+from .meter import Meter
+from .model_header import model_fingerprint
+from .timing import Observer
 
 log = logging.getLogger("call")
-
-Observer = Callable[[str, int, int, int, float], None]
-"""Optional timing hook: ``observer(event, stream_id, first_frame, n_frames, time.monotonic())``.
-
-Events, in the order a frame meets them: ``input`` (the block that completed the frames reached
-the sender), ``encoded``, ``packet`` (the packet holding them was built), ``received`` (its
-message reached the receiver), ``playout`` (the frame left the jitter buffer; ``lost`` instead
-when it never came), ``decoded``. The latency benchmark attributes a call's delay to stages with
-it; ``None`` (the default) costs one attribute test per step.
-"""
-
-
-SEARCH_WIDTH = 4
-SEARCH_UP_TO_KBPS = 6.0
-
-
-def default_search_width(bandwidth: float) -> int:
-    """A call's codebook search width (see ``EncodecModel.encode``) when none is asked for.
-
-    On the bundled model at 6 kbps, width 4 raises PESQ-WB by 0.04–0.07 and STOI by
-    0.003–0.011 over the greedy search for the same bits (``codec/MODEL_CARD.md``) for 0.3–0.5 ms
-    more encoding a frame (0.9 ms in session 5's latency benchmark calls). Above 6 kbps the
-    quantization error is already small, the gain is little and the cost grows with the codebooks
-    searched (about 1.8 ms a frame at 24 kbps in a call), so those rates search greedily, as
-    transformers does.
-    """
-    return SEARCH_WIDTH if bandwidth <= SEARCH_UP_TO_KBPS else 1
-
-
-def search_width_option(text: str) -> int:
-    """``argparse`` type of the ``--search-width`` options: the command line refuses a bad width
-    with a usage message, before any model is loaded or socket opened."""
-    try:
-        width = int(text)
-    except ValueError:
-        width = 0
-    if width < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number, 1 (greedy) or more; got {text!r}")
-    return width
-
-
-def streaming_encoder(model: object, bandwidth: float, start: StartMode | str, search_width: int = 1) -> object:
-    """The model's streaming encoder. An object other than an EnCodec model (a baseline codec in
-    the benchmarks) rides the same call by offering ``streaming_encoder(bandwidth, start)``; it has
-    no codebooks, so ``search_width`` does not apply to it."""
-    factory = getattr(model, "streaming_encoder", None)
-    if factory:
-        return factory(bandwidth, start)
-    return StreamingEncoder(model, bandwidth=bandwidth, start=start, search_width=search_width)
 
 
 def streaming_decoder(model: object, start: StartMode | str) -> object:
@@ -85,101 +34,30 @@ def streaming_decoder(model: object, start: StartMode | str) -> object:
     return factory(start) if factory else StreamingDecoder(model, start=start)
 
 
-@dataclass
-class Meter:
-    """Bytes and messages over time, for the status line and the bitrate report."""
-
-    bytes: int = 0
-    messages: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    def add(self, message: bytes) -> None:
-        self.bytes += len(message)
-        self.messages += 1
-
-    def kbps(self, now: float | None = None) -> float:
-        elapsed = (now or time.monotonic()) - self.started
-        return 8 * self.bytes / elapsed / 1000 if elapsed > 0 else 0.0
-
-
-class Sender:
-    """Encodes one outgoing stream: audio blocks in, ``HEADER``/audio/``END`` messages out."""
-
-    def __init__(self, model: torch.nn.Module, executor: Executor, bandwidth: float = 6.0,
-                 start: StartMode | str = StartMode.IMMEDIATE, frames_per_packet: int = 1,
-                 search_width: int | None = None) -> None:
-        if not 1 <= frames_per_packet <= protocol.MAX_FRAMES_PER_PACKET:
-            raise ValueError(f"frames per packet must be 1..{protocol.MAX_FRAMES_PER_PACKET}")
-        width = default_search_width(bandwidth) if search_width is None else search_width
-        self.encoder = streaming_encoder(model, bandwidth, start, width)
-        self.header = protocol.stream_header_for(
-            model, stream_id=secrets.randbits(31), start_time_us=time.time_ns() // 1000)
-        self.executor = executor
-        self.frames_per_packet = frames_per_packet
-        self.n_samples = 0
-        self.next_index = 0  # of the next frame to put in a packet
-        self._frames: list[np.ndarray] = []
-        self.observer: Optional[Observer] = None
-
-    def _note(self, event: str, first: int, count: int) -> None:
-        if self.observer is not None and count:
-            self.observer(event, self.header.stream_id, first, count, time.monotonic())
-
-    async def push(self, block: np.ndarray) -> list[bytes]:
-        """Encode ``(channels, n)`` float32 samples; return the packets they completed."""
-        arrived = time.monotonic()
-        self.n_samples += block.shape[-1]
-        audio = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))[None]
-        codes = await asyncio.get_running_loop().run_in_executor(self.executor, self.encoder.push, audio)
-        if self.observer is not None and codes.shape[-1]:
-            first = self.next_index + len(self._frames)
-            self.observer("input", self.header.stream_id, first, codes.shape[-1], arrived)
-            self._note("encoded", first, codes.shape[-1])
-        return self._packets(codes, final=False)
-
-    async def finish(self) -> list[bytes]:
-        """Flush the encoder: the last packets, then ``END`` with the exact sample count."""
-        codes = await asyncio.get_running_loop().run_in_executor(self.executor, self.encoder.flush)
-        messages = self._packets(codes, final=True)
-        return messages + [protocol.EndOfStream(self.next_index, self.n_samples).encode()]
-
-    def _packets(self, codes: torch.Tensor, final: bool) -> list[bytes]:
-        self._frames.extend(codes[0].T.numpy())
-        messages = []
-        while len(self._frames) >= self.frames_per_packet or final and self._frames:
-            frames = self._frames[: self.frames_per_packet]
-            del self._frames[: self.frames_per_packet]
-            packet = protocol.AudioPacket(self.next_index, tuple(frames))
-            messages.append(packet.encode(self.header.codebook_nbits))
-            self._note("packet", self.next_index, len(frames))
-            self.next_index += len(frames)
-        return messages
-
-
-class RemoteStream:
+class PeerStream:
     """One peer's incoming stream: validation, jitter buffer, concealment and decoder."""
 
-    def __init__(self, model: torch.nn.Module, header: protocol.StreamHeader, start: StartMode | str) -> None:
+    def __init__(self, model: torch.nn.Module, header: wire.StreamHeader, start: StartMode | str) -> None:
         self.header = header
-        self.state = protocol.StreamState()
+        self.state = wire.StreamValidator()
         self.jitter = JitterBuffer(header.frame_rate)
         self.concealer = Concealer()
         self.gains = GainSchedule(header.samples_per_frame)
         self.decoder = streaming_decoder(model, start)
         self.observer: Optional[Observer] = None
         self.first_index: int | None = None
-        self.end: protocol.EndOfStream | None = None
+        self.end: wire.EndOfStream | None = None
         self.chunks: list[np.ndarray] = []
         self.pushed_frames = 0
         self.done = False
 
     def accept(self, message: bytes, now: float) -> None:
-        """Check a message against the stream and file it; raises :class:`protocol.ProtocolError`."""
+        """Check a message against the stream and file it; raises :class:`wire.ProtocolError`."""
         parsed = self.state.accept(message)
-        if isinstance(parsed, protocol.AudioPacket):
+        if isinstance(parsed, wire.AudioPacket):
             self.jitter.put(parsed.index, parsed.frames, now)
             self.note("received", parsed.index, len(parsed.frames), now)
-        elif isinstance(parsed, protocol.EndOfStream):
+        elif isinstance(parsed, wire.EndOfStream):
             self.end = parsed
             self.jitter.end(parsed.n_frames)
 
@@ -233,7 +111,7 @@ class RemoteStream:
 
 
 class Receiver:
-    """Demultiplexes the messages of a room into :class:`RemoteStream` s.
+    """Demultiplexes the messages of a room into :class:`PeerStream` s.
 
     Streams are known by their ``stream_id``, not by the relay's peer ids, so a stream
     survives the sender or the server reconnecting.
@@ -244,9 +122,9 @@ class Receiver:
         self.model = model
         self.executor = executor
         self.start = start
-        self.fingerprint = protocol.model_fingerprint(model)
-        self.streams: dict[int, RemoteStream] = {}
-        self.sources: dict[int, RemoteStream] = {}
+        self.fingerprint = model_fingerprint(model)
+        self.streams: dict[int, PeerStream] = {}
+        self.sources: dict[int, PeerStream] = {}
         self.source: int | None = None
         self.meter = Meter()
         self.problems: dict[str, int] = {}
@@ -259,39 +137,39 @@ class Receiver:
             return self._count("malformed")
         self.meter.add(message)
         try:
-            if message and message[0] == protocol.ROUTED:
-                self.source, message = protocol.unroute(message)
-            kind = protocol.message_kind(message)
-            if kind in (protocol.LEFT, protocol.JOINED):
-                peer, present = protocol.parse_presence(message)
+            if message and message[0] == wire.ROUTED:
+                self.source, message = wire.unroute(message)
+            kind = wire.message_kind(message)
+            if kind in (wire.LEFT, wire.JOINED):
+                peer, present = wire.parse_presence(message)
                 if not present:
                     self.sources.pop(peer, None)
-            elif kind == protocol.HEADER:
-                self._open(protocol.StreamHeader.decode(message)).accept(message, now)
+            elif kind == wire.HEADER:
+                self._open(wire.StreamHeader.decode(message)).accept(message, now)
             elif self.source in self.sources:
                 self.sources[self.source].accept(message, now)
             else:
-                raise protocol.OutOfOrderError("packet from a peer whose HEADER was not seen")
-        except protocol.OutOfOrderError:
+                raise wire.OutOfOrderError("packet from a peer whose HEADER was not seen")
+        except wire.OutOfOrderError:
             self._count("out_of_order")
-        except protocol.ModelMismatchError as error:
+        except wire.ModelMismatchError as error:
             if "other_model" not in self.problems:  # say it once, not once per packet
                 log.error("%s", error)
             self._count("other_model")
-        except protocol.ProtocolError:
+        except wire.ProtocolError:
             self._count("malformed")
 
     def _count(self, problem: str) -> None:
         self.problems[problem] = self.problems.get(problem, 0) + 1
 
-    def _open(self, header: protocol.StreamHeader) -> RemoteStream:
+    def _open(self, header: wire.StreamHeader) -> PeerStream:
         if header.fingerprint != self.fingerprint:
-            raise protocol.ModelMismatchError(
+            raise wire.ModelMismatchError(
                 f"peer {self.source} uses another model (fingerprint {header.fingerprint.hex()}, "
                 f"ours {self.fingerprint.hex()}): start both with the same --model")
         stream = self.streams.get(header.stream_id)
         if stream is None or stream.header != header:
-            stream = self.streams[header.stream_id] = RemoteStream(self.model, header, self.start)
+            stream = self.streams[header.stream_id] = PeerStream(self.model, header, self.start)
             stream.observer = self.observer
         self.sources[self.source] = stream
         return stream

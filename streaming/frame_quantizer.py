@@ -1,4 +1,5 @@
-"""The residual VQ for one frame at a time, with the codebooks' transposes and norms computed once.
+"""The residual VQ for one frame at a time: the streaming counterpart of ``codec.quantizer``, with the
+codebooks' transposes and norms computed once per coder instead of on every call.
 
 Recomputing each codebook's squared norms on every frame reads every codebook twice per frame;
 the results are the same numbers as the codec's quantizer computes.

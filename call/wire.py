@@ -6,17 +6,18 @@ record). The first byte says what it is. Audio packets are the hot path: at 6 kb
 its header and nothing else — no JSON, no per-packet stream parameters. Everything that
 does not change during a stream travels once, in the ``HEADER`` message.
 ``docs/PROTOCOL.md`` documents the byte layouts; this module is their implementation.
+
+It imports neither torch nor the codec: the relay, and anything else that only routes packets,
+parses them without loading a model. What a model implies for its stream header lives with the
+peers that run one (``call.model_header``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator, Union, cast
+from typing import BinaryIO, Iterable, Iterator, Union, cast
 
 import numpy as np
-
-if TYPE_CHECKING:  # the relay parses packets without loading the codec
-    from codec import EncodecModel
 
 VERSION = 1
 """Protocol version carried by every ``HEADER``; a receiver refuses other versions."""
@@ -362,26 +363,6 @@ def unwrap_index(wire_index: int, reference: int) -> int:
     return reference + delta
 
 
-def stream_header_for(model: "EncodecModel", stream_id: int = 0, start_time_us: int = 0) -> StreamHeader:
-    """The ``HEADER`` of a stream produced by ``model`` (anything with a ``config`` and a ``fingerprint()``)."""
-    config = model.config
-    return StreamHeader(
-        fingerprint=model_fingerprint(model),
-        sample_rate=int(config.sampling_rate),
-        channels=int(config.audio_channels),
-        samples_per_frame=int(config.hop_length),
-        codebook_nbits=int(config.codebook_nbits),
-        max_codebooks=config.num_quantizers,
-        stream_id=stream_id,
-        start_time_us=start_time_us,
-    )
-
-
-def model_fingerprint(model: "EncodecModel") -> bytes:
-    """8 bytes naming the model, weights included, so peers with different models refuse each other."""
-    return model.fingerprint()[:FINGERPRINT_SIZE]
-
-
 # -------------------------------------------------------------------- stream state
 
 Message = Union[StreamHeader, AudioPacket, EndOfStream]
@@ -400,7 +381,7 @@ class OutOfOrderError(ProtocolError):
     or a packet older than the reorder window."""
 
 
-class StreamState:
+class StreamValidator:
     """One sender's stream as seen by a relay or a receiver: typed, checked messages.
 
     Turns raw messages into :class:`StreamHeader`, :class:`AudioPacket` (with its full,

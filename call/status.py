@@ -1,0 +1,61 @@
+"""What a call peer tells its user: a status line while the call runs, totals when it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from .connection import Connection
+from .receiver import Receiver
+from .sender import Sender
+
+
+class CallStatus:
+    """Reads the sender, the receiver and the connection; changes none of them."""
+
+    def __init__(self, connection: Connection, sender: Sender | None, receiver: Receiver | None,
+                 frame_period: float, bandwidth: float) -> None:
+        self.connection, self.sender, self.receiver = connection, sender, receiver
+        self.frame_period, self.bandwidth = frame_period, bandwidth
+
+    def line(self) -> str:
+        parts = [f"up {self.connection.meter.kbps():.1f} kbps"]
+        rtt = self.connection.rtt
+        if self.receiver is not None:
+            parts.append(f"down {self.receiver.meter.kbps():.1f} kbps")
+            for stream in self.receiver.streams.values():
+                jitter = stream.jitter
+                delay = jitter.target_delay + self.frame_period + (rtt or 0) / 2
+                parts.append(f"[{stream.header.stream_id:08x}] loss {100 * jitter.stats.loss_rate:.1f}% "
+                             f"buffer {1000 * jitter.target_delay:.0f} ms latency ~{1000 * delay:.0f} ms")
+        parts.append(f"rtt {1000 * rtt:.0f} ms" if rtt is not None else "disconnected")
+        return " | ".join(parts)
+
+    async def show(self, period: float = 1.0) -> None:
+        """Print :meth:`line` every ``period`` seconds, in place on a terminal."""
+        end = "\r" if sys.stderr.isatty() else "\n"
+        while True:
+            await asyncio.sleep(period)
+            print(self.line(), end=end, file=sys.stderr, flush=True)
+
+    def summary(self) -> str:
+        """Totals at exit, including the application-layer bitrate of what was sent."""
+        lines = []
+        up = self.connection.meter
+        if self.sender is not None and self.sender.next_index:
+            seconds = self.sender.next_index * self.frame_period
+            framed = up.bytes + 6 * up.messages  # 2-byte frame header + 4-byte mask
+            nominal = self.bandwidth
+            lines.append(
+                f"sent {up.messages} messages, {up.bytes} bytes for {seconds:.2f} s of audio: "
+                f"{8 * up.bytes / seconds / 1000:.2f} kbps at the application layer "
+                f"({8 * up.bytes / seconds / 1000 / nominal:.3f}x nominal {nominal:g} kbps), "
+                f"{8 * framed / seconds / 1000:.2f} kbps with websocket framing")
+        if self.receiver is not None:
+            for stream in self.receiver.streams.values():
+                s = stream.jitter.stats
+                lines.append(f"received stream {stream.header.stream_id:08x}: {s.received} frames, "
+                             f"{s.lost} lost, {s.late} late, {s.duplicate} duplicate")
+            if self.receiver.problems:
+                lines.append(f"dropped messages: {self.receiver.problems}")
+        return "\n".join(lines)
