@@ -30,6 +30,8 @@ from scipy.signal import resample_poly
 
 from codec import EncodecModel, load_default_model
 
+from .checkpoints import model_from_checkpoint
+
 SAMPLE_RATE = 24_000
 # What pystoi returns for a clip with under 30 frames (384 ms) of sound: a spoken letter, a short word.
 STOI_TOO_SHORT = 1e-5
@@ -39,8 +41,6 @@ def load_model(spec: str | None) -> EncodecModel:
     if spec is None or spec == "default":
         return load_default_model()
     if spec.endswith(".pt"):
-        from .train import model_from_checkpoint
-
         return model_from_checkpoint(spec)[0]
     return EncodecModel.from_pretrained(spec)
 
@@ -137,8 +137,8 @@ def speed(model: EncodecModel, seconds: float = 10.0) -> dict[str, float]:
 def streaming_speed(model: EncodecModel, seconds: float = 5.0, bandwidth: float = 6.0) -> dict[str, float] | None:
     """Frame-by-frame (320 samples) encode + decode through the project's streaming layer, one thread."""
     try:
-        from streaming.decoder import StreamingDecoder
-        from streaming.encoder import StreamingEncoder
+        from streaming import StreamingDecoder
+        from streaming import StreamingEncoder
     except ImportError:
         return None
     threads = torch.get_num_threads()

@@ -10,22 +10,15 @@ and every number in the model card was measured on it.
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
 from codec import EncodecModel
 
-
-def export_model(model: EncodecModel, out: str, dtype: torch.dtype = torch.float16) -> int:
-    """Write `model` (cast in place to `dtype`) in the hub layout; returns the size of its weights file."""
-    model.to(dtype).save_pretrained(out)
-    return os.path.getsize(os.path.join(out, "model.safetensors"))
+from .checkpoints import export_model, model_from_checkpoint
 
 
 def export(checkpoint: str, out: str, dtype: torch.dtype = torch.float16) -> EncodecModel:
-    from .train import model_from_checkpoint  # train imports this module for its checkpoints
-
     model, state = model_from_checkpoint(checkpoint)
     size = export_model(model, out, dtype)
     reloaded = EncodecModel.from_pretrained(out)

@@ -15,27 +15,24 @@ import copy
 import csv
 import json
 import math
-import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
 
-from codec import EncodecConfig, EncodecModel
+from codec import EncodecModel
 
 from .augment import SegmentSampler
 from .batches import BatchStream
+from .checkpoints import DEFAULT_CONFIG, checkpoint_config, export_model, load_checkpoint, model_config, save_checkpoint
 from .discriminator import MultiScaleSTFTDiscriminator, discriminator_loss, generator_losses
-from .export import export_model
 from .losses import Balancer, EnvelopeCorrelationLoss, MultiScaleMelLoss, si_snr
 from .vq import EmaResidualVQ
 from .widen import widen
 
-# The bundled model's architecture; see codec/MODEL_CARD.md for why these sizes.
-DEFAULT_CONFIG = dict(num_filters=22, hidden_size=64, num_lstm_layers=1)
-# Every checkpoint written before checkpoints carried their config is of this width.
-FIRST_NUM_FILTERS = 16
 # Quantizer dropout: bandwidth (kbps) → probability per step. 6 kbps, the call default, gets the most.
 BANDWIDTH_PROBS = {1.5: 0.15, 3.0: 0.2, 6.0: 0.35, 12.0: 0.15, 24.0: 0.15}
 LOSS_WEIGHTS = {"time_l1": 0.1, "mel": 1.0}  # EnCodec's λt, λf; commitment λw = 1 outside the balancer
@@ -48,27 +45,12 @@ def parse_bandwidth_probs(text: str) -> dict[float, float]:
         probs = {float(k): float(v) for k, v in (pair.split(":") for pair in text.split(","))}
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected KBPS:P pairs separated by commas, got {text!r}") from None
-    unknown = set(probs) - set(EncodecConfig(**DEFAULT_CONFIG).target_bandwidths)
+    unknown = set(probs) - set(model_config().target_bandwidths)
     if unknown:
         raise argparse.ArgumentTypeError(f"the model has no bandwidth {sorted(unknown)} kbps")
     if any(p < 0 for p in probs.values()) or not math.isclose(sum(probs.values()), 1.0, abs_tol=1e-6):
         raise argparse.ArgumentTypeError(f"probabilities must be non-negative and sum to 1, got {text!r}")
     return probs
-
-
-def build_model(overrides: dict | None = None) -> EncodecModel:
-    return EncodecModel(EncodecConfig(**{**DEFAULT_CONFIG, **(overrides or {})}))
-
-
-def model_from_checkpoint(path: str | Path) -> tuple[EncodecModel, dict]:
-    """The model of a `last.pt` (in evaluation mode) and the checkpoint's state."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if "config" in state:
-        model = EncodecModel(EncodecConfig.from_dict(state["config"]))
-    else:
-        model = build_model({"num_filters": FIRST_NUM_FILTERS})
-    model.load_state_dict(state["model"])
-    return model.eval(), state
 
 
 @torch.no_grad()
@@ -211,13 +193,56 @@ def write_args(run_dir: Path, args, model: EncodecModel) -> None:
         json.dump({**vars(args), "config": model.config.to_dict()}, f, indent=2)
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+@dataclass
+class Trainee:
+    """The codec under training with everything a step updates or uses, kept together because a
+    checkpoint must hold all of it (optimizer moments, balancer averages, the discriminator) for a
+    resumed run to continue exactly where it stopped."""
+
+    model: EncodecModel
+    vq: EmaResidualVQ
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    balancer: Balancer
+    mel_loss: MultiScaleMelLoss
+    envelope_loss: EnvelopeCorrelationLoss | None
+    discriminator: MultiScaleSTFTDiscriminator | None
+    disc_optimizer: torch.optim.Optimizer | None
+    device: torch.device
+    disc_start: int = 0  # the step the discriminator joined the run
+    step: int = 0
+    trained_seconds: float = 0.0  # by the sessions before this one
+
+    def state_dict(self, trained_seconds: float, args: argparse.Namespace) -> dict:
+        """What `last.pt` holds (see `training.checkpoints`); the options and config ride along so that a
+        checkpoint alone says what it is a run of."""
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "balancer": self.balancer.state_dict(),
+            "step": self.step, "trained_seconds": trained_seconds, "args": vars(args),
+            "config": self.model.config.to_dict(),
+            **({} if self.discriminator is None else {
+                "discriminator": self.discriminator.state_dict(), "disc_optimizer": self.disc_optimizer.state_dict(),
+                "disc_start": self.disc_start,
+            }),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take up a checkpoint's run. A discriminator new to the run (`--adversarial` added on resuming)
+        starts its warm-up now rather than at step 0."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.balancer.load_state_dict(state["balancer"])
+        self.step, self.trained_seconds = state["step"], state["trained_seconds"]
+        self.disc_start = self.step
+        if self.discriminator is not None and "discriminator" in state:
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.disc_optimizer.load_state_dict(state["disc_optimizer"])
+            self.disc_start = state["disc_start"]
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options are the whole of a run's configuration: `args.json` and every checkpoint keep them,
+    and re-running the same command is how a run resumes."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="training/runs/data")
     parser.add_argument("--run-dir", default="training/runs/default")
@@ -269,23 +294,37 @@ def main() -> None:
         help="start a new run from these weights and codebooks (a model directory, or 'default' for the bundled model) "
         "instead of a fresh initialisation; ignored when the run directory already has a checkpoint",
     )
-    args = parser.parse_args()
+    return parser.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    run_dir, data_dir = Path(args.run_dir), Path(args.data)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
+
+def data_stream(args: argparse.Namespace) -> tuple[SegmentSampler, BatchStream]:
+    """The training split and the stream of each step's batch and bandwidth drawn from it.
+
+    Its `--workers` are forked: call this before anything starts CUDA (a forked CUDA context is unusable).
+    """
     bandwidths, probs = list(args.bandwidth_probs), np.array(list(args.bandwidth_probs.values()))
-    segment = int(args.segment * EncodecConfig(**DEFAULT_CONFIG).sampling_rate)
-    sampler = SegmentSampler(np.load(data_dir / "train.npy"), segment)
-    batches = BatchStream(sampler, args.seed, args.batch, bandwidths, probs, args.workers)  # forks: before CUDA starts
+    segment = int(args.segment * model_config().sampling_rate)
+    sampler = SegmentSampler(np.load(Path(args.data) / "train.npy"), segment)
+    return sampler, BatchStream(sampler, args.seed, args.batch, bandwidths, probs, args.workers)
+
+
+def training_device() -> torch.device:
+    """A GPU when there is one, so that the same command trains on a rented machine; never needed."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         # TF32 convolutions and matmuls: ~2x faster steps; the shipped model runs in float32 all the same.
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+    return device
 
-    model = build_model({"num_filters": args.num_filters})
+
+def build_trainee(args: argparse.Namespace, segment: int, device: torch.device) -> Trainee:
+    """The model, its losses and optimizers as the options ask, before any checkpoint is loaded into them.
+
+    Fresh weights and the discriminator come from the global generator that `main` seeded: keep the order
+    of construction, or the same command no longer starts from the same weights.
+    """
+    model = EncodecModel(model_config(args.num_filters))
     if args.init:
         warm_start(model, args.init)
     else:
@@ -302,146 +341,205 @@ def main() -> None:
         **LOSS_WEIGHTS, "envelope": args.envelope_weight, **{name: args.adv_weight for name in ADVERSARIAL_WEIGHTS},
     })
     discriminator = disc_optimizer = None
-    disc_start = 0  # the step the discriminator joined the run
     if args.adversarial:
         discriminator = MultiScaleSTFTDiscriminator(args.disc_filters, tuple(int(n) for n in args.disc_ffts.split(","))).to(device)
         disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.disc_lr, betas=(0.5, 0.9))
-    eval_batch = heldout_batch(data_dir).to(device)
+    return Trainee(model, vq, params, optimizer, balancer, mel_loss, envelope_loss, discriminator, disc_optimizer, device)
 
-    step, trained_seconds = 0, 0.0
-    last = run_dir / "last.pt"
-    if last.exists():
-        state = torch.load(last, map_location=device, weights_only=False)
-        width = state.get("config", {}).get("num_filters", FIRST_NUM_FILTERS)
-        if width != args.num_filters:
-            raise SystemExit(f"{last} is a run of a {width}-filter model: resume it with --num-filters {width}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        balancer.load_state_dict(state["balancer"])
-        step, trained_seconds = state["step"], state["trained_seconds"]
-        disc_start = step
-        if discriminator is not None and "discriminator" in state:
-            discriminator.load_state_dict(state["discriminator"])
-            disc_optimizer.load_state_dict(state["disc_optimizer"])
-            disc_start = state["disc_start"]
-        for name in ("log.csv", "eval.csv"):  # drop rows an interrupted run wrote after its last checkpoint
-            if (run_dir / name).exists():
-                rows = list(csv.DictReader(open(run_dir / name)))
-                if rows:
-                    with open(run_dir / name, "w", newline="") as f:
-                        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                        writer.writeheader()
-                        writer.writerows(r for r in rows if int(r["step"]) <= step)
-        print(f"resumed from {last} at step {step} ({trained_seconds / 60:.1f} min trained)", flush=True)
-    else:
-        write_args(run_dir, args, model)
-        if not args.init:
-            rng = np.random.default_rng([args.seed, 10**9])
-            init = torch.from_numpy(np.concatenate([sampler.batch(rng, args.batch) for _ in range(4)])).to(device)
-            with torch.no_grad():
-                vq.initialise(model.encoder(init), torch.Generator().manual_seed(args.seed))
-        print(f"model: {model.num_parameters():,} parameters; num_filters {args.num_filters}; device {device}", flush=True)
 
+def start(trainee: Trainee, args: argparse.Namespace, run_dir: Path, sampler: SegmentSampler) -> None:
+    """Begin a new run. Fresh codebooks are seeded from the freshly initialised encoder's own outputs, so
+    that every entry starts where embeddings are and gets used; the batches for it come from a generator
+    no training step draws from. `--init` brings trained codebooks instead."""
+    write_args(run_dir, args, trainee.model)
+    if not args.init:
+        rng = np.random.default_rng([args.seed, 10**9])
+        init = torch.from_numpy(np.concatenate([sampler.batch(rng, args.batch) for _ in range(4)])).to(trainee.device)
+        with torch.no_grad():
+            trainee.vq.initialise(trainee.model.encoder(init), torch.Generator().manual_seed(args.seed))
+    print(f"model: {trainee.model.num_parameters():,} parameters; num_filters {args.num_filters}; device {trainee.device}", flush=True)
+
+
+def resume(trainee: Trainee, last: Path, args: argparse.Namespace) -> None:
+    """Continue the run that `last` checkpointed, refusing a width that is not the checkpoint's (its
+    weights would not fit, and `--num-filters` is easy to forget on a widened run)."""
+    state = load_checkpoint(last, trainee.device)
+    width = checkpoint_config(state).num_filters
+    if width != args.num_filters:
+        raise SystemExit(f"{last} is a run of a {width}-filter model: resume it with --num-filters {width}")
+    trainee.load_state_dict(state)
+    drop_rows_after(last.parent, trainee.step)
+    print(f"resumed from {last} at step {trainee.step} ({trainee.trained_seconds / 60:.1f} min trained)", flush=True)
+
+
+def drop_rows_after(run_dir: Path, step: int) -> None:
+    """Drop the CSV rows an interrupted run wrote after its last checkpoint: the resumed run does those
+    steps again, and each step must appear once."""
+    for name in ("log.csv", "eval.csv"):
+        if (run_dir / name).exists():
+            rows = list(csv.DictReader(open(run_dir / name)))
+            if rows:
+                with open(run_dir / name, "w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                    writer.writeheader()
+                    writer.writerows(r for r in rows if int(r["step"]) <= step)
+
+
+def open_log(run_dir: Path) -> tuple[TextIO, csv.DictWriter]:
+    """`<run-dir>/log.csv`, to append to. A resumed run keeps the columns its file began with, so that a
+    run started before a column existed stays one readable table."""
     log_fields = ["step", "wall_s", "lr", "bandwidth", "loss", "mel", "time_l1", "commit", "envelope", "adv", "feat", "disc", "grad_norm", "step_s"]
     if (run_dir / "log.csv").exists() and (run_dir / "log.csv").stat().st_size:
-        log_fields = next(csv.reader(open(run_dir / "log.csv")))  # a run's columns stay as it began them
+        log_fields = next(csv.reader(open(run_dir / "log.csv")))
     log_file = open(run_dir / "log.csv", "a", newline="")
     log = csv.DictWriter(log_file, fieldnames=log_fields, extrasaction="ignore")
     if log_file.tell() == 0:
         log.writeheader()
-    start = time.time()
-    last_checkpoint = start
-    steps_asked, timed_from = args.steps, None  # timed_from: (step, time) where --fit-schedule's timing began
+    return log_file, log
 
-    def refit(share: float = 1.0) -> None:
-        if timed_from is not None and step > timed_from[0]:
-            pace = (time.time() - timed_from[1]) / (step - timed_from[0])
-            args.steps = fit_schedule(step, pace, args.minutes * 60 - (time.time() - start), args, steps_asked, share)
-            write_args(run_dir, args, model)
 
-    def checkpoint(final: bool = False) -> None:
-        nonlocal last_checkpoint
-        metrics = evaluate(model, vq, mel_loss, eval_batch)
-        new = not (run_dir / "eval.csv").exists()
-        with open(run_dir / "eval.csv", "a", newline="") as f:
+def train_step(trainee: Trainee, x: np.ndarray, bandwidth: float, args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], float]:
+    """One update of the codec (and of the discriminator), advancing `trainee.step`; returns the step's
+    losses (commitment and discriminator included) and the gradient norm before clipping.
+
+    Its randomness (codebook re-seeding) comes from a generator seeded by (seed, step), so a resumed run
+    repeats what an uninterrupted one would have done.
+    """
+    generator = torch.Generator().manual_seed(args.seed * 1_000_003 + trainee.step)
+    x = torch.from_numpy(x).to(trainee.device, non_blocking=True)
+    n_q = trainee.model.config.num_quantizers_for_bandwidth(bandwidth)
+    for group in trainee.optimizer.param_groups:
+        group["lr"] = lr_at(trainee.step, args)
+
+    embeddings = trainee.model.encoder(x)
+    quantized, commit, _ = trainee.vq(embeddings, n_q, generator)
+    y = trainee.model.decoder(quantized)[..., : x.shape[-1]]
+    losses = {"time_l1": torch.nn.functional.l1_loss(y, x), "mel": trainee.mel_loss(x, y)}
+    if trainee.envelope_loss is not None:
+        losses["envelope"] = trainee.envelope_loss(x, y)
+    seen = slice(0, args.disc_batch)
+    if trainee.discriminator is not None and trainee.step - trainee.disc_start >= args.disc_warmup:
+        losses.update(generator_losses(trainee.discriminator, x[seen], y[seen]))
+    trainee.optimizer.zero_grad(set_to_none=True)
+    out_grad, _ = trainee.balancer.output_grad(losses, y)
+    torch.autograd.backward([y, commit], [out_grad, torch.ones_like(commit)])
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(trainee.params, 10.0))
+    trainee.optimizer.step()
+    losses["commit"] = commit
+    if trainee.discriminator is not None:
+        trainee.disc_optimizer.zero_grad(set_to_none=True)
+        losses["disc"] = discriminator_loss(trainee.discriminator, x[seen], y[seen])
+        losses["disc"].backward()
+        trainee.disc_optimizer.step()
+    trainee.step += 1
+    return losses, grad_norm
+
+
+class Session:
+    """This process's share of a run: its wall clock (for `--minutes`, `--checkpoint-minutes` and
+    `--fit-schedule`'s pace), the log it appends to, and the held-out batch its checkpoints score."""
+
+    def __init__(self, trainee: Trainee, args: argparse.Namespace, run_dir: Path, eval_batch: torch.Tensor) -> None:
+        self.trainee, self.args, self.run_dir, self.eval_batch = trainee, args, run_dir, eval_batch
+        self.log_file, self.log = open_log(run_dir)
+        self.start = time.time()
+        self.last_checkpoint = self.start
+        self.steps_asked, self.timed_from = args.steps, None  # timed_from: (step, time) where --fit-schedule's timing began
+
+    def trained_seconds(self) -> float:
+        """The run's training time so far, earlier sessions included: `wall_s` in the log, and what a
+        checkpoint carries on to the next session."""
+        return self.trainee.trained_seconds + time.time() - self.start
+
+    def train(self, batches: BatchStream) -> None:
+        """Step until `--steps` are done or `--minutes` are up, checkpointing every `--checkpoint-minutes`
+        and at the end, so that an interrupted run loses at most the steps since its last checkpoint."""
+        args, trainee = self.args, self.trainee
+        # Only a fresh run is fitted: a resumed one keeps the schedule its checkpoint was made under.
+        fit_at = FIT_TIMED_STEPS[1] if args.fit_schedule and trainee.step == 0 and math.isfinite(args.minutes) else None
+        for x, bandwidth in batches(trainee.step):
+            if trainee.step >= args.steps or (time.time() - self.start) / 60 > args.minutes:
+                break
+            if fit_at is not None and trainee.step == FIT_TIMED_STEPS[0]:
+                timing = (trainee.step, time.time())
+            if trainee.step == fit_at:
+                self.timed_from = timing
+                self.refit(FIT_STEP_SHARE)
+            t0 = time.time()
+            losses, grad_norm = train_step(trainee, x, bandwidth, args)
+            if trainee.step % args.log_every == 0 or trainee.step == 1:
+                self.log_step(bandwidth, losses, grad_norm, t0)
+            if time.time() - self.last_checkpoint > args.checkpoint_minutes * 60:
+                self.checkpoint()
+        batches.close()
+        self.checkpoint(final=True)
+        print(f"stopped at step {trainee.step} of {args.steps}", flush=True)
+
+    def log_step(self, bandwidth: float, losses: dict[str, torch.Tensor], grad_norm: float, t0: float) -> None:
+        """A row of `log.csv` every `--log-every` steps, and on stdout every fifth; the first step's too,
+        to see at once that a run has started sensibly. Only logged steps read the losses back from the
+        device, which would otherwise wait for every step to finish."""
+        step, args = self.trainee.step, self.args
+        row = {
+            "step": step, "wall_s": f"{self.trained_seconds():.1f}", "lr": f"{lr_at(step - 1, args):.2e}",
+            "bandwidth": bandwidth, "loss": f"{float((losses['mel'] + 0.1 * losses['time_l1'] + losses['commit']).detach()):.4f}",
+            "mel": f"{float(losses['mel'].detach()):.4f}", "time_l1": f"{float(losses['time_l1'].detach()):.5f}",
+            "commit": f"{float(losses['commit'].detach()):.5f}",
+            **{name: f"{float(losses[name].detach()):.4f}" for name in ("envelope", *ADVERSARIAL_WEIGHTS, "disc") if name in losses},
+            "grad_norm": f"{grad_norm:.3f}", "step_s": f"{time.time() - t0:.2f}",
+        }
+        self.log.writerow(row)
+        if step % (args.log_every * 5) == 0 or step == 1:
+            print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+
+    def checkpoint(self, final: bool = False) -> None:
+        """Score the held-out batch, save `last.pt` (and `--export-dir`'s bundle) and redraw `loss.png`:
+        what a run stopped now needs to resume, and what tells whether it is worth resuming."""
+        trainee, args = self.trainee, self.args
+        metrics = evaluate(trainee.model, trainee.vq, trainee.mel_loss, self.eval_batch)
+        new = not (self.run_dir / "eval.csv").exists()
+        with open(self.run_dir / "eval.csv", "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["step"] + list(metrics))
             if new:
                 writer.writeheader()
-            writer.writerow({"step": step, **{k: f"{v:.4f}" for k, v in metrics.items()}})
-        save_checkpoint(last, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "balancer": balancer.state_dict(),
-            "step": step, "trained_seconds": trained_seconds + time.time() - start, "args": vars(args),
-            "config": model.config.to_dict(),
-            **({} if discriminator is None else {
-                "discriminator": discriminator.state_dict(), "disc_optimizer": disc_optimizer.state_dict(), "disc_start": disc_start,
-            }),
-        })
-        log_file.flush()
+            writer.writerow({"step": trainee.step, **{k: f"{v:.4f}" for k, v in metrics.items()}})
+        save_checkpoint(self.run_dir / "last.pt", trainee.state_dict(self.trained_seconds(), args))
+        self.log_file.flush()
         if args.export_dir:
-            export_model(copy.deepcopy(model).cpu(), args.export_dir)
-        plot(run_dir)
-        print(f"[checkpoint] step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()), flush=True)
-        last_checkpoint = time.time()
+            export_model(copy.deepcopy(trainee.model).cpu(), args.export_dir)
+        plot(self.run_dir)
+        print(f"[checkpoint] step {trainee.step}: " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()), flush=True)
+        self.last_checkpoint = time.time()
         if not final:
-            refit()
+            self.refit()
 
-    # Only a fresh run is fitted: a resumed one keeps the schedule its checkpoint was made under.
-    fit_at = FIT_TIMED_STEPS[1] if args.fit_schedule and step == 0 and math.isfinite(args.minutes) else None
-    for x, bandwidth in batches(step):
-        if step >= args.steps or (time.time() - start) / 60 > args.minutes:
-            break
-        if fit_at is not None and step == FIT_TIMED_STEPS[0]:
-            timing = (step, time.time())
-        if step == fit_at:
-            timed_from = timing
-            refit(FIT_STEP_SHARE)
-        t0 = time.time()
-        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        x = torch.from_numpy(x).to(device, non_blocking=True)
-        n_q = model.config.num_quantizers_for_bandwidth(bandwidth)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args)
+    def refit(self, share: float = 1.0) -> None:
+        """With `--fit-schedule`, once its timing has begun: set `--steps` so that the schedule ends when
+        `--minutes` do, at the pace measured so far (checkpoints included, as they will go on costing)."""
+        step, args = self.trainee.step, self.args
+        if self.timed_from is not None and step > self.timed_from[0]:
+            pace = (time.time() - self.timed_from[1]) / (step - self.timed_from[0])
+            args.steps = fit_schedule(step, pace, args.minutes * 60 - (time.time() - self.start), args, self.steps_asked, share)
+            write_args(self.run_dir, args, self.trainee.model)
 
-        embeddings = model.encoder(x)
-        quantized, commit, _ = vq(embeddings, n_q, generator)
-        y = model.decoder(quantized)[..., : x.shape[-1]]
-        losses = {"time_l1": torch.nn.functional.l1_loss(y, x), "mel": mel_loss(x, y)}
-        if envelope_loss is not None:
-            losses["envelope"] = envelope_loss(x, y)
-        seen = slice(0, args.disc_batch)
-        if discriminator is not None and step - disc_start >= args.disc_warmup:
-            losses.update(generator_losses(discriminator, x[seen], y[seen]))
-        optimizer.zero_grad(set_to_none=True)
-        out_grad, _ = balancer.output_grad(losses, y)
-        torch.autograd.backward([y, commit], [out_grad, torch.ones_like(commit)])
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 10.0))
-        optimizer.step()
-        disc = None
-        if discriminator is not None:
-            disc_optimizer.zero_grad(set_to_none=True)
-            disc = discriminator_loss(discriminator, x[seen], y[seen])
-            disc.backward()
-            disc_optimizer.step()
-        step += 1
 
-        if step % args.log_every == 0 or step == 1:
-            row = {
-                "step": step, "wall_s": f"{trained_seconds + time.time() - start:.1f}", "lr": f"{lr_at(step - 1, args):.2e}",
-                "bandwidth": bandwidth, "loss": f"{float((losses['mel'] + 0.1 * losses['time_l1'] + commit).detach()):.4f}",
-                "mel": f"{float(losses['mel'].detach()):.4f}", "time_l1": f"{float(losses['time_l1'].detach()):.5f}",
-                "commit": f"{float(commit.detach()):.5f}",
-                **{name: f"{float(losses[name].detach()):.4f}" for name in ("envelope", *ADVERSARIAL_WEIGHTS) if name in losses},
-                **({} if disc is None else {"disc": f"{float(disc.detach()):.4f}"}),
-                "grad_norm": f"{grad_norm:.3f}", "step_s": f"{time.time() - t0:.2f}",
-            }
-            log.writerow(row)
-            if step % (args.log_every * 5) == 0 or step == 1:
-                print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
-        if time.time() - last_checkpoint > args.checkpoint_minutes * 60:
-            checkpoint()
-    batches.close()
-    checkpoint(final=True)
-    print(f"stopped at step {step} of {args.steps}", flush=True)
+def main() -> None:
+    """A run, fresh or resumed, in the order its steps need: the seed before the weights it draws, the
+    batch workers forked before CUDA starts, the checkpoint loaded into a model built as the options ask."""
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    sampler, batches = data_stream(args)  # forks: before CUDA starts
+    device = training_device()
+    trainee = build_trainee(args, sampler.segment, device)
+    eval_batch = heldout_batch(Path(args.data)).to(device)
+    if (run_dir / "last.pt").exists():
+        resume(trainee, run_dir / "last.pt", args)
+    else:
+        start(trainee, args, run_dir, sampler)
+    Session(trainee, args, run_dir, eval_batch).train(batches)
 
 
 if __name__ == "__main__":
