@@ -4,7 +4,7 @@
 
 Peers connect to ``ws://HOST:PORT/ROOM`` (token in ``Authorization: Bearer …`` or
 ``?token=…``). Each message a peer sends is checked against the wire format
-(``streaming/wire.py``) and forwarded to every other peer of its room. Latency beats
+(``call/wire.py``) and forwarded to every other peer of its room. Latency beats
 completeness in a call, so every peer has its own small send queue (≈200 ms of audio)
 that drops its oldest audio packet when full: a slow or stalled peer loses its own
 packets and never slows the others or grows the server's memory.

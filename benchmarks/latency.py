@@ -8,7 +8,7 @@ Each measured call is real: ``server.py`` and two ``client.py`` peers (separate 
 loopback, sound cards replaced by a clocked source and sink (``--block`` samples per callback, in
 real time), both peers talking. Every frame's delay is split into stages (input buffering,
 encode, packetize, network/relay, jitter buffer, decode, output; plus the codec's lookahead)
-through the observer hook of ``streaming/call.py``; see ``benchmarks/latency_call.py``. Opus
+through the observer hook of ``call/sender.py`` and ``call/receiver.py``; see ``benchmarks/latency_call.py``. Opus
 (libopus, VoIP, CBR, 20 ms and 10 ms frames) rides the same client, relay, wire format, jitter
 buffer and playout. The first line printed with "p50" is our end-to-end latency in ms.
 """

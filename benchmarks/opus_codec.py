@@ -1,6 +1,6 @@
 """Opus (libopus through ``opuslib``) as a codec that rides our call pipeline, for the benchmark.
 
-:class:`OpusCodec` offers what ``streaming/call.py`` asks of a model: a ``config`` (rate,
+:class:`OpusCodec` offers what ``call/sender.py`` and ``call/receiver.py`` ask of a model: a ``config`` (rate,
 channels, samples per frame, …) and ``streaming_encoder`` / ``streaming_decoder`` factories. Each
 Opus packet travels as one frame of our wire format with 8-bit "codes" (one byte each), so a
 one-frame packet costs the same 2-byte header as ours, and the same relay, jitter buffer and
@@ -137,7 +137,7 @@ class OpusStreamingDecoder:
 
 
 class OpusCodec:
-    """A "model" for ``client.Client`` / ``streaming.call``: Opus at ``frame_ms`` ms frames."""
+    """A "model" for ``client.Client`` / the ``call`` package: Opus at ``frame_ms`` ms frames."""
 
     def __init__(self, frame_ms: float = 20.0, sampling_rate: int = 24000) -> None:
         self.config = OpusConfig(frame_ms=frame_ms, sampling_rate=sampling_rate)

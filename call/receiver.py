@@ -29,7 +29,7 @@ log = logging.getLogger("call")
 
 
 def streaming_decoder(model: object, start: StartMode | str) -> object:
-    """The model's streaming decoder; see :func:`streaming_encoder`."""
+    """The model's streaming decoder; see :func:`call.sender.streaming_encoder`."""
     factory = getattr(model, "streaming_decoder", None)
     return factory(start) if factory else StreamingDecoder(model, start=start)
 
