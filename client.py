@@ -90,6 +90,8 @@ class Client:
             options.url, options.token, Outbox(capacity=64, lossy=not self.send_file), self.up,
             header=self.sender.header.encode() if self.sender else None,
             on_message=self._arrived if self.receiver else None, wait_for_listener=self.send_file)
+        if self.receiver:
+            self.connection.on_connect = self.receiver.new_connection
         self.status = CallStatus(self.connection, self.sender, self.receiver, self.frame_period, options.bandwidth)
 
     def _arrived(self, message: bytes | str, now: float) -> None:

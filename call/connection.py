@@ -63,6 +63,9 @@ class Connection:
         self.listening = asyncio.Event()  # another peer is in the room
         self.ws: ClientConnection | None = None
         self.reconnects = 0
+        self.on_connect: Callable[[], None] | None = None
+        """Called as each connection opens, before its first message: the relay's peer ids of
+        the previous connection mean nothing on this one."""
 
     @property
     def rtt(self) -> float | None:
@@ -81,6 +84,8 @@ class Connection:
                 # listening (a file sender must not flush its backlog into an empty room).
                 self.peers.clear()
                 self.listening.clear()
+                if self.on_connect is not None:
+                    self.on_connect()
                 self.connected.set()
                 halves = [asyncio.create_task(self._send(ws)), asyncio.create_task(self._receive(ws))]
                 try:

@@ -21,7 +21,7 @@ import soundfile
 from streaming import StartMode
 
 from . import wire
-from .model_header import model_fingerprint
+from .model_header import stream_header_for
 from .receiver import PeerStream
 from .search_width import search_width_option
 from .sender import Sender
@@ -51,23 +51,37 @@ def encode_file(
 
 
 def decode_file(model, in_path: str, wav_path: str) -> np.ndarray:
-    """Decode a stream file to a WAV at the model's rate; returns the ``(channels, n)`` audio."""
+    """Decode a stream file to a WAV at the model's rate; returns the ``(channels, n)`` audio.
+
+    A corrupt or crafted file raises :class:`~call.wire.ProtocolError` naming the byte offset of
+    the first message that does not fit, before anything is written; what one message can make
+    the decoder produce is bounded as in a call (``JitterBuffer.max_jump``).
+    """
+    stream = None
     with open(in_path, "rb") as source:
-        messages = list(wire.read_stream(source))
-    if not messages:
+        for offset, message in wire.read_records(source):
+            try:
+                if stream is None:
+                    stream = _open_stream(model, message)
+                stream.accept(message, now=0.0)
+            except wire.ProtocolError as error:
+                raise wire.ProtocolError(f"{in_path}: corrupt at byte {offset}: {error}") from error
+    if stream is None:
         raise wire.ProtocolError(f"{in_path} holds no stream")
-    header = wire.StreamHeader.decode(messages[0])
-    if header.fingerprint != model_fingerprint(model):
-        raise wire.ProtocolError(f"{in_path} was encoded with another model: pass the same --model")
-    stream = PeerStream(model, header, StartMode.EXACT)
-    for message in messages:
-        stream.accept(message, now=0.0)
     if stream.end is None:
         raise wire.ProtocolError(f"{in_path} has no END message: the file is truncated")
     audio = np.concatenate([stream.decode(stream.jitter.pop(now=0.0)), stream.flush()], axis=-1)
     audio = audio[:, : stream.output_length()]
-    soundfile.write(wav_path, audio.T, header.sample_rate, subtype="FLOAT")
+    soundfile.write(wav_path, audio.T, stream.header.sample_rate, subtype="FLOAT")
     return audio
+
+
+def _open_stream(model, message: bytes) -> PeerStream:
+    """The stream a file's first message (its ``HEADER``) opens, if it fits ``model``."""
+    header = wire.StreamHeader.decode(message)
+    if header != stream_header_for(model, header.stream_id, header.start_time_us):
+        raise wire.ModelMismatchError("the file was encoded with another model: pass the same --model")
+    return PeerStream(model, header, StartMode.EXACT)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,9 +96,28 @@ def main(argv: list[str] | None = None) -> None:
         help="codebook search width, for encode: more is better codes, slower (default: 4 up to 6 kbps, 1 above)",
     )
     args = parser.parse_args(argv)
+    if args.command == "decode":
+        check_stream_file(args.source)
     from codec import load_model
 
     model = load_model(args.model).eval()
+    try:
+        run(args, model)
+    except (OSError, ValueError) as error:  # a bad file: one line, nothing half-written left behind
+        raise SystemExit(f"{args.command}: {error}") from error
+
+
+def check_stream_file(path: str) -> None:
+    """Read the whole file's framing before a model is loaded: a cut or foreign file fails in a moment."""
+    try:
+        with open(path, "rb") as source:
+            for _ in wire.read_records(source):
+                pass
+    except (OSError, wire.ProtocolError) as error:
+        raise SystemExit(f"decode: {path}: {error}") from error
+
+
+def run(args: argparse.Namespace, model) -> None:
     if args.command == "encode":
         size = encode_file(model, args.source, args.destination, args.bandwidth, search_width=args.search_width)
         seconds = soundfile.info(args.source).duration

@@ -40,6 +40,8 @@ class JitterStats:
     lost: int = 0
     stretched: int = 0
     skipped: int = 0
+    resyncs: int = 0
+    """Jumps too far ahead to fill: the buffer moved to the new frame instead (see ``max_jump``)."""
 
     @property
     def loss_rate(self) -> float:
@@ -55,8 +57,13 @@ class JitterBuffer:
     """
 
     def __init__(self, frame_rate: float, initial_delay: float = 0.08, min_delay: float = 0.02,
-                 max_delay: float = 0.5, window: int = 200, level_window: float = 0.5) -> None:
+                 max_delay: float = 0.5, window: int = 200, level_window: float = 0.5,
+                 max_jump: float = 2.0) -> None:
         self.frame_period = 1.0 / frame_rate
+        self.max_jump = max(1, round(max_jump * frame_rate))
+        """Frames a packet may lie ahead of the next one due and still be waited for: one message can
+        make the buffer give out at most this many concealed frames. Further ahead (a sender back
+        after a long outage, or a forged index), the buffer drops what it holds and moves there."""
         self._level_ticks = max(1, round(level_window * frame_rate))
         self._level_floor: int | None = None  # fewest frames held at a tick of this level window
         self._level_seen = 0  # ticks of this level window
@@ -74,6 +81,10 @@ class JitterBuffer:
 
     def put(self, index: int, frames: tuple[np.ndarray, ...], now: float) -> None:
         """Store the frames of a packet whose first frame is ``index``."""
+        if self.next_index is not None and self.end_index is None and index - self.next_index > self.max_jump:
+            self._resync(index, now)
+        if self._transits and now - index * self.frame_period < min(self._transits) - self.max_delay:
+            self._transits.clear()  # a frame from the future: the old timeline would make everything late
         self._packet_frames.append(len(frames))
         for offset, codes in enumerate(frames):
             i = index + offset
@@ -91,13 +102,30 @@ class JitterBuffer:
                 if self.next_index is None:
                     self.next_index, self._started_at = i, now
 
+    def _resync(self, index: int, now: float) -> None:
+        """Move to ``index``: what is held is dropped, the frames between are lost without being
+        given out one by one, and playout fills up to the target again from there."""
+        self.stats.lost += max(0, index - self.next_index - len(self._frames))
+        self.stats.skipped += len(self._frames)
+        self.stats.resyncs += 1
+        self._frames.clear()
+        self._transits.clear()
+        self.next_index, self._started_at = None, None
+
     def end(self, n_frames: int) -> None:
         """The sender sent ``n_frames`` frames in all: frames from there on never come."""
+        if self.next_index is not None and n_frames - self.next_index > self.max_jump:
+            n_frames = self.next_index + self.max_jump  # an END from far ahead: bounded like a jump
         self.end_index = n_frames
         for i in [i for i in self._frames if i >= n_frames]:
             del self._frames[i]
         if self.next_index is None:
             self.next_index = n_frames
+
+    def close(self) -> None:
+        """Nothing more will come (the sender left without ``END``): play out what is held, then finish."""
+        if self.end_index is None:
+            self.end(max(self._frames, default=(self.next_index or 0) - 1) + 1)
 
     @property
     def finished(self) -> bool:

@@ -3,6 +3,14 @@
 :class:`Receiver` sorts the messages of every peer into :class:`PeerStream` s, each with its
 own jitter buffer, concealment and decoder. Decoding runs on a worker thread (an executor),
 never on the event loop's thread.
+
+Every peer in a room may be hostile or buggy, so nothing a peer sends can end the call or grow
+without bound: a header must fit our model exactly; streams are keyed by (source, stream id) and
+an id another peer holds is refused; live streams are bounded per source and in all, and are
+freed when they end or after a silence; a stream whose source left is not decoded once its
+buffer is played out (a reconnecting sender may still take it over until the silence ends it);
+one message can make a stream give out a bounded number of frames (``JitterBuffer.max_jump``);
+and an error while handling one stream drops that stream alone, counted and logged once.
 """
 
 from __future__ import annotations
@@ -22,10 +30,29 @@ from . import wire
 from .concealment import Concealer, GainSchedule
 from .jitter import STRETCH, JitterBuffer
 from .meter import Meter
-from .model_header import model_fingerprint
+from .model_header import stream_header_for
 from .timing import Observer
 
 log = logging.getLogger("call")
+
+MAX_STREAMS = 16
+"""Live remote streams in all: more than a room's worth of talkers, few enough that a flood of
+headers cannot exhaust memory (each holds a decoder's state and a jitter buffer)."""
+MAX_STREAMS_PER_SOURCE = 2
+"""Live streams of one peer: a peer restarting its stream may overlap the old one's last frames;
+a further one retires its oldest."""
+KEEP_ENDED = 8
+"""Ended streams kept for their statistics and output (their decoders are freed at once)."""
+SILENCE_TIMEOUT = 15.0
+"""Seconds without a message after which a stream with nothing left to play is closed."""
+
+
+class StreamRefused(wire.ProtocolError):
+    """A well-formed header the receiver will not open a stream for; ``problem`` names the count."""
+
+    def __init__(self, problem: str, message: str) -> None:
+        super().__init__(message)
+        self.problem = problem
 
 
 def streaming_decoder(model: object, start: StartMode | str) -> object:
@@ -37,8 +64,12 @@ def streaming_decoder(model: object, start: StartMode | str) -> object:
 class PeerStream:
     """One peer's incoming stream: validation, jitter buffer, concealment and decoder."""
 
-    def __init__(self, model: torch.nn.Module, header: wire.StreamHeader, start: StartMode | str) -> None:
+    def __init__(self, model: torch.nn.Module, header: wire.StreamHeader, start: StartMode | str,
+                 source: int | None = None, now: float = 0.0) -> None:
         self.header = header
+        self.source = source
+        """The relay's id of the peer sending it (``None`` outside a relayed room: a file)."""
+        self.codebook_size = getattr(model.config, "codebook_size", 1 << header.codebook_nbits)
         self.state = wire.StreamValidator()
         self.jitter = JitterBuffer(header.frame_rate)
         self.concealer = Concealer()
@@ -50,11 +81,16 @@ class PeerStream:
         self.chunks: list[np.ndarray] = []
         self.pushed_frames = 0
         self.done = False
+        self.departed = False  # its source left the room: play out what is held, then wait silently
+        self.last_heard = now
 
     def accept(self, message: bytes, now: float) -> None:
         """Check a message against the stream and file it; raises :class:`wire.ProtocolError`."""
         parsed = self.state.accept(message)
+        self.last_heard = now
         if isinstance(parsed, wire.AudioPacket):
+            if any(int(codes.max(initial=0)) >= self.codebook_size for codes in parsed.frames):
+                raise wire.ProtocolError(f"code beyond the {self.codebook_size}-entry codebooks")
             self.jitter.put(parsed.index, parsed.frames, now)
             self.note("received", parsed.index, len(parsed.frames), now)
         elif isinstance(parsed, wire.EndOfStream):
@@ -102,6 +138,13 @@ class PeerStream:
         """The decoder's last samples (the stream is over)."""
         return self.gains.apply(self.decoder.flush()[0].numpy())
 
+    def retire(self) -> None:
+        """The stream is over: free its decoder and buffer; its statistics and output stay."""
+        self.done = True
+        self.decoder = None
+        self.jitter.close()
+        self.jitter.pop(float("inf"))  # drops what is held; bounded by the END or jump limits
+
     def output_length(self) -> int | None:
         """Samples the received stream must have: the sender's exact input length."""
         if self.end is None:
@@ -113,23 +156,30 @@ class PeerStream:
 class Receiver:
     """Demultiplexes the messages of a room into :class:`PeerStream` s.
 
-    Streams are known by their ``stream_id``, not by the relay's peer ids, so a stream
-    survives the sender or the server reconnecting.
+    Streams are keyed by their source (the relay's peer id) and their ``stream_id``. A sender
+    that reconnects comes back with a new source id and the same stream id: once its old source
+    has left, it takes its stream over and the call goes on where it was.
     """
 
     def __init__(self, model: torch.nn.Module, executor: Executor,
-                 start: StartMode | str = StartMode.EXACT) -> None:
+                 start: StartMode | str = StartMode.EXACT, max_streams: int = MAX_STREAMS,
+                 silence_timeout: float = SILENCE_TIMEOUT) -> None:
         self.model = model
         self.executor = executor
         self.start = start
-        self.fingerprint = model_fingerprint(model)
-        self.streams: dict[int, PeerStream] = {}
-        self.sources: dict[int, PeerStream] = {}
+        self.expected = stream_header_for(model)
+        self.max_streams, self.silence_timeout = max_streams, silence_timeout
+        self.streams: dict[tuple[int | None, int], PeerStream] = {}
+        """Live streams and the last :data:`KEEP_ENDED` ended ones, oldest first."""
+        self.current: dict[int | None, PeerStream] = {}  # source → the stream its audio belongs to
+        self.claims: dict[int, tuple[int | None, wire.StreamHeader]] = {}  # stream id → refused claimant
         self.source: int | None = None
         self.meter = Meter()
         self.problems: dict[str, int] = {}
         self.observer: Optional[Observer] = None
         """Timing hook handed to every stream this receiver opens (see :data:`Observer`)."""
+
+    # ---------------------------------------------------------------- messages
 
     def handle(self, message: bytes | str, now: float) -> None:
         """File one websocket message; bad ones are counted and dropped, never raised."""
@@ -141,82 +191,181 @@ class Receiver:
                 self.source, message = wire.unroute(message)
             kind = wire.message_kind(message)
             if kind in (wire.LEFT, wire.JOINED):
-                peer, present = wire.parse_presence(message)
-                if not present:
-                    self.sources.pop(peer, None)
+                self._presence(*wire.parse_presence(message))
             elif kind == wire.HEADER:
-                self._open(wire.StreamHeader.decode(message)).accept(message, now)
-            elif self.source in self.sources:
-                self.sources[self.source].accept(message, now)
+                self._open(wire.StreamHeader.decode(message), now).accept(message, now)
+            elif self.source in self.current:
+                self.current[self.source].accept(message, now)
             else:
                 raise wire.OutOfOrderError("packet from a peer whose HEADER was not seen")
         except wire.OutOfOrderError:
             self._count("out_of_order")
         except wire.ModelMismatchError as error:
-            if "other_model" not in self.problems:  # say it once, not once per packet
-                log.error("%s", error)
-            self._count("other_model")
+            self._count("other_model", error)
+        except StreamRefused as error:
+            self._count(error.problem, error)
         except wire.ProtocolError:
             self._count("malformed")
+        except Exception as error:  # a bug, or input nothing above foresaw: lose that stream only
+            stream = self.current.get(self.source)
+            if stream is None:
+                self._count("failed", error)
+            else:
+                self._fail(stream, error)
 
-    def _count(self, problem: str) -> None:
+    def _count(self, problem: str, error: Exception | None = None) -> None:
+        """Count a dropped message; say why once per kind of problem, not once per packet."""
+        if error is not None and problem not in self.problems:
+            log.error("%s", error)
         self.problems[problem] = self.problems.get(problem, 0) + 1
 
-    def _open(self, header: wire.StreamHeader) -> PeerStream:
-        if header.fingerprint != self.fingerprint:
+    def _fail(self, stream: PeerStream, error: Exception) -> None:
+        self._count("stream_failed", RuntimeError(
+            f"stream {stream.header.stream_id:08x} of peer {stream.source} dropped: {type(error).__name__}: {error}"))
+        self._retire(stream)
+
+    def _presence(self, peer: int, present: bool) -> None:
+        if present:
+            return
+        stream = self.current.pop(peer, None)
+        for live in self._live():
+            if live.source == peer:
+                live.departed = True
+        claim = self.claims.get(stream.header.stream_id) if stream is not None else None
+        if claim is not None and not stream.done:  # the claimant was the same sender, reconnected
+            del self.claims[stream.header.stream_id]
+            self._move(stream, claim[0])
+
+    def new_connection(self) -> None:
+        """Our own connection to the relay was opened again: every source id we knew belongs to
+        the old one, so every stream is as good as departed until its sender reappears (with a
+        new id, it takes its stream over)."""
+        for stream in self._live():
+            stream.departed = True
+        self.current.clear()
+        self.claims.clear()
+        self.source = None
+
+    def _check_model(self, header: wire.StreamHeader) -> None:
+        expected = self.expected
+        if header.fingerprint != expected.fingerprint:
             raise wire.ModelMismatchError(
                 f"peer {self.source} uses another model (fingerprint {header.fingerprint.hex()}, "
-                f"ours {self.fingerprint.hex()}): start both with the same --model")
-        stream = self.streams.get(header.stream_id)
-        if stream is None or stream.header != header:
-            stream = self.streams[header.stream_id] = PeerStream(self.model, header, self.start)
-            stream.observer = self.observer
-        self.sources[self.source] = stream
+                f"ours {expected.fingerprint.hex()}): start both with the same --model")
+        fields = ("sample_rate", "channels", "samples_per_frame", "codebook_nbits", "max_codebooks")
+        wrong = [f"{name} {getattr(header, name)} (ours {getattr(expected, name)})" for name in fields
+                 if getattr(header, name) != getattr(expected, name)]
+        if wrong:
+            raise wire.ModelMismatchError(f"peer {self.source}'s stream header does not fit our model: {', '.join(wrong)}")
+
+    def _open(self, header: wire.StreamHeader, now: float) -> PeerStream:
+        """The stream a header opens or continues; raises what refuses it."""
+        self._check_model(header)
+        stream = self.streams.get((self.source, header.stream_id))
+        if stream is not None and not stream.done:
+            if stream.header == header:  # resent on a reconnection of the relay: it continues
+                self.current[self.source] = stream
+                return stream
+            self._retire(stream)  # the same id with new parameters: a new stream
+        holder = next((s for s in self._live() if s.header.stream_id == header.stream_id), None)
+        if holder is not None:
+            if not holder.departed:
+                if len(self.claims) < self.max_streams:
+                    self.claims[header.stream_id] = (self.source, header)
+                raise StreamRefused("stream_id_taken", f"peer {self.source} sent a header for stream "
+                                    f"{header.stream_id:08x}, which peer {holder.source} holds: refused")
+            self._move(holder, self.source)
+            return holder
+        mine = [s for s in self._live() if s.source == self.source]
+        if len(mine) >= MAX_STREAMS_PER_SOURCE:
+            self._retire(mine[0])
+        if sum(1 for _ in self._live()) >= self.max_streams:
+            raise StreamRefused("too_many_streams", f"{self.max_streams} streams are open: "
+                                f"peer {self.source}'s new stream refused")
+        stream = PeerStream(self.model, header, self.start, self.source, now)
+        stream.observer = self.observer
+        self.streams[(self.source, header.stream_id)] = self.current[self.source] = stream
         return stream
+
+    def _move(self, stream: PeerStream, source: int | None) -> None:
+        """Hand a stream whose source left to the peer that now sends it (a reconnected sender)."""
+        self.streams.pop((stream.source, stream.header.stream_id), None)
+        stream.source, stream.departed = source, False
+        self.streams[(source, stream.header.stream_id)] = self.current[source] = stream
+
+    def _live(self) -> list[PeerStream]:
+        return [s for s in self.streams.values() if not s.done]
+
+    def _retire(self, stream: PeerStream) -> None:
+        stream.retire()
+        if self.current.get(stream.source) is stream:
+            del self.current[stream.source]
+        ended = [key for key, s in self.streams.items() if s.done]
+        for key in ended[: max(0, len(ended) - KEEP_ENDED)]:
+            del self.streams[key]
+
+    def _expire(self, now: float) -> None:
+        """Close streams that fell silent, once they hold nothing more to play."""
+        for stream in self._live():
+            if now - stream.last_heard > self.silence_timeout and not stream.jitter.buffered:
+                stream.jitter.close()
+
+    # ------------------------------------------------------------------ output
 
     async def drain(self, now: float) -> None:
         """Decode every frame whose turn has come (file mode); finish ended streams."""
+        self._expire(now)
         loop = asyncio.get_running_loop()
-        for stream in self.streams.values():
-            if stream.done:
-                continue
-            entries = stream.jitter.pop(now)
-            if entries:
-                stream.note_entries("playout", entries)
-                stream.chunks.append(await loop.run_in_executor(self.executor, stream.decode, entries))
-                stream.note_entries("decoded", entries)
-            if stream.jitter.finished:
-                if stream.first_index is not None:
-                    stream.chunks.append(await loop.run_in_executor(self.executor, stream.flush))
-                stream.done = True
+        for stream in self._live():  # a copy: messages handled while a stream decodes add streams
+            try:
+                entries = stream.jitter.pop(now)
+                if entries:
+                    stream.note_entries("playout", entries)
+                    stream.chunks.append(await loop.run_in_executor(self.executor, stream.decode, entries))
+                    stream.note_entries("decoded", entries)
+                if stream.jitter.finished and not stream.done:
+                    if stream.first_index is not None:
+                        stream.chunks.append(await loop.run_in_executor(self.executor, stream.flush))
+                    self._retire(stream)
+            except Exception as error:
+                self._fail(stream, error)
 
     async def tick(self, now: float) -> np.ndarray | None:
         """One playout tick (speaker mode): one frame of every live stream, mixed."""
-        live = [s for s in self.streams.values() if not s.done and s.jitter.next_index is not None]
+        self._expire(now)
+        live = [s for s in self._live() if s.jitter.next_index is not None]
         if not live:
             return None
         loop = asyncio.get_running_loop()
         mixed = None
         for stream in live:
             if stream.jitter.finished:
-                stream.done = True
+                self._retire(stream)
                 continue
+            if stream.departed and not stream.jitter.buffered:
+                continue  # played out: concealing a peer that left would cost a decode per tick
             entry = stream.jitter.playout(now)
             if entry[0] == STRETCH and stream.first_index is None:
                 continue  # still filling the buffer before the first frame: nothing to play
-            stream.note_entries("playout", [entry])
-            audio = await loop.run_in_executor(self.executor, stream.decode, [entry])
-            stream.note_entries("decoded", [entry])
+            try:
+                stream.note_entries("playout", [entry])
+                audio = await loop.run_in_executor(self.executor, stream.decode, [entry])
+                stream.note_entries("decoded", [entry])
+            except Exception as error:
+                self._fail(stream, error)
+                continue
             mixed = audio if mixed is None or mixed.shape != audio.shape else mixed + audio
         return mixed
 
     def finished_output(self) -> np.ndarray | None:
-        """The first finished stream, trimmed to the sender's exact length, or ``None``."""
+        """The first finished stream, trimmed to the sender's exact length when its ``END`` came,
+        or ``None``. A stream whose sender left without ``END`` ends with what was heard."""
         for stream in self.streams.values():
-            if stream.done and stream.end is not None:
-                audio = np.concatenate(stream.chunks, axis=-1) if stream.chunks else \
-                    np.zeros((stream.header.channels, 0), np.float32)
+            if stream.done and stream.chunks:
+                audio = np.concatenate(stream.chunks, axis=-1)
                 length = stream.output_length()
+                if length is None:
+                    return audio
                 if audio.shape[-1] < length:
                     audio = np.pad(audio, ((0, 0), (0, length - audio.shape[-1])))
                 return audio[:, :length]

@@ -368,7 +368,8 @@ def unwrap_index(wire_index: int, reference: int) -> int:
 Message = Union[StreamHeader, AudioPacket, EndOfStream]
 
 REORDER_WINDOW = 150
-"""Frames (2 s at 75 Hz) a packet may lag the newest one before it counts as stale."""
+"""Frames (2 s at 75 Hz) a packet may lag the newest one before it counts as stale, and an ``END``
+may lie beyond the newest packet (those last packets were dropped on the way)."""
 
 
 class ModelMismatchError(ProtocolError):
@@ -420,6 +421,9 @@ class StreamValidator:
             end = EndOfStream.decode(data)
             if end.n_frames < self.newest + 1 or end.n_samples > end.n_frames * self.header.samples_per_frame:
                 raise ProtocolError("END contradicts the frames already sent")
+            if self.newest >= 0 and end.n_frames > self.newest + 1 + REORDER_WINDOW:
+                raise ProtocolError(f"END claims {end.n_frames} frames, {end.n_frames - self.newest - 1} beyond "
+                                    f"the newest sent: implausible")
             self.ended = True
             return end
         if kind != AUDIO_FLAG:
@@ -457,26 +461,34 @@ def write_stream(out: BinaryIO, messages: Iterable[bytes]) -> int:
 
 def read_stream(source: BinaryIO, max_message: int = 1 << 16) -> Iterator[bytes]:
     """Yield the messages of a compressed stream file; clear errors for foreign or cut files."""
+    for _, message in read_records(source, max_message):
+        yield message
+
+
+def read_records(source: BinaryIO, max_message: int = 1 << 16) -> Iterator[tuple[int, bytes]]:
+    """``(byte offset, message)`` for each message of a compressed stream file; a
+    :class:`ProtocolError` names the offset where the file stops making sense."""
     if source.read(len(FILE_MAGIC)) != FILE_MAGIC:
         raise ProtocolError("not a compressed stream file (bad magic)")
+    offset = len(FILE_MAGIC)
     while True:
         prefix = bytearray()
         while True:
             byte = source.read(1)
             if not byte:
                 if prefix:
-                    raise ProtocolError("file ends inside a length prefix")
+                    raise ProtocolError(f"file ends inside a length prefix at byte {offset}")
                 return
             prefix += byte
             if not byte[0] & 0x80:
                 break
             if len(prefix) > 4:
-                raise ProtocolError("corrupt length prefix")
+                raise ProtocolError(f"corrupt length prefix at byte {offset}")
         length, _ = read_varint(bytes(prefix), 0)
         if length > max_message:
-            raise ProtocolError(f"message of {length} bytes exceeds the {max_message}-byte limit")
+            raise ProtocolError(f"message of {length} bytes at byte {offset} exceeds the {max_message}-byte limit")
         message = source.read(length)
         if len(message) != length:
-            raise ProtocolError("file ends inside a message (truncated file)")
-        yield message
-
+            raise ProtocolError(f"file ends inside the message at byte {offset} (truncated file)")
+        yield offset, message
+        offset += len(prefix) + length

@@ -1,8 +1,9 @@
 """The residual VQ for one frame at a time: the streaming counterpart of ``codec.quantizer``, with the
-codebooks' transposes and norms computed once per coder instead of on every call.
+codebooks' transposes and norms computed once per model instead of on every call.
 
 Recomputing each codebook's squared norms on every frame reads every codebook twice per frame;
-the results are the same numbers as the codec's quantizer computes.
+the results are the same numbers as the codec's quantizer computes. The layouts are shared by
+every coder of the model (a receiver opens a decoder per remote stream: 8-17 MB each otherwise).
 """
 
 from __future__ import annotations
@@ -12,13 +13,21 @@ import torch
 from codec import EncodecModel
 from codec.quantizer import check_codes, nearest_entries, residual_beam_search
 
+from .layers import derived
+
+
+def _codebook_layouts(model: EncodecModel) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Each codebook, its transpose (what a frame's distance product reads fastest) and its squared norms."""
+    embeds = [layer.codebook.embed for layer in model.quantizer.layers]
+    transposed = [embed.t().contiguous() for embed in embeds]
+    return embeds, transposed, [embed_t.pow(2).sum(0, keepdim=True) for embed_t in transposed]
+
 
 class FrameQuantizer:
     def __init__(self, model: EncodecModel) -> None:
         self.size = model.config.codebook_size
-        self.embeds = [layer.codebook.embed for layer in model.quantizer.layers]
-        self.transposed = [embed.t().contiguous() for embed in self.embeds]
-        self.sqnorms = [embed_t.pow(2).sum(0, keepdim=True) for embed_t in self.transposed]
+        self.embeds, self.transposed, self.sqnorms = derived(
+            model.quantizer, "frame_quantizer", lambda: _codebook_layouts(model))
 
     def encode(self, embeddings: torch.Tensor, num_codebooks: int, search_width: int = 1) -> torch.Tensor:
         """Embeddings `(batch, dim, frames)` → codes `(batch, num_codebooks, frames)`, searched as the codec searches."""

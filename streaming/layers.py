@@ -13,6 +13,7 @@ than `padding_total` steps (the owner of the stack guarantees it by holding the 
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
@@ -61,10 +62,11 @@ _DERIVED: "weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple[int, ...],
 def derived(module: nn.Module, kind: str, build: Callable[[], T]) -> T:
     """Tensors derived from a codec module's parameters (folded weight norm, transposed layouts).
 
-    Built once per model and shared by every stream of that model, so that a relay-side decoder per
-    peer does not copy the weights again; rebuilt if the parameters were modified in place since.
+    Built once per model and shared by every stream of that model, so that a decoder per remote
+    peer does not copy the weights again; rebuilt if the parameters or buffers (codebooks) were
+    modified in place since.
     """
-    versions = tuple(p._version for p in module.parameters())
+    versions = tuple(t._version for t in itertools.chain(module.parameters(), module.buffers()))
     cache = _DERIVED.setdefault(module, {})
     if kind not in cache or cache[kind][0] != versions:
         with torch.no_grad():

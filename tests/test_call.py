@@ -186,4 +186,4 @@ def test_receiver_refuses_a_peer_with_other_weights_and_says_so_once(model, capl
     assert receiver.problems == {"other_model": 3} and not receiver.streams
     assert len([r for r in caplog.records if "uses another model" in r.getMessage()]) == 1
     receiver.handle(stream_header_for(model, stream_id=6).encode(), now=0.0)
-    assert list(receiver.streams) == [6]
+    assert list(receiver.streams) == [(None, 6)]
