@@ -2,15 +2,21 @@
 
 The model runs on a worker thread (an executor), never on the event loop's thread: a blocked
 loop would bunch sends into bursts and starve the sockets.
+
+A live sender degrades rather than queues when the CPU is busy: input that piled up while the
+encoder was late is dropped down to ``max_backlog``, and the codebook search, the one optional
+cost, falls back to greedy while encoding a frame takes more than half its period
+(:class:`EncodeBudget`). A file sender does neither: it has time, and must lose nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from concurrent.futures import Executor
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -21,6 +27,8 @@ from . import wire
 from .model_header import stream_header_for
 from .search_width import default_search_width
 from .timing import Observer
+
+log = logging.getLogger("call")
 
 
 def streaming_encoder(model: object, bandwidth: float, start: StartMode | str, search_width: int = 1) -> object:
@@ -33,12 +41,49 @@ def streaming_encoder(model: object, bandwidth: float, start: StartMode | str, s
     return StreamingEncoder(model, bandwidth=bandwidth, start=start, search_width=search_width)
 
 
+class EncodeBudget:
+    """Decides when a live sender sheds its codebook search, from the time encoding takes.
+
+    The search is shed while the smoothed encode time per frame exceeds ``shed_above`` of the
+    frame period, and comes back once it stays below ``restore_below``: apart enough that a
+    machine near the edge does not flap between the two.
+    """
+
+    def __init__(self, frame_period: float, shed_above: float = 0.5, restore_below: float = 0.2,
+                 smoothing: float = 0.1) -> None:
+        self.frame_period = frame_period
+        self.shed_above, self.restore_below, self.smoothing = shed_above, restore_below, smoothing
+        self.per_frame: float | None = None
+        self.shedding = False
+        self.sheds = 0
+
+    def note(self, seconds: float, frames: int) -> bool:
+        """Account ``seconds`` spent encoding ``frames`` frames; True while the search is shed."""
+        if frames:
+            cost = seconds / frames
+            self.per_frame = cost if self.per_frame is None else \
+                self.per_frame + self.smoothing * (cost - self.per_frame)
+            load = self.per_frame / self.frame_period
+            if not self.shedding and load > self.shed_above:
+                self.shedding, self.sheds = True, self.sheds + 1
+                log.warning("encoding takes %.0f%% of each frame: codebook search off until the CPU frees up",
+                            100 * load)
+            elif self.shedding and load < self.restore_below:
+                self.shedding = False
+        return self.shedding
+
+
 class Sender:
-    """Encodes one outgoing stream: audio blocks in, ``HEADER``/audio/``END`` messages out."""
+    """Encodes one outgoing stream: audio blocks in, ``HEADER``/audio/``END`` messages out.
+
+    ``live``: audio from a device, where latency beats completeness (see the module's docstring).
+    ``clock`` times the encoder (tests drive it).
+    """
 
     def __init__(self, model: torch.nn.Module, executor: Executor, bandwidth: float = 6.0,
                  start: StartMode | str = StartMode.IMMEDIATE, frames_per_packet: int = 1,
-                 search_width: int | None = None) -> None:
+                 search_width: int | None = None, live: bool = False, max_backlog: float = 0.06,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if not 1 <= frames_per_packet <= wire.MAX_FRAMES_PER_PACKET:
             raise ValueError(f"frames per packet must be 1..{wire.MAX_FRAMES_PER_PACKET}")
         width = default_search_width(bandwidth) if search_width is None else search_width
@@ -51,6 +96,13 @@ class Sender:
         self.next_index = 0  # of the next frame to put in a packet
         self._frames: list[np.ndarray] = []
         self.observer: Optional[Observer] = None
+        config = model.config
+        self.live, self.clock = live, clock
+        self.max_backlog = round(max_backlog * config.sampling_rate)
+        """Samples a live block may hold: more piled up while the encoder was late, and is dropped."""
+        self.dropped_samples = 0
+        self.search_width = getattr(self.encoder, "search_width", 1)
+        self.budget = EncodeBudget(config.hop_length / config.sampling_rate)
 
     def _note(self, event: str, first: int, count: int) -> None:
         if self.observer is not None and count:
@@ -59,9 +111,16 @@ class Sender:
     async def push(self, block: np.ndarray) -> list[bytes]:
         """Encode ``(channels, n)`` float32 samples; return the packets they completed."""
         arrived = time.monotonic()
+        if self.live and block.shape[-1] > self.max_backlog:
+            self.dropped_samples += block.shape[-1] - self.max_backlog
+            block = block[:, -self.max_backlog:]  # the newest: what is old now is not worth sending late
         self.n_samples += block.shape[-1]
         audio = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))[None]
+        started = self.clock()
         codes = await asyncio.get_running_loop().run_in_executor(self.executor, self.encoder.push, audio)
+        if self.live and self.search_width > 1:
+            shed = self.budget.note(self.clock() - started, codes.shape[-1])
+            self.encoder.search_width = 1 if shed else self.search_width
         if self.observer is not None and codes.shape[-1]:
             first = self.next_index + len(self._frames)
             self.observer("input", self.header.stream_id, first, codes.shape[-1], arrived)
