@@ -1,14 +1,32 @@
 """Relay server: forwards codec packets between the peers of a room, never decoding them.
 
-    python server.py --host 0.0.0.0 --port 8765 [--token SECRET] [--tls-cert C --tls-key K]
+    python server.py --host 0.0.0.0 --port 8765 [--token SECRET] [--room-token ROOM=SECRET …]
+                     [--room-token-file FILE] [--max-connections N] [--max-rooms N]
+                     [--max-peers-per-room N] [--tls-cert C --tls-key K]
 
-Peers connect to ``ws://HOST:PORT/ROOM`` (token in ``Authorization: Bearer …`` or
-``?token=…``). Each message a peer sends is checked against the wire format
-(``call/wire.py``) and forwarded to every other peer of its room. Latency beats
-completeness in a call, so every peer has its own small send queue (≈200 ms of audio)
-that drops its oldest audio packet when full: a slow or stalled peer loses its own
+Peers connect to ``ws://HOST:PORT/ROOM`` with the token in an ``Authorization: Bearer …``
+header. ``--token`` opens every room; ``--room-token ROOM=SECRET`` (or a file of such lines)
+opens only that room; a room with neither is open. A token in the URL's query (``?token=``) is
+refused with 401: URLs end up in logs. No log line holds a token or a query string (the
+websockets layer's own lines are scrubbed too).
+
+Each message a peer sends is checked against the wire format (``call/wire.py``) and forwarded to
+every other peer of its room. Latency beats completeness in a call, so every peer has its own
+small send queue (≈200 ms of audio): when it is full the oldest *audio* packet goes; control
+messages (HEADER, END, JOINED, LEFT) are kept, and a peer so slow that its queue holds nothing
+but them (``Limits.queue_control``) is closed with 1008. A slow or stalled peer loses its own
 packets and never slows the others or grows the server's memory.
 
+Limits (``Limits``, most also flags), each refused with a reason a client can print:
+  * connections, rooms, peers per room: HTTP 503 at the handshake ("relay full" / "room full";
+    a connection that slips past the check in a race is closed with 1013, try again later);
+  * failed token attempts: after ``auth_failures`` within ``auth_window`` seconds from one
+    address (IPv6: one /64), that address gets HTTP 429 for ``auth_block`` seconds from every
+    room that needs a token, the right token included (other addresses are not affected);
+  * message size: over ``max_message`` (1500 bytes: a HEADER is ≤ 38, a packet of 37 frames at
+    24 kbps 1484) a message is counted and dropped; over ``hard_max_message`` (4 KiB) the
+    websocket layer closes the connection with 1009 before buffering it, which with
+    ``receive_queue`` (16) bounds a peer's incoming messages to 64 KiB.
 Bad input is counted and dropped; a peer that keeps sending it is closed with 1008.
 A peer that sends too fast is throttled by not reading from it (TCP pushes back).
 Logs are JSON lines on stderr.
@@ -19,21 +37,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
+import ipaddress
 import itertools
 import json
 import logging
+import math
 import re
 import signal
 import socket
 import ssl
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -43,6 +63,7 @@ log = logging.getLogger("relay")
 
 ROOM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
 
 
 def log_event(event: str, level: int = logging.INFO, **fields: object) -> None:
@@ -50,16 +71,47 @@ def log_event(event: str, level: int = logging.INFO, **fields: object) -> None:
     log.log(level, json.dumps({"t": round(time.time(), 3), "event": event, **fields}))
 
 
+class Redact(logging.Filter):
+    """Scrubs secrets from the websockets layer's own lines: at DEBUG it logs each request line
+    (with its query string) and each header (``Authorization`` included)."""
+
+    SECRETS = re.compile(r"(?i)((?:proxy-)?authorization:\s*|cookie:\s*|/[^\s?]*\?)\S.*?(?=\s+HTTP/|$)")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        scrubbed = self.SECRETS.sub(r"\1[redacted]", message)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, ()
+        return True
+
+
+websockets_log = logging.getLogger("relay.websockets")
+"""The logger the websockets layer writes to (instead of ``websockets.server``), scrubbed."""
+websockets_log.addFilter(Redact())
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Per-peer limits; the defaults carry a call with room to spare and stop abuse."""
+    """The relay's limits; the defaults carry calls with room to spare and stop abuse."""
 
     max_message: int = 1500
-    """Bytes. Larger messages are counted and dropped (beyond ``hard_max_message`` the
-    websocket layer closes the connection with 1009 before reading them)."""
-    hard_max_message: int = 1 << 16
+    """Bytes. Larger messages are counted and dropped. A call's packets are far smaller: a
+    HEADER is ≤ 38 bytes, a 24 kbps frame 40 bytes of codes (the format's own ceiling, 128
+    frames × 255 codebooks × 16 bits, would be 65411 bytes: no call sends that)."""
+    hard_max_message: int = 4096
+    """Bytes. Beyond this the websocket layer closes the connection with 1009 without
+    buffering the message: what arrives between ``max_message`` and here is merely a packet
+    too big (counted, dropped), what is larger is no packet of a call."""
+    receive_queue: int = 16
+    """Incoming messages buffered per peer before the relay stops reading its socket: with
+    ``hard_max_message``, at most 64 KiB a peer."""
     queue_packets: int = 16
-    """Send queue per peer: ≈200 ms of audio at one 13.3 ms frame per packet."""
+    """Send queue per peer: ≈200 ms of audio at one 13.3 ms frame per packet. When it is full
+    the oldest audio packet is dropped."""
+    queue_control: int = 128
+    """Control messages (HEADER, END, JOINED, LEFT) a peer's send queue may hold once no audio
+    is left to drop; one more closes the peer with 1008. A joiner gets up to two per peer in
+    the room at once, so keep it above ``2 * max_peers_per_room``."""
     rate: float = 3000.0
     """Messages per second a peer may send in the long run (40× a live call)."""
     burst: float = 1000.0
@@ -69,6 +121,17 @@ class Limits:
     """… refilled at this many per second."""
     send_buffer: int = 16384
     """Kernel send buffer per peer socket (bytes): keeps a slow peer's backlog short."""
+    max_connections: int = 512
+    """Peers connected to the relay at once (about what one core forwards with ≤ 5 ms added)."""
+    max_rooms: int = 256
+    max_peers_per_room: int = 32
+    auth_failures: int = 10
+    """Refused tokens (missing or wrong) from one address within ``auth_window`` seconds …"""
+    auth_window: float = 60.0
+    auth_block: float = 300.0
+    """… after which that address is refused with 429 for this many seconds."""
+    auth_table: int = 10000
+    """Addresses whose failures are remembered; beyond it the least recent is forgotten."""
 
 
 class TokenBucket:
@@ -86,6 +149,56 @@ class TokenBucket:
         return max(0.0, -self.tokens / self.rate)
 
 
+def client_key(host: str) -> str:
+    """What the auth throttle counts per: the address, or its /64 for IPv6 (one subscriber)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+class AuthThrottle:
+    """Failed token attempts per address: ``limit`` failures within ``window`` seconds block the
+    address for ``block`` seconds. Fixed windows; at most ``size`` addresses are remembered (the
+    one that failed least recently is forgotten first), so a spray of addresses cannot grow it.
+    ``clock`` is injectable so that tests need not wait."""
+
+    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window, self.block = limits.auth_failures, limits.auth_window, limits.auth_block
+        self.size, self.clock = limits.auth_table, clock
+        self.table: OrderedDict[str, list[float]] = OrderedDict()  # key -> [window start, failures, blocked until]
+
+    def blocked_for(self, key: str) -> float:
+        """Seconds this address is still refused (0: it may try)."""
+        entry = self.table.get(key)
+        if entry is None:
+            return 0.0
+        now = self.clock()
+        if entry[2] > now:
+            return entry[2] - now
+        if entry[2] or now - entry[0] >= self.window:
+            del self.table[key]  # served its block, or its window is over: a fresh start
+        return 0.0
+
+    def failed(self, key: str) -> bool:
+        """Count one failure; ``True`` when it starts a block."""
+        now = self.clock()
+        entry = self.table.get(key)
+        if entry is None or now - entry[0] >= self.window:
+            entry = self.table[key] = [now, 0, 0.0]
+        self.table.move_to_end(key)
+        entry[1] += 1
+        if len(self.table) > self.size:
+            self.table.popitem(last=False)
+        if entry[1] >= self.limit and not entry[2]:
+            entry[2] = now + self.block
+            return True
+        return False
+
+
 class Peer:
     """One connection: its stream state, its bounded send queue and its writer task."""
 
@@ -93,33 +206,51 @@ class Peer:
         self.id, self.ws, self.room = peer_id, ws, room
         self.stream = wire.StreamValidator()
         self.queue: deque[tuple[int | None, bytes, bool]] = deque()
-        self.capacity = limits.queue_packets
+        self.capacity, self.control_capacity = limits.queue_packets, limits.queue_control
         self.wake = asyncio.Event()
         self.last_source: int | None = None
         self.dropped = 0
+        self.closing: asyncio.Task | None = None
 
     def enqueue(self, source: int | None, message: bytes) -> None:
         """Send or queue a message for this peer without ever waiting; drop the oldest audio if full.
 
         ``source`` is the peer that sent it, ``None`` for the relay's own messages.
-        Control messages (HEADER, END, JOINED, LEFT) are kept: losing one would break a
-        whole stream, and they are rare.
+        Control messages (HEADER, END, JOINED, LEFT) are never dropped while there is audio to
+        drop instead: losing one would break a whole stream, and they are rare. When the full
+        queue holds only control messages, a new audio packet is dropped and a new control
+        message waits, up to ``queue_control`` of them: beyond that the peer is closed (1008).
 
         A healthy peer's socket takes each message at once: then it is written here, without
         waking the writer task (a task switch and a ``send`` coroutine per message were most of
         the relay's cost). Only when the socket has a backlog, or messages are already queued
         ahead of this one, does the message wait in the bounded queue.
         """
+        if self.closing is not None:
+            return
         if not self.queue and self.ws.transport.get_write_buffer_size() == 0:
             broadcast((self.ws,), self._routed(source, message))  # writes now; skips a closing connection
             return
         is_audio = bool(message[0] & wire.AUDIO_FLAG)
         if len(self.queue) >= self.capacity:
-            oldest_audio = next((k for k, (_, _, audio) in enumerate(self.queue) if audio), 0)
-            del self.queue[oldest_audio]
-            self.dropped += 1
+            oldest_audio = next((k for k, (_, _, audio) in enumerate(self.queue) if audio), None)
+            if oldest_audio is not None:
+                del self.queue[oldest_audio]
+                self.dropped += 1
+            elif is_audio:  # only control messages wait: they go first, this audio not at all
+                self.dropped += 1
+                return
+            elif len(self.queue) >= self.control_capacity:
+                self._close_slow()
+                return
         self.queue.append((source, message, is_audio))
         self.wake.set()
+
+    def _close_slow(self) -> None:
+        """Close a peer whose queue holds nothing but control messages, and too many of them."""
+        log_event("closing_slow_peer", logging.WARNING, peer=self.id, queued=len(self.queue))
+        self.queue.clear()
+        self.closing = asyncio.create_task(self.ws.close(POLICY_VIOLATION, "too slow: send queue full"))
 
     async def write(self) -> None:
         """Drain the queue to the socket, naming the source only when it changes."""
@@ -142,41 +273,94 @@ class Peer:
 
 
 class Relay:
-    """Rooms of peers and the forwarding between them."""
+    """Rooms of peers and the forwarding between them.
 
-    def __init__(self, token: str | None = None, limits: Limits = Limits()) -> None:
+    ``token`` opens every room, ``room_tokens`` (room → token) only its room; a room with
+    neither needs none. ``clock`` times the auth throttle (injectable for tests).
+    """
+
+    def __init__(self, token: str | None = None, limits: Limits = Limits(),
+                 room_tokens: dict[str, str] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.token = token
+        self.room_tokens = dict(room_tokens or {})
+        if token == "" or "" in self.room_tokens.values():
+            raise ValueError("an empty token would let in whoever offers none")
         self.limits = limits
         self.rooms: dict[str, dict[int, Peer]] = {}
+        self.connections = 0
+        """Peers in all rooms."""
         self.counters: Counter[str] = Counter()
+        self.throttle = AuthThrottle(limits, clock)
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------- handshake
 
     def check_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        """Refuse bad room names and wrong or missing tokens before the upgrade."""
+        """Refuse bad room names, tokens in the URL, throttled addresses, wrong or missing
+        tokens and a full relay or room before the upgrade."""
         url = urlsplit(request.path)
-        if not ROOM_NAME.fullmatch(url.path.lstrip("/")):
-            self.counters["refused_room"] += 1
-            return ws.respond(HTTPStatus.NOT_FOUND, "Connect to /ROOM (letters, digits, _ . -)\n")
-        if self.token is not None and not self._authorized(request.headers, url.query):
-            self.counters["refused_auth"] += 1
-            log_event("auth_refused", logging.WARNING, remote=str(ws.remote_address))
-            return ws.respond(HTTPStatus.UNAUTHORIZED, "Missing or wrong token\n")
+        room = url.path.lstrip("/")
+        if not ROOM_NAME.fullmatch(room):
+            return self._refuse(ws, "refused_room", HTTPStatus.NOT_FOUND,
+                                "Connect to /ROOM (letters, digits, _ . -)")
+        if "token" in parse_qs(url.query, keep_blank_values=True):
+            return self._refuse(ws, "refused_query_token", HTTPStatus.UNAUTHORIZED,
+                                "Send the token in an 'Authorization: Bearer' header, not in the URL "
+                                "(URLs end up in logs)")
+        tokens = [t for t in (self.room_tokens.get(room), self.token) if t is not None]
+        if tokens:
+            address = client_key(str(ws.remote_address[0]))
+            wait = self.throttle.blocked_for(address)
+            if wait:
+                response = self._refuse(ws, "refused_throttled", HTTPStatus.TOO_MANY_REQUESTS,
+                                        f"Too many failed token attempts; try again in {math.ceil(wait)} s")
+                response.headers["Retry-After"] = str(math.ceil(wait))
+                return response
+            if not self._authorized(request, tokens):
+                if self.throttle.failed(address):
+                    log_event("auth_blocked", logging.WARNING, address=address,
+                              seconds=self.limits.auth_block)
+                return self._refuse(ws, "refused_auth", HTTPStatus.UNAUTHORIZED, "Missing or wrong token")
+        full = self._full(room)
+        if full:
+            return self._refuse(ws, "refused_full", HTTPStatus.SERVICE_UNAVAILABLE, full)
         return None
 
-    def _authorized(self, headers: Headers, query: str) -> bool:
-        offered = parse_qs(query).get("token", [""])[0]
-        authorization = headers.get("Authorization", "")
-        if authorization.startswith("Bearer "):
-            offered = authorization[len("Bearer "):]
+    def _refuse(self, ws: ServerConnection, counter: str, status: HTTPStatus, reason: str) -> Response:
+        """Count and log a refused handshake (never its path: the query may hold a secret)."""
+        self.counters[counter] += 1
+        log_event(counter, logging.WARNING, remote=str(ws.remote_address), status=int(status), reason=reason)
+        return ws.respond(status, reason + "\n")
+
+    @staticmethod
+    def _authorized(request: Request, tokens: Iterable[str]) -> bool:
+        authorization = request.headers.get("Authorization", "")
+        offered = authorization[len("Bearer "):] if authorization.startswith("Bearer ") else ""
         # Constant-time: the comparison's duration must not reveal how much matched.
-        return hmac.compare_digest(offered.encode(), self.token.encode())
+        return any([hmac.compare_digest(offered.encode(), token.encode()) for token in tokens])
+
+    def _full(self, room: str) -> str | None:
+        """Why one more peer in ``room`` would be one too many, or ``None``."""
+        limits = self.limits
+        if self.connections >= limits.max_connections:
+            return f"Relay full: {limits.max_connections} connections; try again later"
+        if room not in self.rooms and len(self.rooms) >= limits.max_rooms:
+            return f"Relay full: {limits.max_rooms} rooms; try again later"
+        if len(self.rooms.get(room, ())) >= limits.max_peers_per_room:
+            return f"Room full: {limits.max_peers_per_room} peers; try again later"
+        return None
 
     # ------------------------------------------------------------ connection
 
     async def handle(self, ws: ServerConnection) -> None:
         room_name = urlsplit(ws.request.path).path.lstrip("/")
+        full = self._full(room_name)  # handshakes in flight together may all have passed the check
+        if full:
+            self.counters["refused_full"] += 1
+            log_event("refused_full", logging.WARNING, remote=str(ws.remote_address), reason=full)
+            await ws.close(TRY_AGAIN_LATER, full)
+            return
         peer = Peer(next(self._ids), ws, room_name, self.limits)
         sock = ws.transport.get_extra_info("socket")
         if sock is not None:
@@ -188,6 +372,7 @@ class Relay:
             if other.stream.header is not None and not other.stream.ended:
                 peer.enqueue(other.id, other.stream.header.encode())
         room[peer.id] = peer
+        self.connections += 1
         log_event("join", room=room_name, peer=peer.id, remote=str(ws.remote_address), peers=len(room))
         writer = asyncio.create_task(peer.write())
         try:
@@ -197,6 +382,7 @@ class Relay:
         finally:
             writer.cancel()
             del room[peer.id]
+            self.connections -= 1
             if not room:
                 del self.rooms[room_name]
             for other in room.values():
@@ -252,8 +438,8 @@ class Relay:
         return serve(
             self.handle, host, port, ssl=tls, process_request=self.check_request,
             compression=None,  # codes are incompressible; deflate would only cost memory
-            max_size=self.limits.hard_max_message, max_queue=16, write_limit=4096,
-            ping_interval=ping_interval, ping_timeout=ping_timeout,
+            max_size=self.limits.hard_max_message, max_queue=self.limits.receive_queue, write_limit=4096,
+            ping_interval=ping_interval, ping_timeout=ping_timeout, logger=websockets_log,
         )
 
 
@@ -277,23 +463,98 @@ async def run(relay: Relay, host: str, port: int, tls: ssl.SSLContext | None) ->
     async with relay.start(host, port, tls) as server:
         bound = [s.getsockname() for s in server.sockets]
         log_event("listening", addresses=[f"{a[0]}:{a[1]}" for a in bound], tls=tls is not None,
-                  auth=relay.token is not None)
+                  auth=relay.token is not None, room_tokens=len(relay.room_tokens))
         await stop.wait()
         log_event("shutting_down", peers=sum(len(r) for r in relay.rooms.values()))
     log_event("stopped", **relay.counters)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def room_token(text: str) -> tuple[str, str]:
+    """``ROOM=SECRET`` → ``(room, secret)``; an error message never repeats the secret."""
+    room, equals, token = text.partition("=")
+    if not (equals and token and ROOM_NAME.fullmatch(room)):
+        raise argparse.ArgumentTypeError("expected ROOM=SECRET (ROOM: letters, digits, _ . -; SECRET not empty)")
+    return room, token
+
+
+def read_room_tokens(path: str) -> list[tuple[str, str]]:
+    """The ``ROOM=SECRET`` lines of a file; blank lines and ``#`` comments are skipped."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = file.read().splitlines()
+    except OSError as error:
+        raise SystemExit(f"--room-token-file: {error}") from None
+    tokens = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            try:
+                tokens.append(room_token(line))
+            except argparse.ArgumentTypeError as error:
+                raise SystemExit(f"{path}:{number}: {error}") from None
+    return tokens
+
+
+def secret(text: str) -> str:
+    """``argparse`` type of ``--token``: an empty one would match a request that offers none."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = Limits()
+    paragraphs = __doc__.split("\n\n")  # the first is the description, the usage line is --help's own
+    parser = argparse.ArgumentParser(description=paragraphs[0], epilog="\n\n".join(paragraphs[2:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     parser.add_argument("--port", type=int, default=8765, help="port (default %(default)s; 0 picks one)")
-    parser.add_argument("--token", help="shared secret clients must present (default: no auth)")
+    parser.add_argument("--token", type=secret, help="secret that opens every room, sent as 'Authorization: Bearer SECRET' "
+                        "(default: rooms without a --room-token are open); tokens in the URL are refused")
+    parser.add_argument("--room-token", type=room_token, action="append", default=[], metavar="ROOM=SECRET",
+                        help="secret that opens ROOM only (repeatable); --token opens ROOM too")
+    parser.add_argument("--room-token-file", metavar="FILE",
+                        help="ROOM=SECRET lines (# comments), as --room-token but out of the process list")
+    parser.add_argument("--max-connections", type=positive_int, default=defaults.max_connections, metavar="N",
+                        help="peers connected at once; one more gets HTTP 503 (default %(default)s)")
+    parser.add_argument("--max-rooms", type=positive_int, default=defaults.max_rooms, metavar="N",
+                        help="rooms at once; a peer opening one more gets HTTP 503 (default %(default)s)")
+    parser.add_argument("--max-peers-per-room", type=positive_int, default=defaults.max_peers_per_room, metavar="N",
+                        help="peers in one room; one more gets HTTP 503 (default %(default)s)")
+    parser.add_argument("--auth-failures", type=positive_int, default=defaults.auth_failures, metavar="N",
+                        help="refused tokens (missing or wrong) from one address within --auth-window that "
+                        "get it HTTP 429 for --auth-block (default %(default)s)")
+    parser.add_argument("--auth-window", type=float, default=defaults.auth_window, metavar="SECONDS",
+                        help="window in which --auth-failures count (default %(default)s)")
+    parser.add_argument("--auth-block", type=float, default=defaults.auth_block, metavar="SECONDS",
+                        help="how long a throttled address is refused (default %(default)s)")
     parser.add_argument("--tls-cert", help="PEM certificate chain, to serve wss://")
     parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def relay_from_args(args: argparse.Namespace) -> Relay:
+    """The relay the command line asks for."""
+    room_tokens = args.room_token + (read_room_tokens(args.room_token_file) if args.room_token_file else [])
+    limits = Limits(max_connections=args.max_connections, max_rooms=args.max_rooms,
+                    max_peers_per_room=args.max_peers_per_room,
+                    queue_control=max(Limits.queue_control, 4 * args.max_peers_per_room),  # a joiner's notices fit
+                    auth_failures=args.auth_failures, auth_window=args.auth_window, auth_block=args.auth_block)
+    return Relay(token=args.token, limits=limits, room_tokens=dict(room_tokens))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("websockets").setLevel(logging.WARNING)  # our JSON lines say it all
-    relay = Relay(token=args.token)
+    websockets_log.setLevel(logging.WARNING)  # our JSON lines say it all
+    relay = relay_from_args(args)
     asyncio.run(run(relay, args.host, args.port, tls_context(args.tls_cert, args.tls_key)))
 
 
