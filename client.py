@@ -6,9 +6,15 @@
 
 With neither --input nor --output the client captures the microphone and plays the room.
 ``--input`` replaces the microphone and turns playback off (a file sender does not listen);
-``--output`` records the first stream heard, exits 0 when its sender ends it, and the file
+``--output`` records the first stream heard as it is decoded (the WAV on disk is valid at every
+moment, so Ctrl-C or a crash keeps what was heard), exits 0 when its sender ends it, and the file
 has exactly the sender's input length; alone, it sends nothing. The connection is retried
-with backoff when the server goes away, and the call continues where it was.
+with backoff when the server goes away, and the call continues where it was; a relay that cannot
+be reached is given up after --connect-timeout (at the start) or --reconnect-timeout (later)
+seconds, with the reason in one line.
+
+Everything that can be checked before the model loads is (the room name, the files, the
+bandwidth against the model's config.json), and a mistake is one line, not a traceback.
 """
 
 from __future__ import annotations
@@ -17,22 +23,36 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import soundfile
 
-from call.connection import CallError, Connection
+from call import wire
+from call.connection import FOREVER, CallError, Connection, Patience, plaintext_token_warning
 from call.media import file_blocks, microphone_blocks, play, record
 from call.meter import Meter
 from call.outbox import Outbox
 from call.receiver import Receiver
+from call.recording import OUTPUT_FORMATS, Recording
+from call.rooms import ROOM_RULE, room_name_option
 from call.search_width import search_width_option
 from call.sender import Sender
 from call.status import CallStatus
+from call.threads import DEFAULT_THREADS, configure_threads
 from call.wav import read_wav
+from codec.config import CONFIG_NAME, EncodecConfig
 from streaming import StartMode
+from streaming.coder import check_streamable
+
+STALE_AFTER_GAP = 0.1
+"""Seconds of a live sender's audio queued while disconnected that go out when the connection
+is back; older audio is dropped (it would put its whole age into the call's delay)."""
+
 
 @dataclass
 class Options:
@@ -54,6 +74,14 @@ class Options:
     status: bool = True
     start: str | None = None
     """Start mode of the encoder/decoder; default: exact for files, immediate for devices."""
+    output_format: str = "pcm16"
+    """Sample format of ``output``: ``pcm16`` or ``float`` (see ``call.recording.OUTPUT_FORMATS``)."""
+    output_rate: int | None = None
+    """Sample rate of ``output``; ``None``: the model's."""
+    connect_timeout: float | None = Patience.first
+    """Seconds to reach the relay at the start before giving up; ``None``: for ever."""
+    reconnect_timeout: float | None = Patience.again
+    """Seconds to get a lost connection back before giving up; ``None``: for ever."""
 
     @property
     def url(self) -> str:
@@ -81,15 +109,19 @@ class Client:
         # One worker thread per direction: the model never runs on the event loop.
         self.encode_pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
         self.decode_pool = ThreadPoolExecutor(1, thread_name_prefix="decode")
-        self.sender = Sender(model, self.encode_pool, options.bandwidth, start,
-                             options.frames_per_packet, options.search_width) if sends else None
+        self.sender = Sender(model, self.encode_pool, options.bandwidth, start, options.frames_per_packet,
+                             options.search_width, live=not self.send_file) if sends else None
         self.receiver = Receiver(model, self.decode_pool, start) if receives else None
         self.arrived = asyncio.Event()
         self.up = Meter()
+        keep = max(1, int(STALE_AFTER_GAP / (self.frame_period * options.frames_per_packet)))
         self.connection = Connection(
-            options.url, options.token, Outbox(capacity=64, lossy=not self.send_file), self.up,
-            header=self.sender.header.encode() if self.sender else None,
-            on_message=self._arrived if self.receiver else None, wait_for_listener=self.send_file)
+            options.url, options.token, Outbox(capacity=64, lossy=not self.send_file, keep_after_gap=keep),
+            self.up, header=self.sender.header.encode() if self.sender else None,
+            on_message=self._arrived if self.receiver else None, wait_for_listener=self.send_file,
+            patience=Patience(options.connect_timeout, options.reconnect_timeout))
+        self.recording = Recording(options.output, self.rate, self.channels, options.output_rate,
+                                   options.output_format) if options.output else None
         if self.receiver:
             self.connection.on_connect = self.receiver.new_connection
         self.status = CallStatus(self.connection, self.sender, self.receiver, self.frame_period, options.bandwidth)
@@ -120,12 +152,11 @@ class Client:
             for task in tasks + goals:
                 task.cancel()
             await asyncio.gather(*tasks, *goals, return_exceptions=True)
+            if self.recording is not None:
+                self.recording.close()  # what was heard is on disk already; this closes it as it is
             await self.connection.close()
             self.encode_pool.shutdown(wait=False, cancel_futures=True)
             self.decode_pool.shutdown(wait=False, cancel_futures=True)
-        if self.options.output:
-            audio = self.receiver.finished_output()
-            soundfile.write(self.options.output, audio.T, self.rate, subtype="FLOAT")
         if self.options.status:
             print(f"\n{self.status.summary()}", file=sys.stderr)
         return 0
@@ -159,35 +190,157 @@ class Client:
 
     async def _consume(self) -> None:
         """Receiver → file (until a stream ends) or → speaker (for the whole call)."""
-        if self.options.output:
-            await record(self.receiver, self.arrived, self.frame_period)
+        if self.recording is not None:
+            if not await record(self.receiver, self.arrived, self.frame_period, self.recording):
+                raise CallError(f"The stream ended without its END (its sender left?): {self.options.output} "
+                                f"holds the {self.recording.seconds:.2f} s heard")
         else:
             await play(self.receiver, self.rate, self.channels, self.options.output_device, self.output_margin)
 
 
+def known_config(spec: str) -> EncodecConfig | None:
+    """A model's config.json, read without its weights where it is at hand: the bundled model, a
+    checkpoint directory, a hub model in the local cache. ``None`` where it is not (a Meta ``.th``
+    file, a hub model not downloaded yet): such a model is checked once loaded.
+    Raises ``ValueError`` for a config.json that is not one."""
+    if spec == "default":
+        from codec.pretrained import DEFAULT_MODEL_DIR
+
+        path = DEFAULT_MODEL_DIR / CONFIG_NAME
+    elif Path(spec).is_dir():
+        path = Path(spec) / CONFIG_NAME
+    elif Path(spec).exists() or spec.count("/") != 1:
+        return None
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(spec, CONFIG_NAME)  # the local cache only: no network here
+        except Exception:  # not a hub id either: the loader will say what it is not
+            cached = None
+        path = Path(cached) if isinstance(cached, str) else None
+    return EncodecConfig.from_json_file(path) if path is not None and path.is_file() else None
+
+
+def bandwidths(config: EncodecConfig) -> str:
+    return ", ".join(f"{b:g}" for b in config.target_bandwidths)
+
+
+def model_problem(config: EncodecConfig, model: str, bandwidth: float) -> str | None:
+    """What makes a model unfit for this call (it cannot stream, or lacks the bandwidth), from
+    its config alone; ``None`` when it fits."""
+    try:
+        check_streamable(config)
+    except ValueError as error:
+        return f"--model {model}: {error}"
+    if bandwidth not in config.target_bandwidths:
+        return f"--bandwidth {bandwidth:g}: model {model!r} offers {bandwidths(config)} kbps"
+    return None
+
+
+def number_option(kind: Callable[[str], float], low: float, high: float | None = None) -> Callable[[str], float]:
+    """``argparse`` type of a number in ``[low, high]``: a usage error, not a traceback, for anything else."""
+    bounds = f"from {low:g} to {high:g}" if high is not None else f"of {low:g} or more"
+    name = "a whole number" if kind is int else "a number"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= (high if high is not None else float("inf")):
+            raise argparse.ArgumentTypeError(f"must be {name} {bounds}, got {text!r}")
+        return value
+    return parse
+
+
+def server_option(text: str) -> str:
+    from websockets.exceptions import InvalidURI
+    from websockets.uri import parse_uri
+
+    try:
+        parse_uri(text)
+    except (InvalidURI, ValueError) as error:  # ValueError: a port out of range
+        raise argparse.ArgumentTypeError(f"{text!r} is not a relay URL like ws://HOST:PORT or wss://HOST ({error})")
+    return text
+
+
+def input_option(path: str) -> str:
+    """``argparse`` type of ``--input``: an audio file soundfile can read."""
+    if not os.path.isfile(path):
+        raise argparse.ArgumentTypeError(f"no such file: {path}")
+    try:
+        soundfile.info(path)
+    except (soundfile.LibsndfileError, RuntimeError) as error:
+        reason = str(error).rpartition(": ")[2] or str(error)
+        raise argparse.ArgumentTypeError(f"{path} is not an audio file this client reads (WAV, FLAC, OGG…): {reason}")
+    return path
+
+
+def output_option(path: str) -> str:
+    """``argparse`` type of ``--output``: a file that can be created where it is asked for."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path} is a directory; name the WAV file to write")
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"no such directory: {folder}")
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write in {folder}")
+    return path
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    default = known_config("default")
+    offered = bandwidths(default) if default is not None else "1.5, 3, 6, 12, 24"
+    seconds = number_option(float, 0.0)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--server", default="ws://127.0.0.1:8765", help="relay URL (default %(default)s)")
-    parser.add_argument("--room", help="room name (letters, digits, _ . -)")
+    parser.add_argument("--server", type=server_option, metavar="URL", default="ws://127.0.0.1:8765",
+                        help="relay URL, ws://HOST:PORT or wss://HOST:PORT (default %(default)s)")
+    parser.add_argument("--room", type=room_name_option, metavar="NAME", help=f"room name: {ROOM_RULE}")
     parser.add_argument("--model", default="default", help="default | checkpoint dir | hub id | Meta .th file")
-    parser.add_argument("--bandwidth", type=float, default=6.0, help="kbps (default %(default)s)")
-    parser.add_argument("--input", help="WAV file to send instead of the microphone")
-    parser.add_argument("--output", help="WAV file to write what is heard (instead of the speaker)")
+    parser.add_argument("--bandwidth", type=number_option(float, 0.1), default=6.0, metavar="KBPS",
+                        help=f"kbps, one the model offers: {offered} for the default model; another model's "
+                             "own (checked as soon as its config.json is read) (default %(default)s)")
+    parser.add_argument("--input", type=input_option, metavar="FILE", help="audio file to send instead of the microphone")
+    parser.add_argument("--output", type=output_option, metavar="WAV",
+                        help="WAV file to write what is heard (instead of the speaker), on disk as it is heard")
+    parser.add_argument("--output-format", choices=list(OUTPUT_FORMATS), default="pcm16",
+                        help="sample format of --output: pcm16 (16-bit, what players expect) or float "
+                             "(32-bit, the decoder's own samples) (default %(default)s)")
+    parser.add_argument("--output-rate", type=number_option(int, 1000, 384000), metavar="HZ",
+                        help="sample rate of --output in Hz (default: the model's; resampled as it is written)")
     parser.add_argument("--no-pace", action="store_true", help="send --input as fast as possible")
-    parser.add_argument("--frames-per-packet", type=int, default=1, help="latency/overhead trade (default 1)")
+    parser.add_argument("--frames-per-packet", type=number_option(int, 1, wire.MAX_FRAMES_PER_PACKET), default=1, metavar="N",
+                        help="latency/overhead trade (default 1)")
     parser.add_argument("--search-width", type=search_width_option,
                         help="codebook search width: better sound for the same bits, more encoder CPU "
                              "(default: 4 up to 6 kbps, 1 above)")
     parser.add_argument("--start", choices=[m.value for m in StartMode],
                         help="codec start mode (default: exact with files, immediate with devices)")
     parser.add_argument("--token", help="token the server asks for")
+    parser.add_argument("--connect-timeout", type=seconds, default=Patience.first, metavar="SECONDS",
+                        help="seconds to reach the relay at the start before giving up (default %(default)g)")
+    parser.add_argument("--reconnect-timeout", type=seconds, default=Patience.again, metavar="SECONDS",
+                        help="seconds to get a lost relay back before giving up (default %(default)g)")
+    parser.add_argument("--retry-forever", action="store_true", help="never give up on the relay")
+    parser.add_argument("--threads", type=number_option(int, 1), default=DEFAULT_THREADS, metavar="N",
+                        help="torch threads for each of the encoder and the decoder (default %(default)s)")
     parser.add_argument("--list-devices", action="store_true", help="print the sound devices and exit")
     parser.add_argument("--input-device", help="microphone (index or name, see --list-devices)")
     parser.add_argument("--output-device", help="speaker (index or name, see --list-devices)")
     parser.add_argument("--quiet", action="store_true", help="no status line")
     args = parser.parse_args(argv)
-    if not args.list_devices and not args.room:
+    if args.list_devices:
+        return args
+    if not args.room:
         parser.error("--room is required")
+    try:
+        config = known_config(args.model)
+    except ValueError as error:
+        parser.error(f"--model {args.model}: {error}")
+    problem = model_problem(config, args.model, args.bandwidth) if config is not None else None
+    if problem:
+        parser.error(problem)
     return args
 
 
@@ -206,16 +359,26 @@ def main(argv: list[str] | None = None) -> int:
         except AudioDeviceError as error:
             raise SystemExit(str(error)) from error
         return 0
+    warning = plaintext_token_warning(args.server, args.token)
+    if warning:
+        print(warning, file=sys.stderr)
+    configure_threads(args.threads)
     from codec import load_model
 
+    patience = FOREVER if args.retry_forever else Patience(args.connect_timeout, args.reconnect_timeout)
     options = Options(server=args.server, room=args.room, token=args.token, bandwidth=args.bandwidth,
                       input=args.input, output=args.output, pace=not args.no_pace,
                       frames_per_packet=args.frames_per_packet, search_width=args.search_width, input_device=device(args.input_device),
-                      output_device=device(args.output_device), status=not args.quiet, start=args.start)
+                      output_device=device(args.output_device), status=not args.quiet, start=args.start,
+                      output_format=args.output_format, output_rate=args.output_rate,
+                      connect_timeout=patience.first, reconnect_timeout=patience.again)
     try:
         model = load_model(args.model)
     except (OSError, ValueError) as error:
         raise SystemExit(f"Cannot load model {args.model!r}: {error}") from error
+    problem = model_problem(model.config, args.model, args.bandwidth)  # a model without config.json
+    if problem:
+        raise SystemExit(problem)
     # Everything loaded so far lives for the whole call: freezing it keeps the garbage collector
     # from walking it again (a full collection of ~150 ms stalled the audio in the benchmark).
     gc.collect()

@@ -58,10 +58,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from call import wire
+from call.rooms import ROOM_RULE, is_room_name
 
 log = logging.getLogger("relay")
 
-ROOM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
 
@@ -301,9 +301,8 @@ class Relay:
         tokens and a full relay or room before the upgrade."""
         url = urlsplit(request.path)
         room = url.path.lstrip("/")
-        if not ROOM_NAME.fullmatch(room):
-            return self._refuse(ws, "refused_room", HTTPStatus.NOT_FOUND,
-                                "Connect to /ROOM (letters, digits, _ . -)")
+        if not is_room_name(room):
+            return self._refuse(ws, "refused_room", HTTPStatus.NOT_FOUND, f"Connect to /ROOM (ROOM: {ROOM_RULE})")
         if "token" in parse_qs(url.query, keep_blank_values=True):
             return self._refuse(ws, "refused_query_token", HTTPStatus.UNAUTHORIZED,
                                 "Send the token in an 'Authorization: Bearer' header, not in the URL "
@@ -472,8 +471,8 @@ async def run(relay: Relay, host: str, port: int, tls: ssl.SSLContext | None) ->
 def room_token(text: str) -> tuple[str, str]:
     """``ROOM=SECRET`` → ``(room, secret)``; an error message never repeats the secret."""
     room, equals, token = text.partition("=")
-    if not (equals and token and ROOM_NAME.fullmatch(room)):
-        raise argparse.ArgumentTypeError("expected ROOM=SECRET (ROOM: letters, digits, _ . -; SECRET not empty)")
+    if not (equals and token and is_room_name(room)):
+        raise argparse.ArgumentTypeError(f"expected ROOM=SECRET (ROOM: {ROOM_RULE}; SECRET not empty)")
     return room, token
 
 

@@ -2,7 +2,7 @@
 
 Sources yield ``(channels, n)`` float32 blocks at the model's rate for the sender: a WAV file
 (paced in real time or not) or the microphone. Sinks take the receiver's audio: the speaker,
-one playout tick at a time, or a file, every frame in order.
+one playout tick at a time, or a file, every frame in order as soon as it is decoded.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import AsyncIterator
 import numpy as np
 
 from .receiver import Receiver
+from .recording import Recording
 
 FILE_BLOCK = 480
 """Samples per block read from a file (20 ms at 24 kHz), unrelated to the 320-sample frame
@@ -65,9 +66,13 @@ async def play(receiver: Receiver, rate: int, channels: int, device: int | str |
         speaker.close()
 
 
-async def record(receiver: Receiver, arrived: asyncio.Event, frame_period: float) -> None:
-    """File sink: decode frames in order as soon as the jitter buffer releases them; returns
-    once a stream has ended and is wholly decoded (``receiver.finished_output()``)."""
+async def record(receiver: Receiver, arrived: asyncio.Event, frame_period: float, recording: Recording) -> bool:
+    """File sink: decode frames in order as soon as the jitter buffer releases them and write
+    them to ``recording`` at once, from the first stream heard (the others are decoded and
+    dropped). Returns once that stream has ended and is wholly on disk: ``True`` when its ``END``
+    came (the file has the sender's exact input length), ``False`` when it ended without one
+    (its sender left and fell silent; the file holds what was heard)."""
+    stream = None
     while True:
         try:
             await asyncio.wait_for(arrived.wait(), frame_period)
@@ -75,5 +80,17 @@ async def record(receiver: Receiver, arrived: asyncio.Event, frame_period: float
             pass
         arrived.clear()
         await receiver.drain(time.monotonic())
-        if receiver.finished_output() is not None:
-            return
+        if stream is None:
+            stream = next((s for s in receiver.streams.values() if s.chunks or s.done and s.end is not None), None)
+        for other in receiver.streams.values():
+            if other is not stream:
+                other.chunks.clear()  # only one stream is recorded: the others' audio is not kept
+        if stream is None:
+            continue
+        recording.length = stream.output_length()
+        for chunk in stream.chunks:  # taken from the stream: the recording keeps nothing in memory
+            recording.write(chunk)
+        stream.chunks.clear()
+        if stream.done:
+            recording.finish(stream.output_length())
+            return stream.end is not None

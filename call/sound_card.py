@@ -4,7 +4,9 @@ sounddevice is imported only here and only when a device is opened, so that file
 calls, the relay and the tests run on machines without PortAudio. The audio callbacks run
 on PortAudio's real-time thread: they only copy samples between the device buffers and
 preallocated rings, and wake the event loop with ``call_soon_threadsafe``. Everything
-else (resampling, the model, the network) happens on the asyncio side.
+else (resampling, the model, the network) happens on the asyncio side. A device that refuses
+the model's rate runs at its own, through a band-limited streaming resampler
+(:mod:`call.resample`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+from .resample import Resampler
 
 BLOCK_SECONDS = 0.01
 """Device block size asked of PortAudio (10 ms) for playback, and for capture when the caller
@@ -92,11 +96,8 @@ class Ring:
 
 
 class LinearResampler:
-    """Streaming linear-interpolation resampler, for devices that refuse the model's rate.
-
-    Linear interpolation is cheap and needs one sample of state; it is only used when
-    PortAudio cannot open the device at the model rate itself (most hosts resample well).
-    """
+    """Streaming linear interpolation: no anti-alias filter, so the devices no longer use it
+    (they use :class:`call.resample.Resampler`); kept while ``tests/test_client.py`` imports it."""
 
     def __init__(self, rate_in: int, rate_out: int) -> None:
         self.step = rate_in / rate_out
@@ -147,7 +148,7 @@ class Microphone(_Device):
                  frame_samples: int | None = None) -> None:
         sd = import_sounddevice()
         self.device_rate = _device_rate(sd, device, "input", rate, channels)
-        self.resample = LinearResampler(self.device_rate, rate) if self.device_rate != rate else None
+        self.resample = Resampler(self.device_rate, rate, channels) if self.device_rate != rate else None
         self.ring = Ring(int(seconds * self.device_rate), channels)
         self.overflows = 0
         self._loop = asyncio.get_running_loop()
@@ -162,14 +163,18 @@ class Microphone(_Device):
         self._loop.call_soon_threadsafe(self._ready.set)
 
     async def read(self) -> np.ndarray:
-        while not self.ring.available:
-            self._ready.clear()
-            await self._ready.wait()
-        block = np.empty((self.ring.available, self.ring.buffer.shape[1]), dtype=np.float32)
-        self.ring.read_into(block)
-        if self.resample is not None:
-            block = self.resample(block)
-        return block.T
+        """The samples captured since the last read, at the model rate (never an empty block:
+        the resampler gives out nothing for the first blocks it takes in)."""
+        while True:
+            while not self.ring.available:
+                self._ready.clear()
+                await self._ready.wait()
+            block = np.empty((self.ring.available, self.ring.buffer.shape[1]), dtype=np.float32)
+            self.ring.read_into(block)
+            if self.resample is not None:
+                block = self.resample(block)
+            if len(block):
+                return block.T
 
 
 class Speaker(_Device):
@@ -179,7 +184,7 @@ class Speaker(_Device):
     def __init__(self, rate: int, channels: int, device: Any = None, seconds: float = 1.0) -> None:
         sd = import_sounddevice()
         self.device_rate = _device_rate(sd, device, "output", rate, channels)
-        self.resample = LinearResampler(rate, self.device_rate) if self.device_rate != rate else None
+        self.resample = Resampler(rate, self.device_rate, channels) if self.device_rate != rate else None
         self.ring = Ring(int(seconds * self.device_rate), channels)
         self.underruns = 0
         self.rate = rate

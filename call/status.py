@@ -28,7 +28,13 @@ class CallStatus:
                 delay = jitter.target_delay + self.frame_period + (rtt or 0) / 2
                 parts.append(f"[{stream.header.stream_id:08x}] loss {100 * jitter.stats.loss_rate:.1f}% "
                              f"buffer {1000 * jitter.target_delay:.0f} ms latency ~{1000 * delay:.0f} ms")
-        parts.append(f"rtt {1000 * rtt:.0f} ms" if rtt is not None else "disconnected")
+        if self.connection.alone:
+            parts.append("waiting for a listener")
+        if rtt is not None:
+            parts.append(f"rtt {1000 * rtt:.0f} ms")
+        else:
+            problem = self.connection.problem
+            parts.append(f"disconnected: {problem}" if problem else "disconnected")
         return " | ".join(parts)
 
     async def show(self, period: float = 1.0) -> None:
@@ -52,6 +58,10 @@ class CallStatus:
                 f"({8 * up.bytes / seconds / 1000 / nominal:.3f}x nominal {nominal:g} kbps), "
                 f"{8 * framed / seconds / 1000:.2f} kbps with websocket framing")
         if self.receiver is not None:
+            down = self.receiver.meter
+            if down.messages:
+                lines.append(f"received {down.messages} messages, {down.bytes} bytes: {down.kbps():.2f} kbps "
+                             "from the first to the last")
             for stream in self.receiver.streams.values():
                 s = stream.jitter.stats
                 lines.append(f"received stream {stream.header.stream_id:08x}: {s.received} frames, "

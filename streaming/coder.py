@@ -6,7 +6,7 @@ import enum
 
 import torch
 
-from codec import EncodecModel
+from codec import EncodecConfig, EncodecModel
 
 from .layers import State, StreamingStack
 
@@ -25,8 +25,9 @@ class StartMode(str, enum.Enum):
     IMMEDIATE = "immediate"
 
 
-def check_streamable(model: EncodecModel) -> None:
-    config = model.config
+def check_streamable(config: EncodecConfig) -> None:
+    """Raises ``ValueError`` saying why a model of this config cannot stream frame by frame; reads
+    nothing but the config, so a command can refuse a model before loading its weights."""
     if not config.use_causal_conv or config.chunk_length_s is not None or config.normalize:
         raise ValueError(
             "This model cannot stream frame by frame: it is non-causal, chunked or normalised per chunk "

@@ -19,7 +19,7 @@ class StreamingDecoder(StreamingCoder):
     """
 
     def __init__(self, model: EncodecModel, start: StartMode | str = StartMode.IMMEDIATE) -> None:
-        check_streamable(model)
+        check_streamable(model.config)
         exact = StartMode(start) is StartMode.EXACT
         super().__init__(model, streaming_stack(model.decoder.layers, exact, model.config.hop_length), start)
         self.quantizer = FrameQuantizer(model)

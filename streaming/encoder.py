@@ -29,7 +29,7 @@ class StreamingEncoder(StreamingCoder):
         sample_rate: int | None = None,
         search_width: int = 1,
     ) -> None:
-        check_streamable(model)
+        check_streamable(model.config)
         check_search_width(search_width)
         if sample_rate is not None and sample_rate != model.config.sampling_rate:
             raise ValueError(
