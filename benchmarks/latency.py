@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from benchmarks.latency_call import STAGES, UNTRAINED, CallSpec, is_opus, run_call  # noqa: E402
+from benchmarks.latency_call import STAGES, UNTRAINED, CallSpec, run_call  # noqa: E402
 
 DEFAULT_AUDIO = "/work/shared/audio/speech"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -242,8 +242,6 @@ def main(argv: list[str] | None = None) -> dict:
         report = json.loads((Path(args.rewrite) / "latency.json").read_text())
         latency_report.write(report, Path(args.rewrite))
         return report
-    import torch
-
     from benchmarks import latency_report
     from benchmarks.latency_quality import evaluate, load_speech, summarize
 
@@ -261,8 +259,9 @@ def main(argv: list[str] | None = None) -> dict:
     report["calls"] = run_calls(args, model_spec, files)
     if not args.no_quality:
         from benchmarks.latency_call import load_codec
+        from call.threads import configure_threads
 
-        torch.set_num_threads(1)  # 2 threads on a shared 2-core machine made the LSTM 20x slower
+        configure_threads()  # as in a call: 2 threads on a shared 2-core machine made the LSTM 20x slower
         rows = evaluate(model_spec, load_codec(model_spec), files, BANDWIDTHS,
                         [] if args.no_opus else [20.0, 10.0], progress)
         report["quality"] = summarize(rows)

@@ -35,6 +35,7 @@ import time
 import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -86,37 +87,42 @@ class ClockedStream:
         self.t0: float | None = None
         self.log: list[tuple[float, int, int]] = []  # sink: (nominal time, ring read before, samples read)
         self.late_max = 0.0
+        self.buffer = np.zeros((self.blocksize, channels), np.float32)
         owner.streams[kind] = self
 
     def start(self) -> None:
         self.running = True
+        self.t0 = time.monotonic() + 0.01
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"clocked-{self.kind}")
         self.thread.start()
 
+    def due(self, b: int) -> float:
+        """When block ``b`` is due: the source's is complete at ``t0 + (b + 1) * period``, the
+        sink's starts playing at ``t0 + b * period``."""
+        return self.t0 + (b + 1 if self.kind == "input" else b) * self.blocksize / self.rate
+
+    def step(self, b: int) -> None:
+        """Block ``b``: the source hands it over, the sink takes it."""
+        n, audio = self.blocksize, self.owner.audio
+        if self.kind == "input":
+            self.buffer[:, 0] = audio[(b * n + np.arange(n)) % len(audio)]
+            self.callback(self.buffer, n, None, None)
+        else:
+            ring = self.callback.__self__.ring
+            before = ring.read
+            self.callback(self.buffer, n, None, None)
+            self.log.append((self.due(b), before, ring.read - before))
+
     def _run(self) -> None:
-        n, period = self.blocksize, self.blocksize / self.rate
-        buffer = np.zeros((n, self.channels), np.float32)
-        audio = self.owner.audio
-        self.t0 = time.monotonic() + 0.01
         b = 0
         while self.running:
-            # Source: block b is complete at t0 + (b + 1) * period; sink: block b starts playing at t0 + b * period.
-            due = self.t0 + (b + 1 if self.kind == "input" else b) * period
-            delay = due - time.monotonic()
+            delay = self.due(b) - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            if -delay > self.late_max:
-                self.late_max, self.late_at = -delay, b
-            if self.kind == "input":
-                start = (b * n) % len(audio)
-                index = (start + np.arange(n)) % len(audio)
-                buffer[:, 0] = audio[index]
-                self.callback(buffer, n, None, None)
-            else:
-                ring = self.callback.__self__.ring
-                before = ring.read
-                self.callback(buffer, n, None, None)
-                self.log.append((due, before, ring.read - before))
+            self.step(b)
+            late = time.monotonic() - self.due(b)  # block b was done this long after it was due
+            if late > self.late_max:
+                self.late_max, self.late_at = late, b
             b += 1
 
     def stop(self) -> None:
@@ -130,14 +136,16 @@ class ClockedStream:
 class ClockedDevices:
     """A module object that replaces ``sounddevice`` in a peer process."""
 
+    stream_class = ClockedStream
+
     def __init__(self, audio: np.ndarray, block: int) -> None:
         self.audio, self.block = audio.astype(np.float32), block
         self.streams: dict[str, ClockedStream] = {}
 
     def module(self) -> types.ModuleType:
         module = types.ModuleType("sounddevice")
-        module.InputStream = lambda **kw: ClockedStream(self, "input", **kw)
-        module.OutputStream = lambda **kw: ClockedStream(self, "output", **kw)
+        module.InputStream = lambda **kw: self.stream_class(self, "input", **kw)
+        module.OutputStream = lambda **kw: self.stream_class(self, "output", **kw)
         module.check_input_settings = module.check_output_settings = lambda **kw: None
         module.query_devices = lambda device=None, kind=None: "clocked benchmark device"
         return module
@@ -167,7 +175,8 @@ class CallSpec:
 
 class DelayedOutbox:
     """Wraps the client's outbox so that each message leaves ``delay`` s after it was queued
-    (a constant extra network delay, without changing throughput)."""
+    (a constant extra network delay, without changing throughput). Time is the event loop's
+    (``time.monotonic()`` in a call; a test's virtual clock in a simulated one)."""
 
     def __init__(self, outbox, delay: float) -> None:
         self.outbox, self.delay = outbox, delay
@@ -177,12 +186,12 @@ class DelayedOutbox:
         return getattr(self.outbox, name)
 
     async def put(self, message: bytes) -> None:
-        self.due[id(message)] = time.monotonic() + self.delay
+        self.due[id(message)] = asyncio.get_running_loop().time() + self.delay
         await self.outbox.put(message)
 
     async def head(self) -> bytes:
         message = await self.outbox.head()
-        wait = self.due.get(id(message), 0.0) - time.monotonic()
+        wait = self.due.get(id(message), 0.0) - asyncio.get_running_loop().time()
         if wait > 0:
             await asyncio.sleep(wait)
         return message
@@ -193,13 +202,14 @@ class DelayedOutbox:
 
 
 class Slowed:
-    """A streaming encoder or decoder whose ``push`` takes ``delay`` s longer (on its worker thread)."""
+    """A streaming encoder or decoder whose ``push`` takes ``delay`` s longer (on its worker thread);
+    ``sleep`` spends the time (a test's simulated call passes one that spends virtual time)."""
 
-    def __init__(self, inner, delay: float) -> None:
-        self.inner, self.delay = inner, delay
+    def __init__(self, inner, delay: float, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.inner, self.delay, self.sleep = inner, delay, sleep
 
     def push(self, *args):
-        time.sleep(self.delay)
+        self.sleep(self.delay)
         return self.inner.push(*args)
 
     def __getattr__(self, name):
@@ -246,11 +256,11 @@ def peer_main(spec: dict, url: str, room: str, audio: np.ndarray, barrier, resul
 
 
 def _peer(spec: CallSpec, url: str, room: str, audio: np.ndarray, barrier) -> dict:
-    import torch
-
-    torch.set_num_threads(1)
     sys.path.insert(0, str(ROOT))
+    from call.threads import configure_threads
     from client import Client, Options
+
+    configure_threads()  # what the command line does: one intra-op thread per model thread
 
     model = load_codec(spec.model)
     warm_up(model, spec.bandwidth)
@@ -264,6 +274,27 @@ def _peer(spec: CallSpec, url: str, room: str, audio: np.ndarray, barrier) -> di
         tighten_playout(spec.playout)
     devices = ClockedDevices(audio, spec.block)
     sys.modules["sounddevice"] = devices.module()
+
+    async def call() -> dict:
+        client = Client(Options(server=url, room=room, status=False, bandwidth=spec.bandwidth,
+                                frames_per_packet=spec.frames_per_packet, start="immediate"), model)
+        collect = instrument(client, spec, devices)
+        barrier.wait(30)
+        task = asyncio.create_task(client.run())
+        await asyncio.sleep(spec.warmup + spec.seconds)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return collect()
+
+    return asyncio.run(call())
+
+
+def instrument(client, spec: CallSpec, devices: ClockedDevices,
+               sleep: Callable[[float], None] = time.sleep) -> Callable[[], dict]:
+    """Make ``client`` (not yet running) a measured peer: timestamp every frame through the
+    observers of its sender and receiver, apply ``spec.playout`` and add the delays of
+    ``spec.inject`` (``sleep`` spends the encoder's and decoder's). Returns the function that
+    collects what a peer reports once its call is over."""
     sent: list[tuple] = []
     received: list[tuple] = []
 
@@ -274,32 +305,27 @@ def _peer(spec: CallSpec, url: str, room: str, audio: np.ndarray, barrier) -> di
         written = devices.streams["output"].callback.__self__.ring.written if event == "decoded" else -1
         received.append((event, first, count, t, written))
 
-    async def call() -> dict:
-        client = Client(Options(server=url, room=room, status=False, bandwidth=spec.bandwidth,
-                                frames_per_packet=spec.frames_per_packet, start="immediate"), model)
-        if "output_margin" in spec.playout:
-            client.output_margin = spec.playout["output_margin"]
-        client.sender.observer = on_sent
-        client.receiver.observer = on_received
-        if spec.inject.get("encode"):
-            client.sender.encoder = Slowed(client.sender.encoder, spec.inject["encode"])
-        if spec.inject.get("network"):
-            client.connection.outbox = DelayedOutbox(client.connection.outbox, spec.inject["network"])
-        if spec.inject.get("decode"):
-            original = client.receiver._open
+    if "output_margin" in spec.playout:
+        client.output_margin = spec.playout["output_margin"]
+    client.sender.observer = on_sent
+    client.receiver.observer = on_received
+    if spec.inject.get("encode"):
+        client.sender.encoder = Slowed(client.sender.encoder, spec.inject["encode"], sleep)
+    if spec.inject.get("network"):
+        client.connection.outbox = DelayedOutbox(client.connection.outbox, spec.inject["network"])
+    if spec.inject.get("decode"):
+        original = client.receiver._open
 
-            def slowed_open(header):
-                stream = original(header)
-                if not isinstance(stream.decoder, Slowed):
-                    stream.decoder = Slowed(stream.decoder, spec.inject["decode"])
-                return stream
-            client.receiver._open = slowed_open
-        barrier.wait(30)
-        task = asyncio.create_task(client.run())
-        await asyncio.sleep(spec.warmup + spec.seconds)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        def slowed_open(*args, **kwargs):
+            stream = original(*args, **kwargs)
+            if not isinstance(stream.decoder, Slowed):
+                stream.decoder = Slowed(stream.decoder, spec.inject["decode"], sleep)
+            return stream
+        client.receiver._open = slowed_open
+
+    def collect() -> dict:
         stats = [s.jitter.stats for s in client.receiver.streams.values()]
+        model = client.model
         return {"sent": sent, "received": received,
                 "source_t0": devices.streams["input"].t0, "sink_log": devices.streams["output"].log,
                 "late_max": {k: s.late_max for k, s in devices.streams.items()},
@@ -309,7 +335,7 @@ def _peer(spec: CallSpec, url: str, room: str, audio: np.ndarray, barrier) -> di
                 "rate": model.config.sampling_rate, "hop": model.config.hop_length,
                 "up_bytes": client.up.bytes, "sent_frames": client.sender.next_index}
 
-    return asyncio.run(call())
+    return collect
 
 
 # --------------------------------------------------------------------------- relay
@@ -384,6 +410,11 @@ def run_call(spec: CallSpec, audio_a: np.ndarray, audio_b: np.ndarray, relay_url
     errors = [o["error"] for o in outs if "error" in o]
     if errors:
         raise RuntimeError("a peer failed:\n" + "\n".join(errors))
+    return call_result(spec, outs)
+
+
+def call_result(spec: CallSpec, outs: list[dict]) -> dict:
+    """What two peers reported (see :func:`instrument`), as :func:`run_call` returns it."""
     directions = [frame_latencies(outs[0], outs[1], spec), frame_latencies(outs[1], outs[0], spec)]
     return {"spec": asdict(spec), "directions": directions,
             "kbps": [8 * o["up_bytes"] / max(o["sent_frames"] * o["hop"] / o["rate"], 1e-9) / 1000 for o in outs],

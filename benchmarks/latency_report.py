@@ -103,7 +103,8 @@ def markdown(report: dict) -> str:
             "Busiest processes at the start:", "", "```", m["busy_processes"], "```", ""]
     late = [max(d.values()) for c in calls for d in c["device_late_max_ms"] if d]
     if late:
-        out += [f"Clocked devices: the worst callback was {max(late):.1f} ms late (CPU contention shows up here).", ""]
+        out += [f"Clocked devices: the worst callback was done {max(late):.1f} ms after it was due "
+                "(CPU contention shows up here).", ""]
     return "\n".join(out)
 
 

@@ -95,29 +95,6 @@ class Ring:
         return n
 
 
-class LinearResampler:
-    """Streaming linear interpolation: no anti-alias filter, so the devices no longer use it
-    (they use :class:`call.resample.Resampler`); kept while ``tests/test_client.py`` imports it."""
-
-    def __init__(self, rate_in: int, rate_out: int) -> None:
-        self.step = rate_in / rate_out
-        self.position = 0.0  # of the next output sample, in input samples since `previous`
-        self.previous: np.ndarray | None = None
-
-    def __call__(self, block: np.ndarray) -> np.ndarray:
-        """Resample ``(n, channels)`` samples; the output length follows the rate ratio."""
-        if self.previous is None:  # start on the first real sample, after its copy
-            self.previous, self.position = block[:1], 1.0
-        x = np.concatenate([self.previous, block])
-        stop = len(x) - 1
-        positions = np.arange(self.position, stop, self.step)
-        self.position = positions[-1] + self.step - stop if len(positions) else self.position - len(block)
-        self.previous = x[-1:]
-        left = positions.astype(np.int64)
-        frac = (positions - left)[:, None].astype(np.float32)
-        return (1 - frac) * x[left] + frac * x[np.minimum(left + 1, stop)]
-
-
 def _device_rate(sd: ModuleType, device: Any, kind: str, rate: int, channels: int) -> int:
     """The model rate when the device accepts it, else the device's own default rate."""
     check = sd.check_input_settings if kind == "input" else sd.check_output_settings
