@@ -10,21 +10,31 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import resource
 from concurrent.futures import Executor, Future
+from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 import torch
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from call import filecodec, wire
 from call.jitter import JitterBuffer
 from call.model_header import stream_header_for
 from call.receiver import MAX_STREAMS, MAX_STREAMS_PER_SOURCE, Receiver
+from client import Client, Options
+from codec import load_default_model
+from server import Relay
 from tests.models import small_model, speech_like
+from tests.test_call import offline
 
 RATE, HOP = 24000, 320
 HONEST, HOSTILE = 1, 2
 FRAME = HOP / RATE
+FIXTURE = Path(__file__).parent / "fixtures" / "heldout_speech_24k.flac"
 
 
 @pytest.fixture(scope="module")
@@ -313,3 +323,87 @@ async def test_random_and_mutated_messages_never_escape_the_receiver(model, hone
     await play_file_mode(receiver, interleave(honest[1], hostile))
     assert_heard_exactly(receiver, honest)
     assert sum(1 for s in receiver.streams.values() if not s.done) <= MAX_STREAMS
+
+
+# ------------------------------------------------- the same through a real relay
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+async def hostile_peer(url: str, model) -> int:
+    """Everything above, sent through the relay by a peer of the room; returns how many it sent."""
+    sent = 0
+    async with connect(url, compression=None) as ws:
+        honest_header = None
+        while honest_header is None:
+            message = await asyncio.wait_for(ws.recv(), 30)
+            if message[0] == wire.ROUTED and wire.unroute(message)[1][0] == wire.HEADER:
+                honest_header = wire.unroute(message)[1]
+        mine = stream_header_for(model, stream_id=4242)
+        forged = wire.StreamHeader(**{**mine.__dict__, "codebook_nbits": 16, "stream_id": 4243})
+        zero = (np.zeros(8, np.int64),)
+        attack = [honest_header, wire.EndOfStream(2, 2 * HOP).encode(),  # hijack: cut the honest stream
+                  forged.encode(), wire.AudioPacket(0, (np.full(8, 65535, np.int64),)).encode(16),
+                  *[stream_header_for(model, stream_id=9000 + i).encode() for i in range(50)],  # header flood
+                  mine.encode(), wire.AudioPacket(0, zero).encode(10),
+                  wire.AudioPacket(8000, zero).encode(10),  # index jump
+                  wire.EndOfStream(3_000_000, 3_000_000 * HOP).encode()]  # END bomb
+        rng = np.random.default_rng(5)
+        attack += [rng.bytes(int(rng.integers(1, 30))) for _ in range(40)]
+        try:
+            for message in attack:
+                await ws.send(message)
+                sent += 1
+                await asyncio.sleep(0.005)
+        except ConnectionClosed:
+            pass  # the relay closes a peer that keeps sending garbage: the attack got through before
+    return sent
+
+
+async def honest_call(model, speech_path: Path, out_path: Path, attacked: bool) -> tuple[Client, Relay, int]:
+    """One file call through a fresh relay, with or without the hostile peer in the room; the
+    receiving client, the relay and the growth of this process's memory over the call."""
+    relay = Relay()
+    async with relay.start("127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        receiver = Client(Options(server=url, room="r", output=str(out_path), status=False,
+                                  output_format="float"), model)
+        receiving = asyncio.create_task(receiver.run())
+        await asyncio.wait_for(receiver.connection.connected.wait(), 10)
+        before = rss_bytes()
+        attacking = asyncio.create_task(hostile_peer(url + "/r", model) if attacked else asyncio.sleep(0, 0))
+        sender = Client(Options(server=url, room="r", input=str(speech_path), pace=True, status=False), model)
+        assert await asyncio.wait_for(sender.run(), 60) == 0
+        assert await asyncio.wait_for(receiving, 60) == 0
+        assert await asyncio.wait_for(attacking, 30) >= (50 if attacked else 0)
+    return receiver, relay, rss_bytes() - before
+
+
+async def test_an_honest_call_through_the_relay_survives_a_hostile_peer(tmp_path):
+    """A real relay, an honest file sender and receiver (the bundled model), and a hostile peer in
+    the room: the honest call arrives whole and equal to its offline decode, and the receiving
+    client's memory does not grow with the attack (its 50 forged headers alone cost 439 MB
+    before streams were bounded and the codebooks shared).
+
+    The bound: a first, peaceful call warms up what a call allocates once (the model's packed
+    layouts, the thread pools, torch's allocator); the attacked call that follows may grow this
+    process by at most 16 MiB (measured: 6.3 MiB), less than two forged headers cost before (each
+    decoder copied the codebooks' layouts: 8.4 MB with this model).
+    """
+    model = load_default_model().eval()
+    audio, rate = soundfile.read(FIXTURE, dtype="float32", frames=int(1.5 * RATE))
+    speech_path = tmp_path / "speech.wav"
+    soundfile.write(speech_path, audio, rate, subtype="FLOAT")
+    await honest_call(model, speech_path, tmp_path / "warm.wav", attacked=False)
+    receiver, relay, growth = await honest_call(model, speech_path, tmp_path / "heard.wav", attacked=True)
+    heard, _ = soundfile.read(tmp_path / "heard.wav", dtype="float32", always_2d=True)
+    _, expected = offline(model, torch.from_numpy(audio)[None])
+    problems = receiver.receiver.problems
+    print(f"\nreceiver RSS growth over the attacked call {growth / 2**20:.1f} MiB; dropped: {problems}; "
+          f"relay: {dict(relay.counters)}")
+    assert heard.shape == (len(audio), 1) and np.abs(heard.T - expected).max() < 1e-3
+    assert problems["stream_id_taken"] >= 1 and problems["other_model"] >= 1
+    assert growth < 16 * 2**20
