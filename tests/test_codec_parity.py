@@ -65,7 +65,9 @@ def test_decode_matches(pair):
     assert got.audio_values.shape == expected.audio_values.shape
     assert got.audio_values.abs().max() > 1e-3
     torch.testing.assert_close(got.audio_values, expected.audio_values, atol=1e-4, rtol=0)
-    assert torch.equal(got[0], got.audio_values) and torch.equal(got["audio_values"], got.audio_values)
+    # Indexing the output as transformers' users do gives transformers' audio.
+    for key in (0, "audio_values"):
+        torch.testing.assert_close(got[key], expected[key], atol=1e-4, rtol=0)
 
 
 def test_feature_extractor_batches_and_forward(pair):
@@ -88,15 +90,22 @@ def test_feature_extractor_batches_and_forward(pair):
         assert torch.equal(got.audio_codes, expected.audio_codes)
         assert got.audio_values.shape == expected.audio_values.shape
         torch.testing.assert_close(got.audio_values, expected.audio_values, atol=1e-4, rtol=0)
+        # The tuple form, against transformers' tuple form (not against our own dict form).
         codes, values = ours(inputs.input_values, inputs.padding_mask, bandwidth=bandwidth, return_dict=False)
-        assert torch.equal(codes, got.audio_codes) and torch.equal(values, got.audio_values)
+        with torch.no_grad():
+            expected_codes, expected_values = reference(inputs.input_values, inputs.padding_mask, bandwidth=bandwidth, return_dict=False)
+        assert torch.equal(codes, expected_codes)
+        torch.testing.assert_close(values, expected_values, atol=1e-4, rtol=0)
 
 
 def test_bandwidth_none_is_smallest_and_unknown_raises(pair):
-    preset, _, ours, _ = pair
+    preset, reference, ours, _ = pair
     audio = _audio(ours, 0.5, batch=1)
     smallest = ours.encode(audio).audio_codes
-    assert torch.equal(smallest, ours.encode(audio, bandwidth=ours.config.target_bandwidths[0]).audio_codes)
+    with torch.no_grad():
+        assert torch.equal(smallest, reference.encode(audio).audio_codes)  # transformers' bandwidth=None
+    assert smallest.shape[2] == ours.config.num_quantizers_for_bandwidth(ours.config.target_bandwidths[0])
+    assert smallest[0, 0, 0].unique().numel() > 5, "codes barely vary"
     with pytest.raises(ValueError, match="bandwidth 5.0"):
         ours.encode(audio, bandwidth=5.0)
 

@@ -15,6 +15,13 @@ import torch
 
 from codec import DEFAULT_MODEL_DIR, load_default_model
 from codec.pretrained import load_model
+from tests.models import (
+    assert_codes_up_to_float_ties,
+    assert_same_codes_up_to_float_ties,
+    embeddings_and_rounding,
+    snr_db,
+    zero_start_twin,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "heldout_speech_24k.flac"
 
@@ -39,6 +46,12 @@ def speech() -> np.ndarray:
     audio, rate = sf.read(FIXTURE, dtype="float32")
     assert rate == 24_000
     return audio
+
+
+@pytest.fixture(scope="module")
+def embedded(model, speech) -> tuple[torch.Tensor, float]:
+    """The encoder's output on the fixture and its float32 rounding error (against float64): 4.7e-7."""
+    return embeddings_and_rounding(model, torch.from_numpy(speech)[None, None])
 
 
 def roundtrip(model, audio: np.ndarray, bandwidth: float) -> tuple[np.ndarray, torch.Tensor]:
@@ -93,9 +106,10 @@ def test_bundled_files_and_architecture():
 
 
 def test_load_model_default_is_the_bundled_model(model):
-    other = load_model("default")
-    for (name, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
-        assert torch.equal(a, b), name
+    other = load_model("default").state_dict()
+    assert other.keys() == model.state_dict().keys()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, other[name]), name
 
 
 def test_codebooks_are_trained(model):
@@ -129,11 +143,27 @@ def test_metrics_reject_a_useless_codec(speech):
     assert log_mel_distance(speech, noise) > LOG_MEL_DISTANCE_CEILING_6KBPS
 
 
-def test_more_bandwidth_is_not_worse(model, speech):
-    low = log_mel_distance(speech, roundtrip(model, speech, 1.5)[0])
-    mid = log_mel_distance(speech, roundtrip(model, speech, 6.0)[0])
-    high = log_mel_distance(speech, roundtrip(model, speech, 24.0)[0])
-    assert high <= mid + 0.25 and mid <= low + 0.25, (low, mid, high)
+# Each doubling of the bandwidth (2 → 4 → … → 32 codebooks) brings the decode closer to what the model
+# gives unquantized (decoder(encoder(x))). Measured on the fixture, SNR against that: 9.4, 13.4, 19.2,
+# 29.0, 41.7 dB at 1.5…24 kbps, gains of 4.0, 5.9, 9.8, 12.7 dB: a floor of 3 dB a doubling leaves a
+# retrained model room and fails a codec that ignores the bandwidth (gain 0).
+SNR_GAIN_PER_DOUBLING_DB = 3.0
+# Against the input, the log-mel distance falls 6.28, 5.16, 4.72, 4.52 dB (1.5…12 kbps; gains 1.12, 0.44,
+# 0.20 dB) and then stays at the unquantized model's own 4.50 dB (24 kbps: 4.50): the bandwidth then no
+# longer limits what is heard, so it is held to falling up to 12 kbps.
+LOG_MEL_GAIN_PER_DOUBLING_DB = 0.1
+
+
+def test_more_bandwidth_is_better(model, speech):
+    x = torch.from_numpy(speech)[None, None]
+    with torch.inference_mode():
+        unquantized = model.decoder(model.encoder(x))[0, 0, : len(speech)]
+    bandwidths = model.config.target_bandwidths
+    decoded = [roundtrip(model, speech, bandwidth)[0] for bandwidth in bandwidths]
+    snrs = [snr_db(unquantized, torch.from_numpy(audio)) for audio in decoded]
+    assert all(b - a >= SNR_GAIN_PER_DOUBLING_DB for a, b in zip(snrs, snrs[1:])), snrs
+    distances = [log_mel_distance(speech, audio) for audio in decoded[:-1]]
+    assert all(a - b >= LOG_MEL_GAIN_PER_DOUBLING_DB for a, b in zip(distances, distances[1:])), distances
 
 
 def test_stoi_at_6kbps(model, speech):
@@ -142,27 +172,67 @@ def test_stoi_at_6kbps(model, speech):
     assert pystoi.stoi(speech, decoded, 24_000) >= STOI_FLOOR_6KBPS
 
 
-def test_streams_exactly_like_offline(model, speech):
+def _stream(model, x: torch.Tensor, start, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes and audio of `x` streamed through an encoder and a decoder in blocks of `block` samples."""
+    from streaming import StreamingDecoder, StreamingEncoder
+
+    encoder = StreamingEncoder(model, bandwidth=6.0, start=start)
+    decoder = StreamingDecoder(model, start=start)
+    codes, audio = [], []
+    for begin in range(0, x.shape[-1], block):
+        codes.append(encoder.push(x[..., begin : begin + block]))
+        audio.append(decoder.push(codes[-1]))
+    codes.append(encoder.flush())
+    audio += [decoder.push(codes[-1]), decoder.flush()]
+    return torch.cat(codes, dim=-1), torch.cat(audio, dim=-1)
+
+
+def test_streams_exactly_like_offline(model, speech, embedded):
     """Frame by frame (EXACT start, odd block sizes) the bundled model gives the offline codes and audio."""
-    from streaming import StartMode, StreamingDecoder, StreamingEncoder
+    from streaming import StartMode
 
     x = torch.from_numpy(speech)[None, None]
     offline = model.encode(x, bandwidth=6.0)
     offline_codes = offline.audio_codes[0]
-    offline_audio = model.decode(offline.audio_codes, offline.audio_scales).audio_values
-    encoder = StreamingEncoder(model, bandwidth=6.0, start=StartMode.EXACT)
-    decoder = StreamingDecoder(model, start=StartMode.EXACT)
-    codes, audio = [], []
-    for start in range(0, x.shape[-1], 441):
-        codes.append(encoder.push(x[..., start : start + 441]))
-        audio.append(decoder.push(codes[-1]))
-    codes.append(encoder.flush())
-    audio += [decoder.push(codes[-1]), decoder.flush()]
-    streamed_codes = torch.cat(codes, dim=-1)
+    streamed_codes, streamed_audio = _stream(model, x, StartMode.EXACT, 441)
     assert streamed_codes.shape == offline_codes.shape
-    # Codes may differ only at argmin near-ties (float summation order): allow a handful.
-    assert (streamed_codes != offline_codes).float().mean() < 0.01
-    if torch.equal(streamed_codes, offline_codes):
-        streamed_audio = torch.cat(audio, dim=-1)
-        assert streamed_audio.shape == offline_audio.shape
-        assert torch.allclose(streamed_audio, offline_audio, atol=1e-4)
+    # Codes may differ only at float near-ties of the nearest-entry search (a tie flips the rest of its
+    # frame): measured none of 185 frames; the offline codes are the float64 greedy codes too.
+    assert_same_codes_up_to_float_ties(model, *embedded, streamed_codes, offline_codes)
+    # The audio is always checked: the stream's decode of its own codes is the offline decode of those codes
+    # (measured within 3.3e-7; audio peaks 0.29), whether or not a tie flipped one.
+    expected_audio = model.decode(streamed_codes[None], [None]).audio_values
+    assert streamed_audio.shape == expected_audio.shape == (1, 1, offline_codes.shape[-1] * model.config.hop_length)
+    torch.testing.assert_close(streamed_audio, expected_audio, atol=1e-5, rtol=0)
+
+
+# The IMMEDIATE start on the fixture (the README's measurement, on other speech): codes of frames 0–6
+# differ (the reflect padding reaches 7 frames), then frames 14 and 36, where the zero start's fading
+# trace in the LSTM state (embeddings 3.0e-3 and 1.4e-4 off) exceeds a code's margin (3.6e-4, 5.2e-6).
+# Audio SNR against the offline round trip: 0.1 dB over the first 100 ms, 33.2 dB after (frames 7–20:
+# 38.9 dB, 20–50: 27.0 dB with the flip at frame 36, 50–100: 55.5 dB, then 74.7 dB).
+IMMEDIATE_START_FRAMES = 7
+IMMEDIATE_LATE_FRAMES = 2
+IMMEDIATE_SNR_AFTER_100MS_DB = 28.0
+
+
+def test_immediate_start_differs_only_in_the_first_frames(model, speech, embedded):
+    from streaming import StartMode
+
+    x = torch.from_numpy(speech)[None, None]
+    offline = model.encode(x, bandwidth=6.0)
+    offline_audio = model.decode(offline.audio_codes, offline.audio_scales).audio_values
+    codes, audio = _stream(model, x, StartMode.IMMEDIATE, 1024)
+    # The stream is the model with zeros for its left padding, code for code (measured: no near-tie). The
+    # twin's rounding is the model's: they differ only in the first frames (measured 4.6e-7 and 4.7e-7).
+    twin = zero_start_twin(model)
+    with torch.inference_mode():
+        assert_codes_up_to_float_ties(twin, twin.encoder(x), embedded[1], codes)
+    # ...which differs from the reflect-padded offline model in the first frames, and later only where the
+    # start's fading trace tips a code.
+    differing = (codes != offline.audio_codes[0]).any(dim=1)[0].nonzero().flatten().tolist()
+    start = [t for t in differing if t < IMMEDIATE_START_FRAMES]
+    late = [t for t in differing if t >= IMMEDIATE_START_FRAMES]
+    assert start and len(late) <= IMMEDIATE_LATE_FRAMES, differing
+    head = model.config.sampling_rate // 10
+    assert snr_db(offline_audio[..., head:], audio[..., head:]) >= IMMEDIATE_SNR_AFTER_100MS_DB

@@ -7,12 +7,27 @@ import itertools
 import pytest
 import torch
 
+from codec import load_default_model
 from codec.quantizer import residual_beam_search
 from streaming import StartMode, StreamingEncoder
 from call.search_width import SEARCH_WIDTH, default_search_width
 from call.sender import Sender
-from tests.models import realistic_model, speech_like
+from tests.models import (
+    assert_same_codes_up_to_float_ties,
+    codebooks,
+    embeddings_and_rounding,
+    greedy_codes,
+    realistic_model,
+    snr_db,
+    speech_like,
+)
 from tests.test_streaming import stream_encode
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The 24 kHz architecture with realistic codebooks; read-only in these tests, so built once."""
+    return realistic_model(seed=3)
 
 
 def _codebooks(sizes: list[int], dim: int, seed: int) -> list[torch.Tensor]:
@@ -26,7 +41,7 @@ def _search(x: torch.Tensor, embeds: list[torch.Tensor], width: int) -> torch.Te
 
 
 def _error(x: torch.Tensor, embeds: list[torch.Tensor], codes: torch.Tensor) -> torch.Tensor:
-    return (x - sum(e[codes[:, i]] for i, e in enumerate(embeds))).pow(2).sum(1)
+    return (x - sum(e.to(x.dtype)[codes[:, i]] for i, e in enumerate(embeds))).pow(2).sum(1)
 
 
 def test_exhaustive_width_finds_the_best_codes():
@@ -38,32 +53,55 @@ def test_exhaustive_width_finds_the_best_codes():
     torch.testing.assert_close(_error(x, embeds, codes), best)
 
 
-def test_width_one_is_the_greedy_search_and_wider_is_better():
-    model = realistic_model(seed=3)
+# Beam search keeps the `width` best partial sums, which may drop the greedy path before the last codebook:
+# on a frame it can end worse than greedy. Measured (75 frames, 6 kbps): width 4 is lower than greedy on 72
+# frames and higher on 3 (by at most 7.4 %), width 16 lower on every frame (by 2.9 % or more); mean error
+# 0.824 and 0.683 of greedy's.
+MAX_FRAMES_WORSE_THAN_GREEDY = 5
+MAX_EXCESS_OVER_GREEDY = 0.15
+
+
+def test_width_one_is_the_greedy_search_and_wider_is_better(model):
     audio = speech_like(24_000, 24_000, seed=5)
-    with torch.inference_mode():
-        embeddings = model.encoder(audio)
-    n_q = model.config.num_quantizers_for_bandwidth(6.0)
-    greedy = model.quantizer.encode(embeddings, 6.0)
-    assert torch.equal(model.quantizer.encode(embeddings, 6.0, search_width=1), greedy)
-    flat = embeddings[0].t()
-    embeds = [layer.codebook.embed for layer in model.quantizer.layers[:n_q]]
-    errors = {w: float(_error(flat, embeds, _search(flat, embeds, w)).mean()) for w in (1, 4, 16)}
-    assert errors[1] == pytest.approx(float(_error(flat, embeds, greedy[:, 0].t()).mean()))
-    assert errors[16] < errors[4] < 0.97 * errors[1]
+    embeddings, rounding = embeddings_and_rounding(model, audio)
+    embeds = codebooks(model, model.config.num_quantizers_for_bandwidth(6.0))
+    # Width 1 is the greedy residual VQ, here written out independently (nearest entry in float64 of what
+    # the earlier codebooks left): the same codes but for float near-ties (measured: none of 75 frames).
+    greedy = model.encode(audio, bandwidth=6.0, search_width=1).audio_codes[0]
+    reference = greedy_codes(embeddings, embeds)
+    assert_same_codes_up_to_float_ties(model, embeddings, rounding, greedy, reference)
+    assert all(reference[0, q].unique().numel() > 10 for q in range(len(embeds))), "codes barely vary"
+
+    flat = embeddings[0].t().double()
+    errors = {1: _error(flat, embeds, reference[0].t())}
+    for width in (4, 16):
+        codes = model.quantizer.encode(embeddings, 6.0, search_width=width)[:, 0].t()
+        errors[width] = _error(flat, embeds, codes)
+    assert errors[16].mean() < errors[4].mean() < 0.97 * errors[1].mean()
+    assert (errors[16] < errors[1]).all()
+    worse = errors[4] > errors[1]
+    assert worse.sum() <= MAX_FRAMES_WORSE_THAN_GREEDY and (errors[4] / errors[1]).max() <= 1 + MAX_EXCESS_OVER_GREEDY
 
 
 def test_model_encode_with_width_decodes_as_usual():
-    model = realistic_model(seed=3)
+    """The searched codes mean what greedy codes mean: decoded, they come closer to the unquantized model."""
+    model = load_default_model()  # a trained decoder: a random one barely hears its codes
     audio = speech_like(9_000, 24_000, seed=6)
-    out = model.encode(audio, bandwidth=6.0, search_width=4)
-    assert out.audio_codes.shape == model.encode(audio, bandwidth=6.0).audio_codes.shape
-    decoded = model.decode(out.audio_codes, out.audio_scales, last_frame_pad_length=out.last_frame_pad_length)
-    assert decoded.audio_values.shape[-1] >= audio.shape[-1]
+    with torch.inference_mode():
+        unquantized = model.decoder(model.encoder(audio))
+    decoded = {}
+    for width in (1, 4):
+        out = model.encode(audio, bandwidth=6.0, search_width=width)
+        assert out.audio_codes.shape == (1, 1, 8, 29)
+        decoded[width] = model.decode(out.audio_codes, out.audio_scales, last_frame_pad_length=out.last_frame_pad_length).audio_values
+        assert decoded[width].shape == unquantized.shape
+    # SNR against the unquantized decode, measured 14.24 dB greedy, 15.34 dB with width 4 (the same codes
+    # reversed in time: -1.8 dB; a random model's decoder gives 68 dB either way, hence the trained one).
+    gain = snr_db(unquantized, decoded[4]) - snr_db(unquantized, decoded[1])
+    assert gain >= 0.5, gain
 
 
-def test_streaming_search_equals_offline_search():
-    model = realistic_model(seed=3)
+def test_streaming_search_equals_offline_search(model):
     audio = speech_like(int(1.1 * 24_000) + 5, 24_000, seed=7)
     offline = model.encode(audio, bandwidth=6.0, search_width=4).audio_codes[0]
     streamed = stream_encode(StreamingEncoder(model, 6.0, start=StartMode.EXACT, search_width=4), audio)
@@ -72,8 +110,7 @@ def test_streaming_search_equals_offline_search():
 
 
 @pytest.mark.parametrize("width", [0, -1, 2.5, True])
-def test_bad_width_is_refused(width):
-    model = realistic_model(seed=3)
+def test_bad_width_is_refused(width, model):
     with pytest.raises(ValueError, match="search_width"):
         model.encode(speech_like(2_000, 24_000), bandwidth=6.0, search_width=width)
     with pytest.raises(ValueError, match="search_width"):
@@ -94,10 +131,9 @@ def test_command_lines_refuse_a_bad_width(capsys):
     assert "argument --search-width: must be a whole number, 1 (greedy) or more; got 'four'" in errors
 
 
-def test_a_call_searches_at_low_rates_and_honours_an_explicit_width():
+def test_a_call_searches_at_low_rates_and_honours_an_explicit_width(model):
     from concurrent.futures import ThreadPoolExecutor
 
-    model = realistic_model(seed=3)
     assert default_search_width(6.0) == SEARCH_WIDTH > 1 and default_search_width(12.0) == 1
     with ThreadPoolExecutor(1) as pool:
         assert Sender(model, pool, 6.0).encoder.search_width == SEARCH_WIDTH

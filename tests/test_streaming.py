@@ -9,7 +9,16 @@ import torch
 
 from codec import EncodecModel, config_48khz, load_default_model
 from streaming import StartMode, StreamingDecoder, StreamingEncoder
-from tests.models import realistic_model, small_model, speech_like
+from tests.models import (
+    assert_codes_up_to_float_ties,
+    assert_same_codes_up_to_float_ties,
+    embeddings_and_rounding,
+    realistic_model,
+    small_model,
+    snr_db,
+    speech_like,
+    zero_start_twin,
+)
 
 BLOCK_SIZES = [1, 7, 240, 320, 441, 1024, 4801]
 CONFIGS = {
@@ -61,36 +70,53 @@ def test_exact_start_equals_offline(model):
     expected = model.encode(audio, bandwidth=bandwidth).audio_codes[0]
     codes = stream_encode(StreamingEncoder(model, bandwidth, start=StartMode.EXACT), audio)
     assert codes.shape == expected.shape
-    differing = assert_same_codes_up_to_ties(model, model.encoder(audio), codes, expected)
-    print(f"fraction of codes that differ from offline: {differing:.2e}")
     assert all(expected[0, q].unique().numel() > 5 for q in range(expected.shape[1])), "codes barely vary"
+    # Measured: one frame of 98 differs, in `small` (a tie at 0.71 × the rounding error); none elsewhere.
+    assert_same_codes_up_to_float_ties(model, *embeddings_and_rounding(model, audio), codes, expected)
 
     offline_audio = model.decode(expected[None], [None]).audio_values
     streamed = stream_decode(StreamingDecoder(model, start=StartMode.EXACT), expected)
     assert streamed.shape == offline_audio.shape
+    # The README's promise; measured at most 4.5e-7 (bundled model, audio peaks 0.54).
     torch.testing.assert_close(streamed, offline_audio, atol=1e-5, rtol=0)
 
 
-def test_immediate_start_differs_only_at_the_start(model):
+# The zero start's trace has left the codes after this many frames (280 ms): measured, the last frame
+# at the start that differs from offline (other than float ties) is frame 20 (`trim-half-replicate`).
+SETTLE_FRAMES = 21
+# After it the bundled model's LSTM still carries a trace (embeddings 1.2e-4 off at frame 72, 7e-5
+# after frame 100) that tips one code with a smaller margin (4.1e-6, frame 72); the other configs: none.
+MAX_LATE_FRAMES = 1
+# Decoding the offline codes from a zero start: SNR against the offline decode after the first 100 ms,
+# measured 49.5 dB (bundled model; the README's end-to-end figure on real speech: 48.8 dB), 111–138 dB
+# for the others.
+IMMEDIATE_SNR_AFTER_100MS_DB = 40.0
+
+
+def test_immediate_start_is_the_zero_padded_start_and_converges(model):
+    """IMMEDIATE is the offline model with zeros for its left padding; its difference from offline fades."""
     config = model.config
     audio = speech_like(int(2.5 * config.sampling_rate), config.sampling_rate, seed=5)
+    twin = zero_start_twin(model)
     expected = model.encode(audio, bandwidth=6.0).audio_codes[0]
     codes = stream_encode(StreamingEncoder(model, 6.0, start=StartMode.IMMEDIATE), audio)
     assert codes.shape == expected.shape
-    # Frames (1.6 s) for the zero start to wash out of the conv context and the LSTM state. It decays
-    # exponentially at a rate the weights set: session 5's bundled model's decoder is within 1e-4 of
-    # offline after about 100 frames (measured: 1.1e-4 over frames 90–100, 4.4e-5 over 120–130;
-    # session 4's was there after 70–80).
-    settle = 120
-    late = codes.clone()
-    late[..., :settle] = expected[..., :settle]
-    # The zero start's trace in the LSTM state decays but never vanishes: later codes may flip near-ties.
-    assert_same_codes_up_to_ties(model, model.encoder(audio), late, expected)
+    # Every frame, the start included, is the zero-padded model's code but for float near-ties
+    # (measured: none, but 3 frames of `no-lstm`).
+    float_ties = assert_codes_up_to_float_ties(twin, *embeddings_and_rounding(twin, audio), codes)[0]
+    # Against the offline (reflect-padded) codes the differences are confined to the start.
+    differing = (codes != expected).any(dim=1)[0] & ~float_ties
+    assert differing[:SETTLE_FRAMES].any(), "the zero start should change the first frames"
+    late = differing[SETTLE_FRAMES:].nonzero().flatten() + SETTLE_FRAMES
+    assert len(late) <= MAX_LATE_FRAMES, f"frames {late.tolist()} differ from offline after the start"
+
     offline_audio = model.decode(expected[None], [None]).audio_values
     streamed = stream_decode(StreamingDecoder(model, start=StartMode.IMMEDIATE), expected)
     assert streamed.shape == offline_audio.shape
-    tail = settle * config.hop_length
-    torch.testing.assert_close(streamed[..., tail:], offline_audio[..., tail:], atol=1e-4, rtol=0)
+    # The zero-start twin decodes the same codes as the stream: measured within 3.9e-7 everywhere.
+    torch.testing.assert_close(streamed, twin.decode(expected[None], [None]).audio_values, atol=1e-5, rtol=0)
+    head = config.sampling_rate // 10
+    assert snr_db(offline_audio[..., head:], streamed[..., head:]) >= IMMEDIATE_SNR_AFTER_100MS_DB
 
 
 @pytest.mark.parametrize("start", list(StartMode))
@@ -133,14 +159,13 @@ def test_bandwidth_switch_at_frame_boundaries():
         outputs.append(decoder.push(codes))
     outputs.append(decoder.flush())
     assert sum(codes.shape[-1] for codes, _ in frames) == 60
-    embeddings, offset = model.encoder(audio), 0
+    (embeddings, rounding), offset = embeddings_and_rounding(model, audio), 0
     for codes, n_q in frames:
-        k = codes.shape[-1]
-        window = slice(offset, offset + k)
-        # One tie flips every later codebook of its frame: in a window of a few frames that is a large
-        # fraction, so the distance gaps, not the fraction, are the check here.
-        assert_same_codes_up_to_ties(model, embeddings[..., window], codes, full[:, :n_q, window], max_fraction=0.25)
-        offset += k
+        window = slice(offset, offset + codes.shape[-1])
+        # A residual VQ's codes at a lower bandwidth are the first codebooks of the full codes. One tie
+        # flips every later codebook of its frame, so ties are counted by frame (measured: none).
+        assert_same_codes_up_to_float_ties(model, embeddings[..., window], rounding, codes, full[:, :n_q, window])
+        offset += codes.shape[-1]
     embeddings = torch.cat([model.quantizer.decode(codes.transpose(0, 1)) for codes, _ in frames], dim=-1)
     expected = model.decoder(embeddings)
     torch.testing.assert_close(torch.cat(outputs, dim=-1), expected, atol=1e-5, rtol=0)
@@ -151,6 +176,10 @@ def test_reset_and_snapshot_restore():
     audio = speech_like(30 * 320, model.config.sampling_rate, seed=7)
     encoder = StreamingEncoder(model, 6.0, start="exact")
     reference = stream_encode(encoder, audio)
+    # Before trusting equalities between streams: the stream is the offline encoding, and it varies.
+    offline = model.encode(audio, bandwidth=6.0).audio_codes[0]
+    assert_same_codes_up_to_float_ties(model, *embeddings_and_rounding(model, audio), reference, offline)
+    assert all(reference[0, q].unique().numel() > 5 for q in range(reference.shape[1])), "codes barely vary"
     encoder.reset()
     assert torch.equal(stream_encode(encoder, audio), reference)
 
@@ -172,16 +201,23 @@ def test_reset_and_snapshot_restore():
     decoder.load_state_dict(snapshot)
     again = torch.cat([decoder.push(reference[..., 12:]), decoder.flush()], dim=-1)
     assert torch.equal(again, tail) and head.shape[-1] == 12 * 320
+    # ...and is the offline decode (of the IMMEDIATE decoder: the zero-padded start).
+    offline_audio = zero_start_twin(model).decode(reference[None], [None]).audio_values
+    torch.testing.assert_close(torch.cat([head, tail], dim=-1), offline_audio, atol=1e-5, rtol=0)
 
 
 def test_batched_streams_are_independent():
     model = small_model()
     audio = speech_like(25 * 320 + 9, model.config.sampling_rate, batch=3, seed=8)
     batched = stream_encode(StreamingEncoder(model, 6.0, start="exact"), audio)
+    offline = model.encode(audio, bandwidth=6.0).audio_codes[0]
+    assert_same_codes_up_to_float_ties(model, *embeddings_and_rounding(model, audio), batched, offline)
+    assert len({tuple(batched[i, 0].tolist()) for i in range(3)}) == 3, "the three streams' codes should differ"
     for i in range(3):
         single = stream_encode(StreamingEncoder(model, 6.0, start="exact"), audio[i : i + 1])
         assert torch.equal(batched[i : i + 1], single)
     decoded = stream_decode(StreamingDecoder(model, start="exact"), batched)
+    torch.testing.assert_close(decoded, model.decode(batched[None], [None]).audio_values, atol=1e-5, rtol=0)
     for i in range(3):
         single = stream_decode(StreamingDecoder(model, start="exact"), batched[i : i + 1])
         torch.testing.assert_close(decoded[i : i + 1], single, atol=1e-6, rtol=0)
@@ -239,37 +275,3 @@ def test_non_causal_48khz_model_is_refused():
         StreamingEncoder(model, 6.0)
     with pytest.raises(ValueError, match="cannot stream frame by frame"):
         StreamingDecoder(model)
-
-
-def assert_same_codes_up_to_ties(model, embeddings, codes, expected, max_fraction: float = 1e-2) -> float:
-    """Codes equal, except for argmin near-ties; returns the fraction of codes that differ."""
-    assert codes.shape == expected.shape
-    differing = (codes != expected).float().mean().item()
-    if differing:
-        gaps = near_tie_gaps(model, embeddings, codes, expected)
-        assert max(gaps) < 1e-3 and differing <= max_fraction, f"{differing:.2e} of the codes differ, gaps {gaps}"
-    return differing
-
-
-def near_tie_gaps(model: EncodecModel, embeddings: torch.Tensor, codes: torch.Tensor, expected: torch.Tensor) -> list[float]:
-    """For each frame whose codes differ, the distance gap at the first codebook that differs.
-
-    Streaming and offline embeddings agree to float precision (an error ε ≈ 1e-7·|embedding|); a code
-    can still flip where two entries are almost equally near: their distances then differ by about
-    |residual|·ε. The gap is given relative to |residual|·|embedding|: near 1e-6 for such a tie, far
-    larger for a real error.
-    """
-    gaps = []
-    embeddings = embeddings.detach()
-    for b, t in (codes != expected).any(dim=1).nonzero().tolist():
-        residual = embeddings[b, :, t]
-        scale = residual.norm()
-        for q in range(codes.shape[1]):
-            embed = model.quantizer.layers[q].codebook.embed
-            mine, theirs = embed[codes[b, q, t]], embed[expected[b, q, t]]
-            if codes[b, q, t] != expected[b, q, t]:
-                d_mine, d_theirs = (residual - mine).pow(2).sum(), (residual - theirs).pow(2).sum()
-                gaps.append(((d_mine - d_theirs).abs() / (residual.norm() * scale)).item())
-                break
-            residual = residual - theirs
-    return gaps
