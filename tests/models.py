@@ -209,3 +209,14 @@ def assert_same_codes_up_to_float_ties(
 def snr_db(reference: torch.Tensor, signal: torch.Tensor) -> float:
     noise = float((signal - reference).pow(2).sum())
     return math.inf if noise == 0 else 10 * math.log10(float(reference.pow(2).sum()) / noise)
+
+
+def speech_wav(directory, samples: int, sampling_rate: int, seed: int) -> tuple[object, torch.Tensor]:
+    """``speech_like`` audio written as a float WAV in ``directory`` (what a file sender reads):
+    the file's path and the audio ``(channels, samples)``."""
+    import soundfile
+
+    audio = speech_like(samples, sampling_rate, seed=seed)[0]
+    path = directory / "speech.wav"
+    soundfile.write(path, audio.T.numpy(), sampling_rate, subtype="FLOAT")
+    return path, audio

@@ -17,7 +17,7 @@ from call import connection as call_connection, media as call_media, wire
 from call.model_header import stream_header_for
 from call.receiver import Receiver
 from call.search_width import default_search_width
-from tests.models import small_model, speech_like
+from tests.models import small_model, speech_wav
 
 RATE = 24000
 LENGTH = RATE + 123  # not a whole number of frames
@@ -30,10 +30,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory):
-    audio = speech_like(LENGTH, RATE, seed=3)[0]
-    path = tmp_path_factory.mktemp("audio") / "speech.wav"
-    soundfile.write(path, audio.T.numpy(), RATE, subtype="FLOAT")
-    return path, audio
+    return speech_wav(tmp_path_factory.mktemp("audio"), LENGTH, RATE, seed=3)
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ from call.connection import CallError
 from call.recording import Recording
 from client import Client, Options
 from server import Relay
-from tests.models import small_model, speech_like
+from tests.models import small_model, speech_wav
 from tests.test_call import offline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,10 +41,7 @@ def model_dir(model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory):
-    audio = speech_like(LENGTH, RATE, seed=5)[0]
-    path = tmp_path_factory.mktemp("audio") / "speech.wav"
-    soundfile.write(path, audio.T.numpy(), RATE, subtype="FLOAT")
-    return path, audio
+    return speech_wav(tmp_path_factory.mktemp("audio"), LENGTH, RATE, seed=5)
 
 
 def frames_on_disk(path: Path) -> int:
