@@ -1,13 +1,15 @@
 """Streaming speed: encoder + decoder fed 320-sample blocks, against offline encode + decode.
 
     python benchmarks/streaming_speed.py [--seconds 10] [--bandwidth 6] [--batch 1] [--threads 1] [--search-width 1]
+                                         [--engine torch|onnx|both]
 
 Prints × real time (compute seconds per second of audio) of streaming and of the offline model
 on the same audio in the same run, their ratio, and percentiles of the per-frame cost (the time
 from a block entering the encoder to its audio leaving the decoder, which is what a call adds).
 Also the memory floor of a batch-1 stream: each frame must read every weight of the network once
 (the low-rate layers take one step per frame), at the speed this machine reads memory on one thread;
-offline encoding reuses each weight across all frames and never pays it.
+offline encoding reuses each weight across all frames and never pays it. `--engine both` streams with
+the PyTorch layers and with ONNX Runtime (``streaming.onnx_engine``) in the same run.
 """
 
 from __future__ import annotations
@@ -24,12 +26,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import add_model_arguments, benchmark_audio, benchmark_model, best_of  # noqa: E402
 from streaming import StreamingDecoder, StreamingEncoder  # noqa: E402
+from streaming.onnx_engine import OnnxStreamingDecoder, OnnxStreamingEncoder  # noqa: E402
 from call.search_width import search_width_option  # noqa: E402
 
 
-def stream_once(model, audio: torch.Tensor, bandwidth: float, block: int, search_width: int = 1) -> np.ndarray:
+ENGINES = {"torch": (StreamingEncoder, StreamingDecoder), "onnx": (OnnxStreamingEncoder, OnnxStreamingDecoder)}
+
+
+def stream_once(model, audio: torch.Tensor, bandwidth: float, block: int, search_width: int = 1, engine: str = "torch") -> np.ndarray:
     """Per-block wall times (s) of one full stream, flush included in the last block."""
-    encoder, decoder = StreamingEncoder(model, bandwidth, search_width=search_width), StreamingDecoder(model)
+    encoder_class, decoder_class = ENGINES[engine]
+    encoder, decoder = encoder_class(model, bandwidth, search_width=search_width), decoder_class(model)
     times = []
     for start in range(0, audio.shape[-1], block):
         began = time.perf_counter()
@@ -88,6 +95,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=320, help="samples per push (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; the fastest counts")
     parser.add_argument("--search-width", type=search_width_option, default=1, help="codebook search width of both (default %(default)s)")
+    parser.add_argument("--engine", choices=["torch", "onnx", "both"], default="torch", help="streaming engine (default %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = benchmark_model(args.model)
@@ -100,18 +108,27 @@ def main() -> None:
             model.decode(encoded.audio_codes, encoded.audio_scales)
 
         offline_time = best_of(args.repeats, offline)
-        runs = [stream_once(model, audio, args.bandwidth, args.block, args.search_width) for _ in range(args.repeats)]
-    frames = min(runs, key=lambda times: times.sum())
-    streaming_time = frames.sum()
+        engines = ["torch", "onnx"] if args.engine == "both" else [args.engine]
+        if "onnx" in engines:  # graphs exported (first use) and sessions loaded before timing
+            stream_once(model, audio[..., : 4 * args.block], args.bandwidth, args.block, args.search_width, "onnx")
+        runs = {engine: [] for engine in engines}
+        for _ in range(args.repeats):  # engines interleaved: a disturbance hits both alike
+            for engine in engines:
+                runs[engine].append(stream_once(model, audio, args.bandwidth, args.block, args.search_width, engine))
+    best = {engine: min(times, key=lambda t: t.sum()) for engine, times in runs.items()}
 
     print(
         f"{seconds:g} s of audio × {args.batch} stream(s), {args.bandwidth:g} kbps, search width {args.search_width}, "
         f"{args.block}-sample blocks, "
         f"{args.threads} thread(s), model {args.model}"
     )
-    print(f"streaming encode+decode: {streaming_time / seconds:.3f}× real time per stream batch")
+    for engine, frames in best.items():
+        print(f"streaming encode+decode: {frames.sum() / seconds:.3f}× real time per stream batch ({engine})")
     print(f"offline   encode+decode: {offline_time / seconds:.3f}× real time")
-    print(f"streaming / offline:     {streaming_time / offline_time:.2f}")
+    for engine, frames in best.items():
+        print(f"streaming / offline:     {frames.sum() / offline_time:.2f} ({engine})")
+    if len(best) == 2:
+        print(f"onnx / torch streaming:  {best['onnx'].sum() / best['torch'].sum():.2f}")
     frames_per_second = model.config.sampling_rate / model.config.hop_length
     weight_bytes, cache_bytes = weights_read_per_frame(model, args.bandwidth), last_level_cache_bytes()
     if cache_bytes is not None and weight_bytes < cache_bytes:
@@ -125,11 +142,12 @@ def main() -> None:
             f"matrix-vector speed on weights larger than the {'' if cache_bytes is None else f'{cache_bytes >> 20} MiB '}cache)"
         )
     block_ms = 1e3 * args.block / model.config.sampling_rate
-    p50, p90, p99 = np.percentile(frames * 1e3, [50, 90, 99])
-    print(
-        f"per-block cost (a {block_ms:.1f} ms block): p50 {p50:.2f} ms, p90 {p90:.2f} ms, "
-        f"p99 {p99:.2f} ms, max {frames.max() * 1e3:.2f} ms"
-    )
+    for engine, frames in best.items():
+        p50, p90, p99 = np.percentile(frames * 1e3, [50, 90, 99])
+        print(
+            f"per-block cost (a {block_ms:.1f} ms block): p50 {p50:.2f} ms, p90 {p90:.2f} ms, "
+            f"p99 {p99:.2f} ms, max {frames.max() * 1e3:.2f} ms ({engine})"
+        )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Each streaming layer (``layers``) wraps one codec module and keeps the state that module needs
 between frames; :class:`StreamingEncoder` and :class:`StreamingDecoder` run stacks of them
-(``coder``) and quantize one frame at a time (``frame_quantizer``). Nothing here knows about
+(``coder``) and quantize one frame at a time (``frame_quantizer``). ``onnx_engine`` runs the same step
+as ONNX graphs (``onnx_export``) on ONNX Runtime, where it is installed (imported from there: a
+PyTorch-only program never loads it). Nothing here knows about
 sockets, packets or sound cards: that is the ``call`` package, which builds on this one.
 """
 

@@ -1,0 +1,360 @@
+"""The streaming encoder and decoder steps as ONNX graphs, every piece of state an explicit input and output.
+
+    python -m streaming.onnx_export --model default|DIR|hub id|.th --out DIR [--bandwidth 6 ...] [--search-width 1 ...]
+
+One step is one 320-sample frame (one hop) of a causal model started with ``StartMode.IMMEDIATE``
+(zeros before the stream): the encoder step takes the frame and the state, and returns the frame's
+embedding, its residual-VQ codes (one graph per codebook count and search width: greedy, or the beam
+search of ``codec.quantizer.residual_beam_search``) and the new state; the
+decoder step takes one frame's codes (any number of codebooks) and the state, and returns 320 samples
+and the new state. The state is what the streaming layers (``streaming.layers``) keep, in the order
+``stateful_layers`` walks them: a causal conv's last ``kernel − stride`` input steps, a transposed
+conv's overlap tail (without bias), each LSTM layer's h and c. The graphs read the weights the
+streaming layers read (weight norm folded, the LSTM packed), exported with
+``torch.onnx.export(..., dynamo=False, opset_version=17)``. The exact start, and the end of a stream
+(its right-end padding), stay with the PyTorch layers: ``streaming.onnx_engine`` hands its state to
+them for ``flush()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from codec import EncodecModel, load_model
+from codec.conv import EncodecConv1d, EncodecConvTranspose1d
+from codec.seanet import EncodecLSTM, EncodecResnetBlock
+
+from .coder import check_streamable
+from .frame_quantizer import FrameQuantizer
+from .layers import (
+    MATRIX_MAX_STEPS, StreamingConv1d, StreamingConvTranspose1d, StreamingLSTM, StreamingStack, _packed_lstm, derived, folded_weight,
+)
+
+OPSET = 17
+WINDOWS_MAX_STEPS = 1
+"""Output steps up to which a conv runs as one product of its input windows rather than as ONNX `Conv`
+(measured: 1, the bottleneck convs; more windows cost more than `Conv` saves)."""
+TRANSPOSED_AS_PRODUCT = True
+"""Transposed convs as one product and an overlap-add (measured a little faster than `ConvTranspose`)."""
+RESIDUAL_NORM = False
+"""Whether the quantizer adds |r|² to every distance, as ``codec.quantizer.nearest_entries`` does. It is the
+same for every entry, so the argmin is the same but for float near-ties (measured: none over 2 × 360
+frames of speech, bundled and full-size models); leaving it out saves 3 nodes per codebook (~8 % of the
+bundled model's encoder step)."""
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One state tensor of a step graph: `(batch, *shape)` float32, zeros at the start of a stream."""
+
+    name: str
+    shape: tuple[int, ...]
+
+
+def check_exportable(model: EncodecModel) -> None:
+    """Raises ``ValueError`` where the step graphs cannot represent the model (the PyTorch path still can)."""
+    check_streamable(model.config)
+    for module in model.decoder.modules():
+        if isinstance(module, EncodecConvTranspose1d) and module.trim_left:
+            raise ValueError("trim_right_ratio < 1 delays the first samples: the ONNX step needs trim_right_ratio = 1")
+
+
+def stateful_layers(stack: StreamingStack) -> Iterator[object]:
+    """The streaming layers that keep state, in the order of the step graphs' state inputs."""
+    for layer in stack.layers:
+        if isinstance(layer, StreamingStack):
+            yield from stateful_layers(layer)
+        elif isinstance(layer, (StreamingConv1d, StreamingConvTranspose1d, StreamingLSTM)):
+            yield layer
+
+
+class _Step(nn.Module):
+    """Runs a codec `layers` list on one frame from explicit state; the state order is `stateful_layers`'."""
+
+    def __init__(self, layers: nn.ModuleList, steps: int) -> None:
+        super().__init__()
+        self.specs: list[StateSpec] = []
+        self._tensors = 0
+        # (kind, what it needs, input steps per frame) per layer; a resnet block holds two sub-plans
+        self.plan: list[tuple[str, object, int]] = self._build(layers, steps)
+
+    def _tensor(self, value: torch.Tensor) -> str:
+        name = f"w{self._tensors}"
+        self._tensors += 1
+        self.register_buffer(name, value.detach().clone().contiguous(), persistent=False)
+        return name
+
+    def _state(self, prefix: str, shape: tuple[int, ...]) -> None:
+        self.specs.append(StateSpec(f"{prefix}{len(self.specs)}", shape))
+
+    def _build(self, layers: nn.ModuleList, steps: int) -> list:
+        plan = []
+        for module in layers:
+            if isinstance(module, EncodecConv1d):
+                weight = folded_weight(module.conv)
+                padding = module.padding_total
+                if padding:
+                    self._state("conv", (weight.shape[1], padding))
+                out_steps = steps // module.stride
+                if out_steps <= WINDOWS_MAX_STEPS:
+                    # ONNX Runtime's Conv on a few output steps costs several times a product of the windows
+                    kernel, stride, dilation = weight.shape[-1], module.stride, module.conv.dilation[0]
+                    windows = torch.arange(out_steps)[:, None] * stride + torch.arange(kernel) * dilation  # (steps, kernel)
+                    plan.append(("windows", (self._tensor(weight.reshape(weight.shape[0], -1).t()), self._tensor(module.conv.bias),
+                                             self._tensor(windows), padding), steps))
+                else:
+                    plan.append(("conv", (self._tensor(weight), self._tensor(module.conv.bias), module.stride,
+                                          module.conv.dilation[0], padding), steps))
+                steps //= module.stride
+            elif isinstance(module, EncodecConvTranspose1d):
+                weight = folded_weight(module.conv)
+                overlap = module.conv.kernel_size[0] - module.stride
+                self._state("tail", (weight.shape[1], overlap))
+                if TRANSPOSED_AS_PRODUCT and not weight.shape[-1] % module.stride:
+                    matrix = weight.reshape(weight.shape[0], -1)  # (in, out × kernel): one product, then overlap-add
+                    plan.append(("transposed", (self._tensor(matrix), self._tensor(module.conv.bias), module.stride, overlap), steps))
+                else:
+                    plan.append(("convtranspose", (self._tensor(weight), self._tensor(module.conv.bias), module.stride, overlap), steps))
+                steps *= module.stride
+            elif isinstance(module, EncodecLSTM):
+                lstm = module.lstm
+                packed = derived(lstm, "packed", lambda: _packed_lstm(lstm))
+                names = []
+                for weight, bias in packed:
+                    self._state("h", (lstm.hidden_size,))
+                    self._state("c", (lstm.hidden_size,))
+                    names.append((self._tensor(weight), self._tensor(bias)))
+                plan.append(("lstm", (names, lstm.hidden_size), steps))
+            elif isinstance(module, nn.ELU):
+                plan.append(("elu", None, steps))
+            elif isinstance(module, EncodecResnetBlock):
+                block = self._build(module.block, steps)
+                shortcut = None
+                if not isinstance(module.shortcut, nn.Identity):
+                    shortcut = self._build(nn.ModuleList([module.shortcut]), steps)
+                plan.append(("resnet", (block, shortcut), steps))
+            else:
+                raise TypeError(f"No ONNX step for {type(module).__name__}")
+        return plan
+
+    def _run(self, plan: list, x: torch.Tensor, states: Iterator[torch.Tensor], new: list[torch.Tensor]) -> torch.Tensor:
+        for kind, spec, steps in plan:
+            if kind in ("conv", "windows"):
+                padding = spec[-1]
+                if padding:
+                    full = torch.cat([next(states), x], dim=-1)
+                    new.append(full[..., steps:])
+                else:
+                    full = x
+                if kind == "conv":
+                    weight, bias, stride, dilation, _ = spec
+                    x = F.conv1d(full, getattr(self, weight), getattr(self, bias), stride, 0, dilation)
+                else:
+                    matrix, bias, windows, _ = spec
+                    index = getattr(self, windows)
+                    rows = full[:, :, index].permute(0, 2, 1, 3)  # (batch, steps, in, kernel)
+                    rows = rows.reshape(rows.shape[0], index.shape[0], -1)
+                    x = (rows @ getattr(self, matrix) + getattr(self, bias)).transpose(1, 2)
+            elif kind == "transposed":
+                matrix, bias, stride, overlap = spec
+                batch, parts = x.shape[0], (overlap + stride) // stride
+                columns = (x.transpose(1, 2) @ getattr(self, matrix)).reshape(batch, steps, -1, parts, stride)
+                full = F.pad(next(states), (0, steps * stride))
+                for part in range(parts):  # as ConvTranspose: part p of step t lands on samples (t + p) · stride …
+                    shifted = columns[:, :, :, part].permute(0, 2, 1, 3).reshape(batch, -1, steps * stride)
+                    full = full + F.pad(shifted, (part * stride, (parts - 1 - part) * stride))
+                new.append(full[..., steps * stride :])
+                x = full[..., : steps * stride] + getattr(self, bias).view(1, -1, 1)
+            elif kind == "convtranspose":
+                weight, bias, stride, overlap = spec
+                full = F.conv_transpose1d(x, getattr(self, weight), None, stride) + F.pad(next(states), (0, steps * stride))
+                new.append(full[..., steps * stride :])
+                x = full[..., : steps * stride] + getattr(self, bias).view(1, -1, 1)
+            elif kind == "lstm":
+                names, size = spec
+                outputs = []
+                hidden = [(next(states), next(states)) for _ in names]
+                updated = [None] * len(names)
+                for t in range(steps):
+                    h = x[..., t]
+                    for i, (weight, bias) in enumerate(names):
+                        h_prev, c_prev = updated[i] or hidden[i]
+                        gates = torch.cat([h, h_prev], dim=1) @ getattr(self, weight) + getattr(self, bias)
+                        sigmoids = torch.sigmoid(gates[:, : 3 * size])
+                        c = sigmoids[:, size : 2 * size] * c_prev + sigmoids[:, :size] * torch.tanh(gates[:, 3 * size :])
+                        h = sigmoids[:, 2 * size :] * torch.tanh(c)
+                        updated[i] = (h, c)
+                    outputs.append(h)
+                for h, c in updated:
+                    new += [h, c]
+                x = torch.stack(outputs, dim=-1) + x
+            elif kind == "elu":
+                x = F.elu(x)
+            else:  # resnet
+                block, shortcut = spec
+                residual = self._run(block, x, states, new)
+                x = residual + (self._run(shortcut, x, states, new) if shortcut else x)
+        return x
+
+
+class EncoderStep(_Step):
+    """(audio `(batch, channels, hop)`, *state) → (embeddings `(batch, dim)`, [codes `(batch, n_q)`,] *new state)."""
+
+    def __init__(self, model: EncodecModel, num_codebooks: int | None = None, search_width: int = 1) -> None:
+        super().__init__(model.encoder.layers, model.config.hop_length)
+        self.num_codebooks, self.search_width = num_codebooks, search_width
+        if num_codebooks:
+            quantizer = FrameQuantizer(model)
+            for q in range(num_codebooks):
+                self.register_buffer(f"embed{q}", quantizer.embeds[q], persistent=False)
+                self.register_buffer(f"embed_t{q}", quantizer.transposed[q], persistent=False)
+                self.register_buffer(f"sqnorm{q}", quantizer.sqnorms[q], persistent=False)
+
+    def forward(self, audio: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        new: list[torch.Tensor] = []
+        embeddings = self._run(self.plan, audio, iter(state), new)[..., 0]
+        if not self.num_codebooks:
+            return (embeddings, *new)
+        if self.search_width > 1:
+            return (embeddings, self._beam_search(embeddings), *new)
+        residual, codes = embeddings, []
+        for q in range(self.num_codebooks):  # as `codec.quantizer.nearest_entries`, the greedy residual VQ
+            dist = -2 * (residual @ getattr(self, f"embed_t{q}"))
+            if RESIDUAL_NORM:
+                dist = residual.pow(2).sum(1, keepdim=True) + dist
+            indices = (dist + getattr(self, f"sqnorm{q}")).argmin(dim=-1)
+            codes.append(indices)
+            if q + 1 < self.num_codebooks:
+                residual = residual - getattr(self, f"embed{q}")[indices]
+        return (embeddings, torch.stack(codes, dim=1), *new)
+
+
+    def _beam_search(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """`codec.quantizer.residual_beam_search`, written out for the graph (the first stage has one candidate)."""
+        width, dim = self.search_width, embeddings.shape[1]
+        residual, paths = embeddings[:, None, :], None  # (batch, candidates, dim), (batch, candidates, stages)
+        for q in range(self.num_codebooks):
+            embed = getattr(self, f"embed{q}")
+            dist = residual.pow(2).sum(-1, keepdim=True) - 2 * (residual @ getattr(self, f"embed_t{q}")) + getattr(self, f"sqnorm{q}")
+            size = embed.shape[0]
+            best = dist.reshape(dist.shape[0], -1).topk(min(width, residual.shape[1] * size), dim=1, largest=False).indices
+            parent, entry = best // size, best % size
+            residual = residual.gather(1, parent[..., None].expand(-1, -1, dim)) - embed[entry]
+            if paths is None:
+                paths = entry[..., None]
+            else:
+                paths = torch.cat([paths.gather(1, parent[..., None].expand(-1, -1, paths.shape[-1])), entry[..., None]], dim=-1)
+        return paths[:, 0]
+
+
+class DecoderStep(_Step):
+    """(codes `(batch, n_q)` int64, any n_q, *state) → (audio `(batch, channels, hop)`, *new state)."""
+
+    def __init__(self, model: EncodecModel) -> None:
+        super().__init__(model.decoder.layers, 1)
+        embeds = FrameQuantizer(model).embeds
+        self.register_buffer("table", torch.cat(embeds).contiguous(), persistent=False)
+        self.size = model.config.codebook_size
+
+    def forward(self, codes: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        offsets = torch.arange(codes.shape[1], dtype=torch.int64) * self.size
+        embeddings = self.table[codes + offsets].sum(dim=1)[..., None]
+        new: list[torch.Tensor] = []
+        audio = self._run(self.plan, embeddings, iter(state), new)
+        return (audio, *new)
+
+
+def graph_name(kind: str, num_codebooks: int | None = None, search_width: int = 1) -> str:
+    """File name of a step graph: `encoder` (embeddings), `encoder_q8` (and 8 greedy codes), `encoder_q8_w4`
+    (8 codes of a width-4 search), `decoder`."""
+    if not num_codebooks:
+        return f"{kind}.onnx"
+    return f"{kind}_q{num_codebooks}.onnx" if search_width == 1 else f"{kind}_q{num_codebooks}_w{search_width}.onnx"
+
+
+def export_step(model: EncodecModel, path: str | os.PathLike, kind: str, num_codebooks: int | None = None, search_width: int = 1) -> Path:
+    """Writes one step graph to `path` (atomically: a half-written file is never seen) and returns it."""
+    check_exportable(model)
+    config = model.config
+    step: _Step
+    if kind == "encoder":
+        step = EncoderStep(model, num_codebooks, search_width)
+        example = torch.zeros(1, config.audio_channels, config.hop_length)
+        inputs, outputs = ["audio"], ["embeddings"] + (["codes"] if num_codebooks else [])
+    elif kind == "decoder":
+        step = DecoderStep(model)
+        example = torch.zeros(1, num_codebooks or 1, dtype=torch.int64)
+        inputs, outputs = ["codes"], ["audio"]
+    else:
+        raise ValueError(f"kind must be 'encoder' or 'decoder', got {kind!r}")
+    states = [torch.zeros(1, *spec.shape) for spec in step.specs]
+    state_names = [spec.name for spec in step.specs]
+    inputs += state_names
+    outputs += [f"new_{name}" for name in state_names]
+    dynamic = {name: {0: "batch"} for name in inputs + outputs}
+    if kind == "decoder":
+        dynamic["codes"] = {0: "batch", 1: "codebooks"}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                step.eval(), (example, *states), temporary, input_names=inputs, output_names=outputs,
+                dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True,
+            )
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path
+
+
+def state_specs(model: EncodecModel, kind: str) -> list[StateSpec]:
+    """The state inputs of a step graph, in order (what an engine allocates, zeros, per stream); once per model."""
+    if kind == "encoder":
+        return derived(model.encoder, "onnx_state", lambda: EncoderStep(model).specs)
+    return derived(model.decoder, "onnx_state", lambda: DecoderStep(model).specs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="default", help="default (the bundled model), a checkpoint dir, a hub id or a Meta .th file")
+    parser.add_argument("--out", required=True, help="directory for the .onnx files")
+    parser.add_argument(
+        "--bandwidth", type=float, action="append",
+        help="an encoder graph with the quantizer for this bandwidth (repeatable; default: every bandwidth of the model)",
+    )
+    parser.add_argument(
+        "--search-width", type=int, action="append",
+        help="codebook search width of the encoder graphs (repeatable; default: 1 and 4, what calls use)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        model = load_model(args.model).eval()
+        check_exportable(model)
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
+    out = Path(args.out)
+    counts = sorted({model.config.num_quantizers_for_bandwidth(b) for b in (args.bandwidth or model.config.target_bandwidths)})
+    widths = sorted(set(args.search_width or [1, 4]))
+    written = [export_step(model, out / graph_name("decoder"), "decoder")]
+    written += [export_step(model, out / graph_name("encoder", n, w), "encoder", n, w) for n in counts for w in widths]
+    for path in written:
+        print(f"{path}  {path.stat().st_size / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
