@@ -69,6 +69,9 @@ class Options:
     search_width: int | None = None
     """Codebook search width of the encoder (``EncodecModel.encode``): better codes, same bits, more CPU.
     ``None``: ``call.search_width.default_search_width`` of the bandwidth."""
+    engine: str = "torch"
+    """Streaming engine of the encoder and decoder: ``torch`` (the reference) or ``onnx`` (ONNX
+    Runtime, where installed and the start is immediate; PyTorch otherwise)."""
     input_device: int | str | None = None
     output_device: int | str | None = None
     status: bool = True
@@ -110,8 +113,8 @@ class Client:
         self.encode_pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
         self.decode_pool = ThreadPoolExecutor(1, thread_name_prefix="decode")
         self.sender = Sender(model, self.encode_pool, options.bandwidth, start, options.frames_per_packet,
-                             options.search_width, live=not self.send_file) if sends else None
-        self.receiver = Receiver(model, self.decode_pool, start) if receives else None
+                             options.search_width, live=not self.send_file, engine=options.engine) if sends else None
+        self.receiver = Receiver(model, self.decode_pool, start, engine=options.engine) if receives else None
         self.arrived = asyncio.Event()
         self.up = Meter()
         keep = max(1, int(STALE_AFTER_GAP / (self.frame_period * options.frames_per_packet)))
@@ -325,6 +328,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retry-forever", action="store_true", help="never give up on the relay")
     parser.add_argument("--threads", type=number_option(int, 1), default=DEFAULT_THREADS, metavar="N",
                         help="torch threads for each of the encoder and the decoder (default %(default)s)")
+    parser.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                        help="streaming engine: torch (the reference) or onnx (ONNX Runtime, faster; needs "
+                             "pip install -e '.[onnx]'; files and exact starts stay on torch) (default torch)")
     parser.add_argument("--list-devices", action="store_true", help="print the sound devices and exit")
     parser.add_argument("--input-device", help="microphone (index or name, see --list-devices)")
     parser.add_argument("--output-device", help="speaker (index or name, see --list-devices)")
@@ -371,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                       frames_per_packet=args.frames_per_packet, search_width=args.search_width, input_device=device(args.input_device),
                       output_device=device(args.output_device), status=not args.quiet, start=args.start,
                       output_format=args.output_format, output_rate=args.output_rate,
-                      connect_timeout=patience.first, reconnect_timeout=patience.again)
+                      connect_timeout=patience.first, reconnect_timeout=patience.again, engine=args.engine)
     try:
         model = load_model(args.model)
     except (OSError, ValueError) as error:

@@ -3,6 +3,7 @@
     python benchmarks/latency.py                   # full run (about 15 min on 2 cores), results in benchmarks/results/
     python benchmarks/latency.py --quick           # under 2 min: headline call, Opus, 3 files, a short relay ramp
     python benchmarks/latency.py --model DIR       # default | DIR | hub id | Meta .th | untrained-24khz
+    python benchmarks/latency.py --cpu-load 2      # a call while 2 processes burn CPU (3 to 13 s of 20), vs idle
 
 Each measured call is real: ``server.py`` and two ``client.py`` peers (separate processes) on
 loopback, sound cards replaced by a clocked source and sink (``--block`` samples per callback, in
@@ -11,6 +12,12 @@ encode, packetize, network/relay, jitter buffer, decode, output; plus the codec'
 through the observer hook of ``call/sender.py`` and ``call/receiver.py``; see ``benchmarks/latency_call.py``. Opus
 (libopus, VoIP, CBR, 20 ms and 10 ms frames) rides the same client, relay, wire format, jitter
 buffer and playout. The first line printed with "p50" is our end-to-end latency in ms.
+
+``--cpu-load N`` runs only the CPU-contention scenario: for our model (and Opus 20 ms unless
+``--no-opus``) an idle call, then the same call with N processes spinning ``while True: pass``
+from ``--load-from`` to ``--load-until`` seconds of its measured part; p50/p99 before, during and
+after the load, the time the latency takes to come back after it, what was dropped, lost and shed.
+Results in ``benchmarks/results/cpu_load.md`` and ``.json`` (see :func:`cpu_load_main`).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from benchmarks.latency_call import STAGES, UNTRAINED, CallSpec, run_call  # noqa: E402
+from benchmarks.latency_call import STAGES, UNTRAINED, CallSpec, CpuLoad, run_call  # noqa: E402
 
 DEFAULT_AUDIO = "/work/shared/audio/speech"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -147,6 +154,166 @@ def fake_result(spec: CallSpec) -> dict:  # --dry: exercise the reporting withou
     return {"spec": vars(spec), "directions": [d, d], "kbps": [6, 6], "jitter_stats": [], "device_late_max_ms": []}
 
 
+# --------------------------------------------------------------------- CPU load
+
+
+RECOVERY_WINDOW = 0.5
+"""Seconds of frames (by capture time) in the rolling median that decides when a call is back."""
+RECOVERY_TOLERANCE = 0.10
+"""Back means a rolling median at most this much above the idle call's p50."""
+
+
+def rolling_median(captured: np.ndarray, latency: np.ndarray,
+                   window: float = RECOVERY_WINDOW) -> tuple[np.ndarray, np.ndarray]:
+    """The median latency of the frames captured within ``window / 2`` of each frame's capture,
+    for every frame whose window lies wholly inside the call: ``(times, medians)``."""
+    order = np.argsort(captured)
+    c, v = np.asarray(captured, float)[order], np.asarray(latency, float)[order]
+    half = window / 2
+    keep = (c - half >= c[0]) & (c + half <= c[-1]) if len(c) else np.zeros(0, bool)
+    lo, hi = np.searchsorted(c, c - half, side="left"), np.searchsorted(c, c + half, side="right")
+    medians = np.array([np.median(v[a:b]) for a, b in zip(lo[keep], hi[keep])])
+    return c[keep], medians
+
+
+def recovery_time(captured, latency, since: float, threshold: float, window: float = RECOVERY_WINDOW) -> float:
+    """Seconds from ``since`` (the load's end) until the rolling median latency (see
+    :func:`rolling_median`) is at most ``threshold`` and stays there to the end of the call:
+    0 when it never rose above it after ``since``; ``inf`` when it is not back by the end."""
+    times, medians = rolling_median(captured, latency, window)
+    later = times >= since
+    times, medians = times[later], medians[later]
+    if not len(times):
+        return float("nan")
+    above = np.flatnonzero(medians > threshold)
+    if not len(above):
+        return 0.0
+    if above[-1] == len(times) - 1:
+        return float("inf")
+    return float(times[above[-1] + 1] - since)
+
+
+def load_summary(result: dict, idle: dict | None = None) -> dict:
+    """One call of the CPU-load scenario: end-to-end p50/p99 over the whole measured part and
+    before, during and after the load (by each frame's capture time), the recovery after the
+    load, each direction against the same direction of the ``idle`` call (this summary's own
+    kind; this call itself when None), and what the call dropped, lost and shed. Times in ms
+    except where named."""
+    marks = result["load"]
+    start, stop = marks["started_at"], marks["stopped_at"]
+    directions = result["directions"]
+
+    def pooled(key: str) -> np.ndarray:  # both directions, in one order for every key
+        return np.concatenate([np.asarray(d[key], float) for d in directions])
+
+    captured, latency = pooled("captured"), pooled("end_to_end")
+    masks = {"all": np.ones(len(captured), bool), "before": captured < start,
+             "during": (captured >= start) & (captured < stop), "after": captured >= stop}
+    stats = {name: percentiles(latency[mask].tolist()) for name, mask in masks.items()}
+    stages = {phase: {stage: float(1000 * pooled(stage)[masks[phase]].mean()) if masks[phase].any() else float("nan")
+                      for stage in STAGES} for phase in ("before", "during", "after")}
+    p50s = [float(1000 * np.median(d["end_to_end"])) if len(d["end_to_end"]) else float("nan") for d in directions]
+    pre_load = [float(1000 * np.median([x for x, c in zip(d["end_to_end"], d["captured"]) if c < start] or [np.nan]))
+                for d in directions]
+    senders = result.get("senders") or []
+    frame = senders[0]["hop"] / senders[0]["rate"] if senders and senders[0].get("hop") else 0.0
+    # Each direction keeps its own level (the phase of its frames against the sound card's blocks): it is
+    # compared with the same direction (same peers, same speech) of the idle call, and with itself before
+    # the load. Playout moves in whole frames (13.3 ms for ours, 20 ms for Opus 20 ms), more than 10 % of a
+    # 60 ms call, so a call can settle a frame above its old level with nothing queued: "frame" allows that.
+    recovery = {}
+    for name, references in (("idle", idle["directions_p50"] if idle else p50s), ("pre_load", pre_load)):
+        limits = [(1 + RECOVERY_TOLERANCE) * ms / 1000 for ms in references]
+        strict = [recovery_time(d["captured"], d["end_to_end"], stop, t) for d, t in zip(directions, limits)]
+        loose = [recovery_time(d["captured"], d["end_to_end"], stop, t + frame) for d, t in zip(directions, limits)]
+        recovery[name] = {"thresholds_ms": [1000 * t for t in limits], "s": max(strict), "frame_s": max(loose),
+                          "directions_s": strict}
+    playout = {}  # the receivers' jitter buffers, by tick time: what the jitter stage is made of
+    traces = [np.asarray(t, float).reshape(-1, 3) for t in result.get("jitter_traces") or []]
+    tick = np.concatenate(traces) if traces else np.zeros((0, 3))
+    spans = {"before": (marks["measured_from"], start), "during": (start, stop),
+             "after": (stop, marks["measured_from"] + result["spec"]["seconds"])}
+    for phase, (lo, hi) in spans.items():
+        rows = tick[(tick[:, 0] >= lo) & (tick[:, 0] < hi)]
+        playout[phase] = {"target_ms": float(1000 * rows[:, 1].mean()) if len(rows) else float("nan"),
+                          "held_frames": float(rows[:, 2].mean()) if len(rows) else float("nan"),
+                          "ticks_per_s": len(rows) / max(hi - lo, 1e-9) / max(len(traces), 1)}
+    jitter = [s for peer in result["jitter_stats"] for s in peer]
+    begin, end = marks["measured_from"], marks["measured_from"] + result["spec"]["seconds"]
+    shed_seconds = 0.0  # in the measured part, both senders added
+    for sender in senders:
+        log = sender.get("shed_log") or []
+        for (t, on), (t_next, _) in zip(log, log[1:] + [(end, False)]):
+            shed_seconds += max(0.0, min(t_next, end) - max(t, begin)) if on else 0.0
+    return {
+        "label": result["spec"]["label"], "model": result["spec"]["model"], "processes": marks["processes"],
+        "phases": stats, "stages": stages, "playout": playout, "directions_p50": p50s,
+        "recovery": recovery, "frame_ms": 1000 * frame,
+        "frames": len(latency), "lost": sum(d["lost"] for d in directions),
+        "late": sum(s["late"] for s in jitter), "skipped": sum(s["skipped"] for s in jitter),
+        "stretched": sum(s["stretched"] for s in jitter),
+        "dropped_ms": sum(1000 * (s.get("dropped_samples") or 0) / s.get("rate", 24000) for s in senders),
+        "sheds": sum(s.get("sheds") or 0 for s in senders), "shed_seconds": shed_seconds,
+        "input_overflows": sum(s.get("input_overflows") or 0 for s in senders),
+        "device_late_max_ms": max((max(d.values()) for d in result["device_late_max_ms"] if d), default=0.0),
+        "cpu": marks["cpu"], "load_window_s": [start - marks["measured_from"], stop - marks["measured_from"]],
+        "series": [{"t": np.round(np.asarray(d["captured"]) - marks["measured_from"], 4).tolist(),
+                    "ms": np.round(1000 * np.asarray(d["end_to_end"]), 1).tolist()} for d in directions],
+    }
+
+
+def cpu_load_main(args: argparse.Namespace) -> dict:
+    """The CPU-contention scenario: for each model an idle call and a loaded one, back to back,
+    same schedule (``--load-from``/``--load-until`` of ``--seconds`` measured), N burners in the
+    second. Writes ``cpu_load.json``, ``cpu_load.md`` and ``cpu_load.png`` to ``args.out``."""
+    from benchmarks import latency_report
+    from benchmarks.latency_quality import load_speech
+
+    if not 0 <= args.load_from < args.load_until <= args.seconds:
+        raise SystemExit(f"need 0 <= --load-from < --load-until <= --seconds ({args.seconds:g})")
+    model_spec, note = resolve_model(args.model)
+    files = load_speech(args.audio, limit=None)
+    talker_a, talker_b = speech_pair(files)
+    models = [model_spec] + ([] if args.no_opus else ["opus-20ms"])
+    report = {"command": " ".join([Path(sys.argv[0]).name] + (args.argv if args.argv is not None else sys.argv[1:])),
+              "model": model_spec, "model_note": note, "machine": machine(), "seconds": args.seconds,
+              "warmup": args.warmup, "load_processes": args.cpu_load, "load_from": args.load_from,
+              "load_until": args.load_until, "tolerance": RECOVERY_TOLERANCE, "window_s": RECOVERY_WINDOW,
+              "model_info": model_info(model_spec), "calls": []}
+    for model in models:
+        idle = None
+        for processes in (0, args.cpu_load):
+            label = f"{model} 6 kbps, " + (f"{processes} busy processes" if processes else "idle")
+            spec = CallSpec(label=label, model=model, seconds=args.seconds, warmup=args.warmup, bandwidth=6.0)
+            progress(f"{label} ({spec.warmup:g} s warm-up + {spec.seconds:g} s"
+                     + (f", load {args.load_from:g}-{args.load_until:g} s)" if processes else ")"))
+            result = run_call(spec, talker_a, talker_b, load=CpuLoad(processes, args.load_from, args.load_until))
+            summary = load_summary(result, idle)
+            if idle is None:
+                idle = summary
+            report["calls"].append(summary)
+            print(load_line(summary), flush=True)
+    report["machine_after"] = {"loadavg": machine()["loadavg"]}
+    report["elapsed_s"] = time.monotonic() - STARTED
+    latency_report.write_cpu_load(report, args.out)
+    progress(f"wrote {args.out}/cpu_load.json, cpu_load.md and cpu_load.png ({report['elapsed_s']:.0f} s in all)")
+    return report
+
+
+def load_line(s: dict) -> str:
+    ph = s["phases"]
+    text = (f"{s['label']}: all p50 {ph['all']['p50']:.1f} / p99 {ph['all']['p99']:.1f} ms; before "
+            f"{ph['before']['p50']:.1f} / {ph['before']['p99']:.1f}, during {ph['during']['p50']:.1f} / "
+            f"{ph['during']['p99']:.1f}, after {ph['after']['p50']:.1f} / {ph['after']['p99']:.1f}")
+    if s["processes"]:
+        idle, own = s["recovery"]["idle"], s["recovery"]["pre_load"]
+        text += ("; back within 10 % of idle p50 (" + " / ".join(f"{t:.1f}" for t in idle["thresholds_ms"])
+                 + f" ms) after {idle['s']:.2f} s ({idle['frame_s']:.2f} s with a frame more; against its own "
+                 f"p50 before the load {own['s']:.2f} s, {own['frame_s']:.2f} s)")
+    return (text + f"; lost {s['lost']}, late {s['late']}, dropped {s['dropped_ms']:.0f} ms, "
+            f"search shed {s['sheds']}x ({s['shed_seconds']:.1f} s)")
+
+
 # ---------------------------------------------------------------------- machine
 
 
@@ -166,7 +333,7 @@ def machine() -> dict:
     except RuntimeError as error:
         opus = str(error)
     return {"lscpu": sh("lscpu"), "memory": sh("free -h"), "loadavg": sh("cat /proc/loadavg"),
-            "busy_processes": sh("ps -eo pcpu,etime,args --sort=-pcpu | head -8"),
+            "busy_processes": sh("ps -eo pcpu,etime,args --sort=-pcpu | head -8 | cut -c1-160"),
             "python": platform.python_version(), "torch": torch.__version__, "libopus": opus,
             "cores": os.cpu_count(), "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
@@ -225,12 +392,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-opus", action="store_true", help="skip Opus")
     parser.add_argument("--no-quality", action="store_true", help="skip PESQ/STOI/SI-SNR")
     parser.add_argument("--no-relay", action="store_true", help="skip the relay capacity ramp")
+    parser.add_argument("--cpu-load", type=int, metavar="N",
+                        help="only the CPU-contention scenario: idle call, then N processes burning CPU during it")
+    parser.add_argument("--load-from", type=float, default=3.0,
+                        help="with --cpu-load: seconds into the measured call the load starts (default %(default)s)")
+    parser.add_argument("--load-until", type=float, default=13.0,
+                        help="with --cpu-load: seconds into the measured call the load stops (default %(default)s)")
     parser.add_argument("--dry", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--rewrite", metavar="DIR", help="only rewrite the Markdown and plots from DIR/latency.json")
+    parser.add_argument("--rewrite", metavar="DIR", help="only rewrite the Markdown and plots from DIR/latency.json "
+                        "(with --cpu-load: from DIR/cpu_load.json)")
     args = parser.parse_args(argv)
     args.seconds = args.seconds or (4.0 if args.quick else 20.0)
     args.warmup = args.warmup or (3.0 if args.quick else 5.0)
     args.out = Path(args.out) if args.out else RESULTS / "quick" if args.quick else RESULTS
+    args.argv = argv
     return args
 
 
@@ -239,9 +414,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.rewrite:
         from benchmarks import latency_report
 
-        report = json.loads((Path(args.rewrite) / "latency.json").read_text())
-        latency_report.write(report, Path(args.rewrite))
+        name, write = ("cpu_load.json", latency_report.write_cpu_load) if args.cpu_load is not None \
+            else ("latency.json", latency_report.write)
+        report = json.loads((Path(args.rewrite) / name).read_text())
+        write(report, Path(args.rewrite))
         return report
+    if args.cpu_load is not None:
+        return cpu_load_main(args)
     from benchmarks import latency_report
     from benchmarks.latency_quality import evaluate, load_speech, summarize
 

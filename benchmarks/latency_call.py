@@ -289,6 +289,43 @@ def _peer(spec: CallSpec, url: str, room: str, audio: np.ndarray, barrier) -> di
     return asyncio.run(call())
 
 
+def log_sheds(budget) -> list[tuple[float, bool]]:
+    """``(time.monotonic(), shedding)`` at each change of a sender's :class:`call.sender.EncodeBudget`:
+    when the codebook search went off and came back."""
+    log: list[tuple[float, bool]] = []
+    note = budget.note
+
+    def logged(seconds: float, frames: int) -> bool:
+        was = budget.shedding
+        shedding = note(seconds, frames)
+        if shedding != was:
+            log.append((time.monotonic(), shedding))
+        return shedding
+    budget.note = logged
+    return log
+
+
+def trace_jitter(receiver) -> list[tuple[float, float, int]]:
+    """``(now, target delay, frames held)`` at every playout tick of every stream ``receiver``
+    opens from now on: where the jitter stage's time goes (the target, or a queue beyond it)."""
+    trace: list[tuple[float, float, int]] = []
+    original = receiver._open
+
+    def traced_open(*args, **kwargs):
+        stream = original(*args, **kwargs)
+        jitter = stream.jitter
+        if not hasattr(jitter, "traced"):
+            playout = jitter.playout
+
+            def traced(now: float):
+                trace.append((now, jitter.target_delay, jitter.buffered))
+                return playout(now)
+            jitter.playout, jitter.traced = traced, True
+        return stream
+    receiver._open = traced_open
+    return trace
+
+
 def instrument(client, spec: CallSpec, devices: ClockedDevices,
                sleep: Callable[[float], None] = time.sleep) -> Callable[[], dict]:
     """Make ``client`` (not yet running) a measured peer: timestamp every frame through the
@@ -309,6 +346,7 @@ def instrument(client, spec: CallSpec, devices: ClockedDevices,
         client.output_margin = spec.playout["output_margin"]
     client.sender.observer = on_sent
     client.receiver.observer = on_received
+    shed_log = log_sheds(client.sender.budget)
     if spec.inject.get("encode"):
         client.sender.encoder = Slowed(client.sender.encoder, spec.inject["encode"], sleep)
     if spec.inject.get("network"):
@@ -322,6 +360,7 @@ def instrument(client, spec: CallSpec, devices: ClockedDevices,
                 stream.decoder = Slowed(stream.decoder, spec.inject["decode"], sleep)
             return stream
         client.receiver._open = slowed_open
+    trace = trace_jitter(client.receiver)
 
     def collect() -> dict:
         stats = [s.jitter.stats for s in client.receiver.streams.values()]
@@ -333,7 +372,10 @@ def instrument(client, spec: CallSpec, devices: ClockedDevices,
                 "jitter_stats": [asdict(s) for s in stats],
                 "lookahead": getattr(model, "lookahead_samples", 0),
                 "rate": model.config.sampling_rate, "hop": model.config.hop_length,
-                "up_bytes": client.up.bytes, "sent_frames": client.sender.next_index}
+                "up_bytes": client.up.bytes, "sent_frames": client.sender.next_index,
+                "dropped_samples": client.sender.dropped_samples, "sheds": client.sender.budget.sheds,
+                "shed_log": shed_log, "jitter_trace": trace,
+                "input_overflows": getattr(devices.streams["input"].callback.__self__, "overflows", 0)}
 
     return collect
 
@@ -381,11 +423,145 @@ class RelayProcess:
         self.close()
 
 
-def run_call(spec: CallSpec, audio_a: np.ndarray, audio_b: np.ndarray, relay_url: str | None = None) -> dict:
+# ------------------------------------------------------------------------- CPU load
+
+
+@dataclass
+class CpuLoad:
+    """``processes`` processes that burn a core each from ``start`` to ``stop`` seconds into the
+    measured part of a call (after its warm-up). ``processes=0`` keeps the same schedule and
+    measurements without load: the idle baseline."""
+
+    processes: int
+    start: float = 3.0
+    stop: float = 13.0
+
+
+BURN = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(200000): pass\n"
+"""A busy process: ``while True: pass``, that ends by itself if the benchmark dies without stopping it."""
+
+
+class Burners:
+    """Processes spinning on the CPU, started and stopped by the benchmark; as a context manager
+    they are stopped on the way out whatever happens (an error, Ctrl-C). Each also ends by itself
+    once its parent is gone."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self) -> float:
+        """Start them; returns the time they were all running."""
+        for _ in range(self.n):
+            self.processes.append(subprocess.Popen([sys.executable, "-c", BURN], stdin=subprocess.DEVNULL))
+        return time.monotonic()
+
+    def stop(self) -> float:
+        """Stop them (those this object started, by handle); returns the time they were stopped."""
+        for process in self.processes:
+            process.kill()
+        stopped = time.monotonic()
+        for process in self.processes:
+            process.wait()
+        self.processes = []
+        return stopped
+
+    def __enter__(self) -> "Burners":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of the whole machine since boot (``/proc/stat``)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def process_ticks() -> dict[int, tuple[int, str, int]]:
+    """``{pid: (user + system clock ticks, command line, parent pid)}`` of every process now running."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(entry.name)] = (int(fields[11]) + int(fields[12]), cmd or stat.split("(", 1)[1].split(")")[0],
+                                int(fields[1]))
+    return out
+
+
+def cpu_between(a: tuple, b: tuple, top: int = 6) -> dict:
+    """What ran between two samples ``(monotonic time, cpu_ticks(), process_ticks())``: the machine's
+    busy share of its cores, the processes that used the most CPU (in cores, e.g. 1.0 = one core), and
+    how many cores this benchmark's processes (this one and its descendants: relay, peers, burners) and
+    all the others used."""
+    (t0, (busy0, total0), procs0), (t1, (busy1, total1), procs1) = a, b
+    seconds = max(t1 - t0, 1e-9)
+    hz = os.sysconf("SC_CLK_TCK")
+    used = {pid: (ticks - procs0.get(pid, (0,))[0]) / hz / seconds for pid, (ticks, *_) in procs1.items()}
+    ours, grew = {os.getpid()}, True
+    while grew:  # descendants of this process
+        grew = False
+        for pid, (_, _, parent) in procs1.items():
+            if parent in ours and pid not in ours:
+                ours.add(pid)
+                grew = True
+    busy = (busy1 - busy0) / max(total1 - total0, 1)
+    ours_cores = sum(c for pid, c in used.items() if pid in ours)
+    ranked = sorted(((c, procs1[pid][1][:100]) for pid, c in used.items() if c > 0), reverse=True)
+    return {"seconds": t1 - t0, "busy": busy, "ours_cores": ours_cores,
+            "others_cores": max(0.0, busy * (os.cpu_count() or 1) - ours_cores),
+            "top": [{"cores": round(c, 2), "command": cmd} for c, cmd in ranked[:top]]}
+
+
+def sample() -> tuple:
+    return time.monotonic(), cpu_ticks(), process_ticks()
+
+
+def sleep_until(t: float) -> None:
+    while (left := t - time.monotonic()) > 0:
+        time.sleep(min(left, 0.5))
+
+
+def run_load(load: CpuLoad, spec: CallSpec, barrier) -> dict:
+    """The benchmark's side of a call under load: pass the barrier with the peers (their clients
+    start then), start the burners ``load.start`` s into the measured part, stop them at
+    ``load.stop``, and sample the machine's CPU use in each phase. Returns the marks (peers' clock)."""
+    barrier.wait(120)
+    began = sample()
+    measured = began[0] + spec.warmup
+    with Burners(load.processes) as burners:
+        sleep_until(measured + load.start)
+        before = sample()
+        started = burners.start()
+        sleep_until(measured + load.stop)
+        during = sample()
+        stopped = burners.stop()
+    sleep_until(measured + spec.seconds)
+    after = sample()
+    return {"processes": load.processes, "start": load.start, "stop": load.stop,
+            "call_started_at": began[0], "measured_from": measured, "started_at": started, "stopped_at": stopped,
+            "cpu": {"before": cpu_between(began, before), "during": cpu_between(before, during),
+                    "after": cpu_between(during, after)}}
+
+
+# --------------------------------------------------------------------------- a call
+
+
+def run_call(spec: CallSpec, audio_a: np.ndarray, audio_b: np.ndarray, relay_url: str | None = None,
+             load: CpuLoad | None = None) -> dict:
     """Run one call (two peer processes through the relay); per-frame stage latencies of both
-    directions, in seconds."""
+    directions, in seconds. With ``load``, burn CPU during part of it (see :class:`CpuLoad`);
+    the result's ``load`` says when, and what ran."""
     context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(2)
+    barrier = context.Barrier(2 if load is None else 3)
     results = context.Queue()
     owned = None
     if relay_url is None:
@@ -397,6 +573,12 @@ def run_call(spec: CallSpec, audio_a: np.ndarray, audio_b: np.ndarray, relay_url
     try:
         for p in peers:
             p.start()
+        marks = None
+        if load is not None:
+            try:
+                marks = run_load(load, spec, barrier)
+            except threading.BrokenBarrierError:
+                pass  # a peer failed before the call began: its error is on the queue
         timeout = spec.warmup + spec.seconds + 120
         outs = [results.get(timeout=timeout) for _ in peers]
         for p in peers:
@@ -410,7 +592,10 @@ def run_call(spec: CallSpec, audio_a: np.ndarray, audio_b: np.ndarray, relay_url
     errors = [o["error"] for o in outs if "error" in o]
     if errors:
         raise RuntimeError("a peer failed:\n" + "\n".join(errors))
-    return call_result(spec, outs)
+    result = call_result(spec, outs)
+    if load is not None:
+        result["load"] = marks
+    return result
 
 
 def call_result(spec: CallSpec, outs: list[dict]) -> dict:
@@ -420,19 +605,31 @@ def call_result(spec: CallSpec, outs: list[dict]) -> dict:
             "kbps": [8 * o["up_bytes"] / max(o["sent_frames"] * o["hop"] / o["rate"], 1e-9) / 1000 for o in outs],
             "jitter_stats": [o["jitter_stats"] for o in outs],
             "device_late_max_ms": [{k: 1000 * v for k, v in o["late_max"].items()} for o in outs],
-            "device_late_at_block": [o["late_at_block"] for o in outs]}
+            "device_late_at_block": [o["late_at_block"] for o in outs],
+            "senders": [{key: o.get(key) for key in ("dropped_samples", "sheds", "shed_log", "input_overflows",
+                                                     "rate", "hop")} for o in outs],
+            "jitter_traces": [o.get("jitter_trace", []) for o in outs]}
 
 
 def frame_latencies(sender: dict, receiver: dict, spec: CallSpec) -> dict:
     """Join one direction's timestamps by frame index: ``{stage: [seconds per frame]}``, plus
-    ``end_to_end``, ``index`` and ``lost`` (frames the receiver concealed)."""
+    ``end_to_end``, ``index``, ``captured`` (when each frame's first sample was captured, on the
+    peers' clock), ``lost`` (frames the receiver concealed) and ``dropped_samples``.
+
+    Frame ``k`` begins at sample ``k * hop`` of what the encoder took in; a live sender that drops
+    input (its ``"dropped"`` events, see ``call/sender.py``) moves every later frame that many
+    samples further into the captured audio, so its capture time is counted from there."""
     rate, hop = sender["rate"], sender["hop"]
     times: dict[str, dict[int, float]] = {e: {} for e in EVENTS}
     written: dict[int, int] = {}
+    drops: list[tuple[int, int]] = []  # (first frame after the gap, samples dropped)
     lost = 0
     for event, first, count, t, *rest in sender["sent"] + receiver["received"]:
         if event == "lost":
             lost += 1
+            continue
+        if event == "dropped":
+            drops.append((first, count))
             continue
         for k in range(first, first + count):
             times[event].setdefault(k, t)  # the first time counts (a resent packet does not)
@@ -441,7 +638,10 @@ def frame_latencies(sender: dict, receiver: dict, spec: CallSpec) -> dict:
     sink = np.array(receiver["sink_log"], dtype=float).reshape(-1, 3)
     lookahead = receiver["lookahead"] / rate
     warmup_frames = int(spec.warmup * rate / hop)
-    rows = []
+    drops.sort()
+    drop_firsts = np.array([first for first, _ in drops], dtype=np.int64)
+    drop_total = np.cumsum([0] + [count for _, count in drops])
+    rows, captures = [], []
     for k in sorted(times["decoded"]):
         if k < warmup_frames or not all(k in times[e] for e in EVENTS) or k not in written:
             continue
@@ -450,12 +650,16 @@ def frame_latencies(sender: dict, receiver: dict, spec: CallSpec) -> dict:
         if i < 0 or w >= sink[i, 1] + sink[i, 2]:
             continue  # not played before the call ended
         played = sink[i, 0] + (w - sink[i, 1]) / rate
-        captured = sender["source_t0"] + k * hop / rate
+        skipped = drop_total[np.searchsorted(drop_firsts, k, side="right")]  # dropped before frame k began
+        captured = sender["source_t0"] + (k * hop + skipped) / rate
         t = [captured] + [times[e][k] for e in EVENTS] + [played]
         rows.append([k] + list(np.diff(t)) + [lookahead])
+        captures.append(captured)
     rows = np.array(rows, dtype=float).reshape(-1, 1 + len(STAGES))
     out = {stage: rows[:, 1 + j].tolist() for j, stage in enumerate(STAGES)}
     out["end_to_end"] = rows[:, 1:].sum(axis=1).tolist()
     out["index"] = rows[:, 0].astype(int).tolist()
+    out["captured"] = captures
     out["lost"] = lost
+    out["dropped_samples"] = int(drop_total[-1])
     return out

@@ -13,14 +13,25 @@ Two ways to take frames out, for the two kinds of sink:
 * :meth:`JitterBuffer.playout` — one entry per tick of a sound card's clock. When the
   buffer runs dry it stretches (returns a concealment tick without consuming a frame, so
   the delay grows). Delay that is no longer needed is given back by skipping frames: at
-  once when the buffer holds far more than the target, and otherwise one frame per
-  half second while even the lowest fill level of that half second exceeds the target.
-  Without the second rule, the 80 ms start and every stretch would stay in the call for
-  good, though on a calm network the target soon falls to 20 ms.
+  once when the buffer holds far more than the target, and otherwise at the end of each
+  half second in which even the lowest fill level exceeded the target: then every frame
+  of that excess is skipped together (one jump, not one frame per half second for as long
+  as the excess lasts). Without this rule, the 80 ms start and every stretch would stay
+  in the call for good, though on a calm network the target soon falls to 20 ms.
+
+A real-time call degrades, it never queues. Playout that falls behind (ticks a busy CPU
+missed) is skipped back to within two frames of the target at the next tick. A stall (a busy
+CPU at either end, a burst on the network) puts its delay into the measured transits and so
+into the target, but once a second of packets (``forget``) has arrived calmer than that, the
+stall is forgotten (the transits before it leave the window), the target falls back to what
+the recent packets need, and the frames queued beyond it are skipped. Before, one stall held
+the target up until its packets left the 200-packet window (2.7 s), and what it had queued
+then drained a frame per tick or per half second.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -58,8 +69,10 @@ class JitterBuffer:
 
     def __init__(self, frame_rate: float, initial_delay: float = 0.08, min_delay: float = 0.02,
                  max_delay: float = 0.5, window: int = 200, level_window: float = 0.5,
-                 max_jump: float = 2.0) -> None:
+                 max_jump: float = 2.0, forget: float = 1.0) -> None:
         self.frame_period = 1.0 / frame_rate
+        self._recent = max(20, round(forget * frame_rate))
+        """Transits that, all within a narrower spread than the window's, make the older ones forgotten."""
         self.max_jump = max(1, round(max_jump * frame_rate))
         """Frames a packet may lie ahead of the next one due and still be waited for: one message can
         make the buffer give out at most this many concealed frames. Further ahead (a sender back
@@ -101,6 +114,22 @@ class JitterBuffer:
                 self._transits.append(now - i * self.frame_period)
                 if self.next_index is None:
                     self.next_index, self._started_at = i, now
+        self._forget_passed_stall()
+
+    def _forget_passed_stall(self) -> None:
+        """Drop the transits before the most recent ``forget`` seconds of packets when those
+        recent ones, all of them, spread less than the window's 95th percentile does: the
+        window's high tail is a stall that has passed (or a shift of the whole timeline, as when
+        a sender drops input), not the jitter the stream has now. For steady jitter the recent
+        packets' full spread is almost never below the window's 95th percentile."""
+        n = len(self._transits)
+        if n <= self._recent:
+            return
+        transits = np.fromiter(self._transits, float, n)
+        recent = transits[n - self._recent:]
+        if recent.max() - recent.min() < np.percentile(transits, 95) - transits.min():
+            for _ in range(n - self._recent):
+                self._transits.popleft()
 
     def _resync(self, index: int, now: float) -> None:
         """Move to ``index``: what is held is dropped, the frames between are lost without being
@@ -187,7 +216,7 @@ class JitterBuffer:
             return STRETCH, None  # first fill: build up the target delay before playing
         self._started_at = None
         i = self.next_index
-        excess = self._excess_level()
+        excess = self._excess_level()  # frames of delay the last level window did not need
         if i not in self._frames:
             if self._frames and self._overdue(i, now) or self.end_index is not None:
                 self.stats.lost += 1
@@ -196,17 +225,33 @@ class JitterBuffer:
             self.stats.stretched += 1
             return STRETCH, None
         target_frames = self.target_delay / self.frame_period
-        if (excess or len(self._frames) > 2 * target_frames + 2) and i + 1 in self._frames:
-            del self._frames[i]  # more queued than the jitter needs: skip a frame to cut the delay
+        excess = max(excess, self._late_frames(i, now))
+        if len(self._frames) > 2 * target_frames + 2:
+            excess = max(excess, 1)
+        while excess > 0 and i + 1 in self._frames:
+            del self._frames[i]  # more queued than the jitter needs: skip frames to cut the delay
             self.stats.skipped += 1
             i += 1
+            excess -= 1
         self.next_index = i + 1
         return i, self._frames.pop(i)
 
-    def _excess_level(self) -> bool:
-        """Track the fill level at each tick; True when a level window has just closed in which
-        the queue never fell to the target delay: even at its emptiest tick it held more than
-        the target's worth of frames (the due one included), so one frame of delay is excess.
+    def _late_frames(self, index: int, now: float) -> int:
+        """Whole frames by which frame ``index``, played ``now``, plays later than the target
+        delay after the earliest arrivals would have it, beyond one frame of slack: delay that
+        piled up while playout could not keep up (ticks missed on a busy CPU) or that a stall
+        left behind once the target has come down. Skipped at once: a real-time call does not
+        queue. (What is left under two frames above the target, the level rule takes.)"""
+        if not self._transits:
+            return 0
+        delay = now - (index * self.frame_period + min(self._transits))
+        return max(0, math.floor((delay - self.target_delay) / self.frame_period - 1))
+
+    def _excess_level(self) -> int:
+        """Track the fill level at each tick; when a level window has just closed in which the
+        queue never fell to the target delay (even at its emptiest tick it held more than the
+        target's worth of frames, the due one included), the frames of delay beyond the target
+        at that emptiest tick: excess, all of it. 0 otherwise.
 
         (Simulated with 10 ms capture blocks, 3 ms of encode and network jitter: frames wait
         13 ms on average with this rule, against 26 ms when the frame due is not counted.)"""
@@ -214,11 +259,12 @@ class JitterBuffer:
         self._level_floor = level if self._level_floor is None else min(self._level_floor, level)
         self._level_seen += 1
         if self._level_seen < self._level_ticks:
-            return False
+            return 0
         # Packets of N frames: the target covers the N - 1 frames by which a packet's first frame
         # lags its last, but the queue runs down to its floor just before each packet lands, so at the
         # floor those N - 1 frames are not in it. Compare the floor with the rest of the target.
         burst = max(self._packet_frames, default=1) - 1
-        excess = (self._level_floor + burst) * self.frame_period > self.target_delay
+        held = self._level_floor + burst  # frames' worth of delay at the emptiest tick
+        needed = int(self.target_delay / self.frame_period + 1e-9)  # whole frames the target covers
         self._level_floor, self._level_seen = None, 0
-        return excess
+        return max(0, held - needed)

@@ -24,7 +24,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from streaming import StartMode, StreamingDecoder
+from streaming import StartMode
+from streaming.onnx_engine import engine_decoder
 
 from . import wire
 from .concealment import Concealer, GainSchedule
@@ -55,17 +56,17 @@ class StreamRefused(wire.ProtocolError):
         self.problem = problem
 
 
-def streaming_decoder(model: object, start: StartMode | str) -> object:
-    """The model's streaming decoder; see :func:`call.sender.streaming_encoder`."""
+def streaming_decoder(model: object, start: StartMode | str, engine: str = "torch") -> object:
+    """The model's streaming decoder on ``engine``; see :func:`call.sender.streaming_encoder`."""
     factory = getattr(model, "streaming_decoder", None)
-    return factory(start) if factory else StreamingDecoder(model, start=start)
+    return factory(start) if factory else engine_decoder(model, start, engine)
 
 
 class PeerStream:
     """One peer's incoming stream: validation, jitter buffer, concealment and decoder."""
 
     def __init__(self, model: torch.nn.Module, header: wire.StreamHeader, start: StartMode | str,
-                 source: int | None = None, now: float = 0.0) -> None:
+                 source: int | None = None, now: float = 0.0, engine: str = "torch") -> None:
         self.header = header
         self.source = source
         """The relay's id of the peer sending it (``None`` outside a relayed room: a file)."""
@@ -74,7 +75,7 @@ class PeerStream:
         self.jitter = JitterBuffer(header.frame_rate)
         self.concealer = Concealer()
         self.gains = GainSchedule(header.samples_per_frame)
-        self.decoder = streaming_decoder(model, start)
+        self.decoder = streaming_decoder(model, start, engine)
         self.observer: Optional[Observer] = None
         self.first_index: int | None = None
         self.end: wire.EndOfStream | None = None
@@ -163,8 +164,9 @@ class Receiver:
 
     def __init__(self, model: torch.nn.Module, executor: Executor,
                  start: StartMode | str = StartMode.EXACT, max_streams: int = MAX_STREAMS,
-                 silence_timeout: float = SILENCE_TIMEOUT) -> None:
+                 silence_timeout: float = SILENCE_TIMEOUT, engine: str = "torch") -> None:
         self.model = model
+        self.engine = engine
         self.executor = executor
         self.start = start
         self.expected = stream_header_for(model)
@@ -282,7 +284,7 @@ class Receiver:
         if sum(1 for _ in self._live()) >= self.max_streams:
             raise StreamRefused("too_many_streams", f"{self.max_streams} streams are open: "
                                 f"peer {self.source}'s new stream refused")
-        stream = PeerStream(self.model, header, self.start, self.source, now)
+        stream = PeerStream(self.model, header, self.start, self.source, now, self.engine)
         stream.observer = self.observer
         self.streams[(self.source, header.stream_id)] = self.current[self.source] = stream
         return stream

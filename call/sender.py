@@ -7,6 +7,14 @@ A live sender degrades rather than queues when the CPU is busy: input that piled
 encoder was late is dropped down to ``max_backlog``, and the codebook search, the one optional
 cost, falls back to greedy while encoding a frame takes more than half its period
 (:class:`EncodeBudget`). A file sender does neither: it has time, and must lose nothing.
+
+Besides the events of :data:`call.timing.Observer`, a live sender tells its observer about the
+input it drops, so that whoever times frames by their index can place them in the input:
+``observer("dropped", stream_id, first_frame, n_samples, t)``, where the fourth argument counts
+*samples*, not frames: ``n_samples`` samples of input were dropped at time ``t`` (when the block
+holding them reached the sender), and every frame from ``first_frame`` on begins that many samples
+later in the captured audio than ``first_frame * hop_length`` says (the gap falls just before
+``first_frame``'s first sample, or inside the frame before it).
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from streaming import StartMode, StreamingEncoder
+from streaming import StartMode
+from streaming.onnx_engine import engine_encoder
 
 from . import wire
 from .model_header import stream_header_for
@@ -31,14 +40,16 @@ from .timing import Observer
 log = logging.getLogger("call")
 
 
-def streaming_encoder(model: object, bandwidth: float, start: StartMode | str, search_width: int = 1) -> object:
-    """The model's streaming encoder. An object other than an EnCodec model (a baseline codec in
-    the benchmarks) rides the same call by offering ``streaming_encoder(bandwidth, start)``; it has
-    no codebooks, so ``search_width`` does not apply to it."""
+def streaming_encoder(model: object, bandwidth: float, start: StartMode | str, search_width: int = 1,
+                      engine: str = "torch") -> object:
+    """The model's streaming encoder on ``engine`` (``streaming.onnx_engine.engine_encoder``). An
+    object other than an EnCodec model (a baseline codec in the benchmarks) rides the same call by
+    offering ``streaming_encoder(bandwidth, start)``; it has no codebooks, so ``search_width`` does
+    not apply to it."""
     factory = getattr(model, "streaming_encoder", None)
     if factory:
         return factory(bandwidth, start)
-    return StreamingEncoder(model, bandwidth=bandwidth, start=start, search_width=search_width)
+    return engine_encoder(model, bandwidth, start, search_width, engine)
 
 
 class EncodeBudget:
@@ -46,30 +57,55 @@ class EncodeBudget:
 
     The search is shed while the smoothed encode time per frame exceeds ``shed_above`` of the
     frame period, and comes back once it stays below ``restore_below``: apart enough that a
-    machine near the edge does not flap between the two.
+    machine near the edge does not flap between the two. Greedy encoding alone can cost more
+    than ``restore_below`` on a machine that has time for the search all the same (two peers
+    and a relay on two cores: about a fifth of a frame, once the executor's hand-offs count),
+    so a sender shed once, by a passing burst of load, would never search again. Hence the
+    probe: after ``probe_after`` seconds of greedy encoding under ``shed_above``, the search is
+    tried again; if it is shed again within as long, the next probe waits twice as long (up to
+    ``probe_max``), and a probe the search survives resets the wait. A push counts for at most
+    one frame period a frame, and the average runs over about 20 frames (``smoothing``): one
+    stall of the whole process (another process's burst, a page fault) says nothing of what the
+    search costs, and must not shed it for seconds. (In a call the search is a small part of
+    the time an encode takes: 5.1 against 5.6 ms a push at the median with two peers and the
+    relay on two cores, where the model alone takes 1.6 and 2.5 ms; the rest is the hand-off to
+    the encoder's thread and the other threads' turns.)
     """
 
     def __init__(self, frame_period: float, shed_above: float = 0.5, restore_below: float = 0.2,
-                 smoothing: float = 0.1) -> None:
+                 smoothing: float = 0.05, probe_after: float = 2.0, probe_max: float = 32.0) -> None:
         self.frame_period = frame_period
         self.shed_above, self.restore_below, self.smoothing = shed_above, restore_below, smoothing
         self.per_frame: float | None = None
         self.shedding = False
         self.sheds = 0
+        self._probe_after = self._wait = max(1, round(probe_after / frame_period))  # frames
+        self._probe_max = max(1, round(probe_max / frame_period))
+        self._calm = 0  # frames encoded since the shed (or the last slow push) under ``shed_above``
+        self._probing: int | None = None  # frames encoded with the search since a probe restored it
 
     def note(self, seconds: float, frames: int) -> bool:
         """Account ``seconds`` spent encoding ``frames`` frames; True while the search is shed."""
         if frames:
-            cost = seconds / frames
+            cost = min(seconds / frames, self.frame_period)
             self.per_frame = cost if self.per_frame is None else \
                 self.per_frame + self.smoothing * (cost - self.per_frame)
             load = self.per_frame / self.frame_period
             if not self.shedding and load > self.shed_above:
-                self.shedding, self.sheds = True, self.sheds + 1
+                self.shedding, self.sheds, self._calm = True, self.sheds + 1, 0
+                if self._probing is not None:  # a probe failed: wait longer before the next one
+                    self._wait, self._probing = min(2 * self._wait, self._probe_max), None
                 log.warning("encoding takes %.0f%% of each frame: codebook search off until the CPU frees up",
                             100 * load)
-            elif self.shedding and load < self.restore_below:
-                self.shedding = False
+            elif self.shedding:
+                self._calm = self._calm + frames if load < self.shed_above else 0
+                if load < self.restore_below or self._calm >= self._wait:
+                    self.shedding = False
+                    self._probing = 0 if load >= self.restore_below else None
+            elif self._probing is not None:
+                self._probing += frames
+                if self._probing >= self._wait:  # the search held as long as the probe waited: it fits
+                    self._wait, self._probing = self._probe_after, None
         return self.shedding
 
 
@@ -82,12 +118,12 @@ class Sender:
 
     def __init__(self, model: torch.nn.Module, executor: Executor, bandwidth: float = 6.0,
                  start: StartMode | str = StartMode.IMMEDIATE, frames_per_packet: int = 1,
-                 search_width: int | None = None, live: bool = False, max_backlog: float = 0.06,
+                 search_width: int | None = None, live: bool = False, max_backlog: float = 0.06, engine: str = "torch",
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not 1 <= frames_per_packet <= wire.MAX_FRAMES_PER_PACKET:
             raise ValueError(f"frames per packet must be 1..{wire.MAX_FRAMES_PER_PACKET}")
         width = default_search_width(bandwidth) if search_width is None else search_width
-        self.encoder = streaming_encoder(model, bandwidth, start, width)
+        self.encoder = streaming_encoder(model, bandwidth, start, width, engine)
         self.header = stream_header_for(
             model, stream_id=secrets.randbits(31), start_time_us=time.time_ns() // 1000)
         self.executor = executor
@@ -101,6 +137,7 @@ class Sender:
         self.max_backlog = round(max_backlog * config.sampling_rate)
         """Samples a live block may hold: more piled up while the encoder was late, and is dropped."""
         self.dropped_samples = 0
+        self.hop = config.hop_length
         self.search_width = getattr(self.encoder, "search_width", 1)
         self.budget = EncodeBudget(config.hop_length / config.sampling_rate)
 
@@ -112,8 +149,11 @@ class Sender:
         """Encode ``(channels, n)`` float32 samples; return the packets they completed."""
         arrived = time.monotonic()
         if self.live and block.shape[-1] > self.max_backlog:
-            self.dropped_samples += block.shape[-1] - self.max_backlog
+            dropped = block.shape[-1] - self.max_backlog
+            self.dropped_samples += dropped
             block = block[:, -self.max_backlog:]  # the newest: what is old now is not worth sending late
+            if self.observer is not None:  # the first frame starting after the gap (see the module's docstring)
+                self.observer("dropped", self.header.stream_id, -(-self.n_samples // self.hop), dropped, arrived)
         self.n_samples += block.shape[-1]
         audio = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))[None]
         started = self.clock()

@@ -17,9 +17,25 @@ class CallStatus:
                  frame_period: float, bandwidth: float) -> None:
         self.connection, self.sender, self.receiver = connection, sender, receiver
         self.frame_period, self.bandwidth = frame_period, bandwidth
+        self._dropped_seen = 0  # the sender's dropped samples at the previous line
+
+    def cpu_note(self) -> str | None:
+        """``CPU busy: search off, dropped 120 ms`` while a live sender sheds its codebook search,
+        or when it dropped input since the previous call (the previous status line); else None."""
+        sender = self.sender
+        if sender is None or not sender.live:
+            return None
+        dropped, self._dropped_seen = sender.dropped_samples - self._dropped_seen, sender.dropped_samples
+        notes = ["search off"] if sender.budget.shedding else []
+        if dropped:
+            notes.append(f"dropped {1000 * dropped * self.frame_period / sender.hop:.0f} ms")
+        return "CPU busy: " + ", ".join(notes) if notes else None
 
     def line(self) -> str:
         parts = [f"up {self.connection.meter.kbps():.1f} kbps"]
+        cpu = self.cpu_note()
+        if cpu:
+            parts.append(cpu)
         rtt = self.connection.rtt
         if self.receiver is not None:
             parts.append(f"down {self.receiver.meter.kbps():.1f} kbps")

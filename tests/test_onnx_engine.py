@@ -176,46 +176,29 @@ def test_graphs_are_cached_and_exact_start_refused(cache):
     assert np.isfinite(encoder.push(torch.zeros(1, 1, 100)).numpy()).all()
 
 
-class OnnxPeer:
-    """A model whose call coders run on ONNX Runtime, as `--engine onnx` gives a peer: the call's factories
-    (``call.sender.streaming_encoder``, ``call.receiver.streaming_decoder``) take such an object."""
-
-    def __init__(self, model, cache) -> None:
-        self.model, self.config, self.cache = model, model.config, cache
-
-    def fingerprint(self) -> bytes:
-        return self.model.fingerprint()
-
-    def streaming_encoder(self, bandwidth: float, start) -> OnnxStreamingEncoder:
-        from call.search_width import default_search_width
-
-        return OnnxStreamingEncoder(self.model, bandwidth, start, search_width=default_search_width(bandwidth), cache_dir=self.cache)
-
-    def streaming_decoder(self, start) -> OnnxStreamingDecoder:
-        return OnnxStreamingDecoder(self.model, start, cache_dir=self.cache)
-
-
-async def test_call_between_an_onnx_peer_and_a_pytorch_peer(cache, tmp_path):
-    """The engines interoperate on the wire: each way, the heard audio is the PyTorch call's."""
+async def test_call_between_an_onnx_peer_and_a_pytorch_peer(cache, tmp_path, monkeypatch):
+    """The engines interoperate on the wire: each way (``Options.engine``, the client's ``--engine``),
+    the heard audio is the PyTorch call's."""
     from server import Relay
     from tests.models import speech_wav
 
+    monkeypatch.setenv("ENCODEC_STREAM_ONNX_CACHE", str(cache))
     model = small_model()
-    onnx = OnnxPeer(model, cache)
     speech = speech_wav(tmp_path, 24_000 + 123, 24_000, seed=3)
     relay = Relay()
     server = await relay.start("127.0.0.1", 0).__aenter__()
     url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     heard = {}
-    for name, sender, receiver in [("torch", model, model), ("onnx→torch", onnx, model), ("torch→onnx", model, onnx)]:
+    for name, sender, receiver in [("torch", "torch", "torch"), ("onnx→torch", "onnx", "torch"), ("torch→onnx", "torch", "onnx")]:
         out = tmp_path / f"{name}.wav"
         receiving = Client(Options(server=url, room=name.replace("→", "-"), output=str(out), status=False, start="immediate",
-                                   output_format="float"), receiver)
+                                   output_format="float", engine=receiver), model)
         task = asyncio.create_task(receiving.run())
         await asyncio.wait_for(receiving.connection.connected.wait(), 5)
         await asyncio.sleep(0.05)
         sending = Client(Options(server=url, room=name.replace("→", "-"), input=str(speech[0]), pace=False, status=False,
-                                 start="immediate"), sender)
+                                 start="immediate", engine=sender), model)
+        assert isinstance(sending.sender.encoder, OnnxStreamingEncoder) == (sender == "onnx")
         assert await asyncio.wait_for(sending.run(), 60) == 0
         assert await asyncio.wait_for(task, 60) == 0
         heard[name] = sf.read(out, dtype="float32")[0]
