@@ -358,17 +358,3 @@ class Receiver:
                 continue
             mixed = audio if mixed is None or mixed.shape != audio.shape else mixed + audio
         return mixed
-
-    def finished_output(self) -> np.ndarray | None:
-        """The first finished stream, trimmed to the sender's exact length when its ``END`` came,
-        or ``None``. A stream whose sender left without ``END`` ends with what was heard."""
-        for stream in self.streams.values():
-            if stream.done and stream.chunks:
-                audio = np.concatenate(stream.chunks, axis=-1)
-                length = stream.output_length()
-                if length is None:
-                    return audio
-                if audio.shape[-1] < length:
-                    audio = np.pad(audio, ((0, 0), (0, length - audio.shape[-1])))
-                return audio[:, :length]
-        return None

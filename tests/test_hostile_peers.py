@@ -74,9 +74,10 @@ async def play_file_mode(receiver: Receiver, messages: list[bytes], start: float
 
 
 def honest_output(receiver: Receiver, header: wire.StreamHeader) -> np.ndarray:
+    """The honest stream as a file sink records it: its decoded audio, cut to the sender's length."""
     stream = next(s for s in receiver.streams.values() if s.header.stream_id == header.stream_id)
     assert stream.done and stream.end is not None
-    return receiver.finished_output() if receiver.finished_output() is not None else np.concatenate(stream.chunks, -1)
+    return np.concatenate(stream.chunks, -1)[:, : stream.output_length()]
 
 
 def assert_heard_exactly(receiver: Receiver, honest) -> None:
