@@ -3,7 +3,6 @@ codebook search is shed while encoding is slow, then comes back. Time is the tes
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from call.sender import EncodeBudget, Sender
