@@ -27,7 +27,6 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import soundfile
@@ -45,7 +44,8 @@ from call.sender import Sender
 from call.status import CallStatus
 from call.threads import DEFAULT_THREADS, configure_threads
 from call.wav import read_wav
-from codec.config import CONFIG_NAME, EncodecConfig
+from codec.config import EncodecConfig
+from codec.pretrained import known_config
 from streaming import StartMode
 from streaming.coder import check_streamable
 
@@ -199,30 +199,6 @@ class Client:
                                 f"holds the {self.recording.seconds:.2f} s heard")
         else:
             await play(self.receiver, self.rate, self.channels, self.options.output_device, self.output_margin)
-
-
-def known_config(spec: str) -> EncodecConfig | None:
-    """A model's config.json, read without its weights where it is at hand: the bundled model, a
-    checkpoint directory, a hub model in the local cache. ``None`` where it is not (a Meta ``.th``
-    file, a hub model not downloaded yet): such a model is checked once loaded.
-    Raises ``ValueError`` for a config.json that is not one."""
-    if spec == "default":
-        from codec.pretrained import DEFAULT_MODEL_DIR
-
-        path = DEFAULT_MODEL_DIR / CONFIG_NAME
-    elif Path(spec).is_dir():
-        path = Path(spec) / CONFIG_NAME
-    elif Path(spec).exists() or spec.count("/") != 1:
-        return None
-    else:
-        from huggingface_hub import try_to_load_from_cache
-
-        try:
-            cached = try_to_load_from_cache(spec, CONFIG_NAME)  # the local cache only: no network here
-        except Exception:  # not a hub id either: the loader will say what it is not
-            cached = None
-        path = Path(cached) if isinstance(cached, str) else None
-    return EncodecConfig.from_json_file(path) if path is not None and path.is_file() else None
 
 
 def bandwidths(config: EncodecConfig) -> str:
