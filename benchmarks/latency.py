@@ -4,6 +4,7 @@
     python benchmarks/latency.py --quick           # under 2 min: headline call, Opus, 3 files, a short relay ramp
     python benchmarks/latency.py --model DIR       # default | DIR | hub id | Meta .th | untrained-24khz
     python benchmarks/latency.py --cpu-load 2      # a call while 2 processes burn CPU (3 to 13 s of 20), vs idle
+    python benchmarks/latency.py --engine both     # the headline call on PyTorch and on ONNX Runtime (stages side by side)
 
 Each measured call is real: ``server.py`` and two ``client.py`` peers (separate processes) on
 loopback, sound cards replaced by a clocked source and sink (``--block`` samples per callback, in
@@ -85,8 +86,10 @@ def p_line(label: str, stats: dict) -> str:
 
 def plan(args: argparse.Namespace, model: str) -> list[tuple[str, CallSpec]]:
     """``(group, spec)`` of every call to run, the headline first."""
-    base = dict(seconds=args.seconds, warmup=args.warmup, bandwidth=6.0)
-    calls = [("headline", CallSpec(label=f"{model} 6 kbps, 1 frame/packet, 10 ms blocks", model=model, **base))]
+    engines = ["torch", "onnx"] if args.engine == "both" else [args.engine]
+    base = dict(seconds=args.seconds, warmup=args.warmup, bandwidth=6.0, engine=engines[0])
+    calls = [("headline", CallSpec(label=f"{model} 6 kbps, 1 frame/packet, 10 ms blocks" + engine_note(engine),
+                                   model=model, **{**base, "engine": engine})) for engine in engines]
     if not args.no_opus:
         calls += [("headline", CallSpec(label="opus 20 ms, 6 kbps, 10 ms blocks", model="opus-20ms", **base)),
                   ("headline", CallSpec(label="opus 10 ms, 6 kbps, 10 ms blocks", model="opus-10ms", **base))]
@@ -118,6 +121,11 @@ def plan(args: argparse.Namespace, model: str) -> list[tuple[str, CallSpec]]:
     return calls
 
 
+def engine_note(engine: str) -> str:
+    """Label suffix of a call on another engine than the reference (PyTorch)."""
+    return "" if engine == "torch" else f", {engine} engine"
+
+
 def speech_pair(files: list[tuple[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Two talkers' signals at 24 kHz: the files concatenated, the second in reverse order."""
     from benchmarks.latency_quality import CODEC_RATE, EVAL_RATE, resample
@@ -136,7 +144,7 @@ def run_calls(args: argparse.Namespace, model: str, files) -> list[dict]:
         summary = summarize_call(run_call(spec, talker_a, talker_b) if not args.dry else fake_result(spec))
         summary["group"] = group
         results.append(summary)
-        if n == 0:
+        if group == "headline" and spec.model == model:  # ours, on each engine: its stages
             print(p_line(spec.label, summary["end_to_end"]), flush=True)
             for stage in STAGES:
                 s = summary["stages"][stage]
@@ -389,6 +397,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", help="results directory (default benchmarks/results, or benchmarks/results/quick)")
     parser.add_argument("--seconds", type=float, help="measured seconds per call (default 20, quick 4)")
     parser.add_argument("--warmup", type=float, help="seconds per call before measuring (default 5, quick 3)")
+    parser.add_argument("--engine", choices=["torch", "onnx", "both"], default="torch",
+                        help="streaming engine of our calls (client.py --engine); both: the headline call on each, "
+                             "the rest on torch (default %(default)s)")
     parser.add_argument("--no-opus", action="store_true", help="skip Opus")
     parser.add_argument("--no-quality", action="store_true", help="skip PESQ/STOI/SI-SNR")
     parser.add_argument("--no-relay", action="store_true", help="skip the relay capacity ramp")

@@ -171,6 +171,8 @@ class CallSpec:
     """A what-if, not the shipped defaults: ``{"jitter_initial": s, "jitter_min": s, "output_margin": s}``
     replace the jitter buffer's 80 ms start and 20 ms floor and the client's half frame queued at the
     sound card beyond one block, to show what the codec allows with a tighter playout policy."""
+    engine: str = "torch"
+    """Streaming engine of both peers' encoder and decoder (``client.py --engine``); Opus ignores it."""
 
 
 class DelayedOutbox:
@@ -216,7 +218,7 @@ class Slowed:
         return getattr(self.inner, name)
 
 
-def warm_up(model, bandwidth: float, seconds: float = 1.0) -> None:
+def warm_up(model, bandwidth: float, seconds: float = 1.0, engine: str = "torch") -> None:
     """Run the codec once before the call: the first calls into torch are slow (lazy set-up),
     and a cold start would put a burst, then a backlog, into the first seconds of the call."""
     import torch
@@ -224,8 +226,8 @@ def warm_up(model, bandwidth: float, seconds: float = 1.0) -> None:
     from call.receiver import streaming_decoder
     from call.sender import streaming_encoder
 
-    encoder = streaming_encoder(model, bandwidth, "immediate")
-    decoder = streaming_decoder(model, "immediate")
+    encoder = streaming_encoder(model, bandwidth, "immediate", engine=engine)
+    decoder = streaming_decoder(model, "immediate", engine)
     rate, hop = model.config.sampling_rate, model.config.hop_length
     noise = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, (1, 1, hop)).astype(np.float32))
     for _ in range(int(seconds * rate / hop)):
@@ -263,7 +265,7 @@ def _peer(spec: CallSpec, url: str, room: str, audio: np.ndarray, barrier) -> di
     configure_threads()  # what the command line does: one intra-op thread per model thread
 
     model = load_codec(spec.model)
-    warm_up(model, spec.bandwidth)
+    warm_up(model, spec.bandwidth, engine=spec.engine)
     # A full garbage collection in a process that imported torch holds the GIL for ~150 ms; left
     # to chance it lands in the call (it did, in every Opus call, whose warm-up allocates little)
     # and stalls the "sound card" threads. Collect once and freeze what survives, as a latency-
@@ -277,7 +279,7 @@ def _peer(spec: CallSpec, url: str, room: str, audio: np.ndarray, barrier) -> di
 
     async def call() -> dict:
         client = Client(Options(server=url, room=room, status=False, bandwidth=spec.bandwidth,
-                                frames_per_packet=spec.frames_per_packet, start="immediate"), model)
+                                frames_per_packet=spec.frames_per_packet, start="immediate", engine=spec.engine), model)
         collect = instrument(client, spec, devices)
         barrier.wait(30)
         task = asyncio.create_task(client.run())
