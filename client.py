@@ -48,6 +48,7 @@ from codec.config import EncodecConfig
 from codec.pretrained import known_config
 from streaming import StartMode
 from streaming.coder import check_streamable
+from streaming.onnx_engine import ENGINES, INSTALL_HINT, EngineUnavailable, choose_engine, missing_onnx_module
 
 STALE_AFTER_GAP = 0.1
 """Seconds of a live sender's audio queued while disconnected that go out when the connection
@@ -69,9 +70,9 @@ class Options:
     search_width: int | None = None
     """Codebook search width of the encoder (``EncodecModel.encode``): better codes, same bits, more CPU.
     ``None``: ``call.search_width.default_search_width`` of the bandwidth."""
-    engine: str = "torch"
-    """Streaming engine of the encoder and decoder: ``torch`` (the reference) or ``onnx`` (ONNX
-    Runtime, where installed and the start is immediate; PyTorch otherwise)."""
+    engine: str = "auto"
+    """Streaming engine of the encoder and decoder (``streaming.onnx_engine.ENGINES``): ``auto`` is ONNX
+    Runtime where it is installed and the start is immediate, PyTorch (the reference) otherwise."""
     input_device: int | str | None = None
     output_device: int | str | None = None
     status: bool = True
@@ -109,6 +110,9 @@ class Client:
         receives = options.input is None or options.output is not None
         file_mode = StartMode.EXACT if options.input or options.output else StartMode.IMMEDIATE
         start = StartMode(options.start) if options.start else file_mode
+        self.engine = choose_engine(model, start, options.engine)
+        if options.status:
+            print(self.engine.line(), file=sys.stderr)
         # One worker thread per direction: the model never runs on the event loop.
         self.encode_pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
         self.decode_pool = ThreadPoolExecutor(1, thread_name_prefix="decode")
@@ -304,9 +308,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retry-forever", action="store_true", help="never give up on the relay")
     parser.add_argument("--threads", type=number_option(int, 1), default=DEFAULT_THREADS, metavar="N",
                         help="torch threads for each of the encoder and the decoder (default %(default)s)")
-    parser.add_argument("--engine", choices=["torch", "onnx"], default="torch",
-                        help="streaming engine: torch (the reference) or onnx (ONNX Runtime, faster; needs "
-                             "pip install -e '.[onnx]'; files and exact starts stay on torch) (default torch)")
+    parser.add_argument("--engine", choices=ENGINES, default="auto",
+                        help="streaming engine: onnx (ONNX Runtime, faster), torch (the reference), or auto: onnx "
+                             "where onnxruntime is installed and the start is immediate, else torch (default auto)")
     parser.add_argument("--list-devices", action="store_true", help="print the sound devices and exit")
     parser.add_argument("--input-device", help="microphone (index or name, see --list-devices)")
     parser.add_argument("--output-device", help="speaker (index or name, see --list-devices)")
@@ -316,6 +320,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         return args
     if not args.room:
         parser.error("--room is required")
+    missing = missing_onnx_module() if args.engine == "onnx" else None
+    if missing:
+        parser.error(f"--engine onnx needs {missing}, which is not installed: {INSTALL_HINT}")
     try:
         config = known_config(args.model)
     except ValueError as error:
@@ -333,6 +340,7 @@ def device(value: str | None) -> int | str | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("streaming.onnx_engine").setLevel(logging.INFO)  # the first use's graph build, as it goes
     from call.sound_card import AudioDeviceError, list_devices
 
     if args.list_devices:
@@ -367,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     try:
         return asyncio.run(Client(options, model.eval()).run())
-    except (AudioDeviceError, CallError) as error:
+    except (AudioDeviceError, CallError, EngineUnavailable) as error:
         raise SystemExit(str(error)) from error
     except KeyboardInterrupt:
         return 130

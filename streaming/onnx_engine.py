@@ -12,8 +12,11 @@ state to the PyTorch layers, which apply the offline model's right-end padding t
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,18 +31,9 @@ from .encoder import StreamingEncoder
 from .layers import StreamingConv1d, StreamingConvTranspose1d
 from .onnx_export import StateSpec, check_exportable, export_step, graph_name, state_specs, stateful_layers
 
+log = logging.getLogger(__name__)
 _SESSIONS: dict[str, object] = {}
 _LOCK = threading.Lock()
-
-
-def onnx_available() -> bool:
-    """Whether onnxruntime (and onnx, for the export) can be imported."""
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def default_cache_dir() -> Path:
@@ -75,8 +69,11 @@ def step_session(model: EncodecModel, directory: Path, kind: str, num_codebooks:
     with _LOCK:
         session = _SESSIONS.get(key)
         if session is None:
-            if not path.is_file():
+            if not path.is_file():  # first use: seconds, said as it happens (the client shows INFO of this logger)
+                log.info("building the ONNX graph %s (first use of this model; cached in %s) ...", path.name, directory)
+                started = time.perf_counter()
                 export_step(model, path, kind, num_codebooks, search_width)
+                log.info("built %s in %.1f s", path.name, time.perf_counter() - started)
             session = _SESSIONS[key] = ort.InferenceSession(key, session_options(), providers=["CPUExecutionProvider"])
     return session
 
@@ -306,33 +303,89 @@ class OnnxStreamingDecoder(_OnnxCoder):
         return twin.flush()
 
 
-ENGINES = ("torch", "onnx")
+ENGINES = ("auto", "torch", "onnx")
+"""``auto``: ONNX Runtime where it is installed, the model exports and the stream starts immediately;
+PyTorch otherwise. ``onnx`` insists (an error where onnxruntime is missing or the model does not export;
+an exact start still runs on PyTorch). ``torch``: the reference."""
+INSTALL_HINT = "pip install onnxruntime onnx"
 
 
-def _use_onnx(model: EncodecModel, start: StartMode | str, engine: str) -> bool:
+class EngineUnavailable(ValueError):
+    """``--engine onnx`` where it cannot run: the message is one line that says why and what to do."""
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine a stream runs on (``torch`` or ``onnx``) and, in a few words, why."""
+
+    engine: str
+    reason: str
+
+    def line(self) -> str:
+        return f"engine: {self.engine} ({self.reason})"
+
+
+def missing_onnx_module() -> str | None:
+    """The first of onnxruntime and onnx (the export needs it) that cannot be imported, or None."""
+    for name in ("onnxruntime", "onnx"):
+        try:
+            __import__(name)
+        except ImportError:
+            return name
+    return None
+
+
+def choose_engine(model: object, start: StartMode | str, engine: str = "auto") -> EngineChoice:
+    """The engine of `engine` for streams of `model` started as `start`; raises :class:`EngineUnavailable`
+    where ``onnx`` was asked for and cannot run."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    if engine == "torch" or StartMode(start) is not StartMode.IMMEDIATE or not onnx_available():
-        return False
+    if engine == "torch":
+        return EngineChoice("torch", "asked for")
+    if not isinstance(model, EncodecModel):
+        return EngineChoice("torch", f"the ONNX graphs are EnCodec's, not {type(model).__name__}'s")
+    if StartMode(start) is not StartMode.IMMEDIATE:
+        return EngineChoice("torch", "an exact start runs on PyTorch; the ONNX graphs start immediately")
+    missing = missing_onnx_module()
+    if missing is None:
+        try:
+            check_exportable(model)
+        except ValueError as error:
+            if engine == "onnx":
+                raise EngineUnavailable(f"--engine onnx: the model has no ONNX step graph: {error}") from error
+            return EngineChoice("torch", f"the model has no ONNX step graph: {error}")
+        import onnxruntime
+
+        return EngineChoice("onnx", f"ONNX Runtime {onnxruntime.__version__}")
+    if engine == "onnx":
+        raise EngineUnavailable(f"--engine onnx needs {missing}, which is not installed: {INSTALL_HINT}")
+    return EngineChoice("torch", f"{missing} is not installed; {INSTALL_HINT} for the faster ONNX engine")
+
+
+def _on_engine(model: EncodecModel, start: StartMode | str, engine: str, build_onnx, build_torch):
+    """`build_onnx()` where `engine` chooses ONNX Runtime, else `build_torch()`; under ``auto`` a graph that
+    cannot be built or cached (a read-only home, an export error) falls back to PyTorch with a warning."""
+    if choose_engine(model, start, engine).engine == "torch":
+        return build_torch()
     try:
-        check_exportable(model)
-    except ValueError:
-        return False
-    return True
+        return build_onnx()
+    except (OSError, RuntimeError) as error:
+        if engine == "onnx":
+            raise
+        log.warning("the ONNX graphs could not be built (%s: %s): running on PyTorch", type(error).__name__, error)
+        return build_torch()
 
 
 def engine_encoder(
     model: EncodecModel, bandwidth: float, start: StartMode | str, search_width: int = 1, engine: str = "torch"
 ) -> StreamingEncoder | OnnxStreamingEncoder:
-    """The streaming encoder of `engine`: ``"onnx"`` runs on ONNX Runtime where it is installed and the
-    stream starts immediately (the PyTorch path otherwise: it is the reference and the fallback)."""
-    if _use_onnx(model, start, engine):
-        return OnnxStreamingEncoder(model, bandwidth, start, search_width=search_width)
-    return StreamingEncoder(model, bandwidth=bandwidth, start=start, search_width=search_width)
+    """The streaming encoder of `engine` (see :data:`ENGINES`); PyTorch is the reference and the fallback."""
+    return _on_engine(
+        model, start, engine, lambda: OnnxStreamingEncoder(model, bandwidth, start, search_width=search_width),
+        lambda: StreamingEncoder(model, bandwidth=bandwidth, start=start, search_width=search_width),
+    )
 
 
 def engine_decoder(model: EncodecModel, start: StartMode | str, engine: str = "torch") -> StreamingDecoder | OnnxStreamingDecoder:
     """The streaming decoder of `engine`, as :func:`engine_encoder` chooses."""
-    if _use_onnx(model, start, engine):
-        return OnnxStreamingDecoder(model, start)
-    return StreamingDecoder(model, start=start)
+    return _on_engine(model, start, engine, lambda: OnnxStreamingDecoder(model, start), lambda: StreamingDecoder(model, start=start))

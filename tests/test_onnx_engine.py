@@ -13,14 +13,11 @@ import pytest
 import soundfile as sf
 import torch
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
-
-from client import Client, Options  # noqa: E402
-from codec import load_default_model  # noqa: E402
-from streaming import StartMode, StreamingDecoder, StreamingEncoder  # noqa: E402
-from streaming.onnx_engine import OnnxStreamingDecoder, OnnxStreamingEncoder, graph_dir  # noqa: E402
-from tests.models import codebooks, realistic_model, small_model  # noqa: E402
+from client import Client, Options
+from codec import load_default_model
+from streaming import StartMode, StreamingDecoder, StreamingEncoder
+from streaming.onnx_engine import OnnxStreamingDecoder, OnnxStreamingEncoder, graph_dir
+from tests.models import codebooks, realistic_model, small_model
 
 FRAMES = 360
 BLOCK = 441  # sound-card-like blocks: frames complete in the middle of pushes
