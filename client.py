@@ -310,7 +310,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torch threads for each of the encoder and the decoder (default %(default)s)")
     parser.add_argument("--engine", choices=ENGINES, default="auto",
                         help="streaming engine: onnx (ONNX Runtime, faster), torch (the reference), or auto: onnx "
-                             "where onnxruntime is installed and the start is immediate, else torch (default auto)")
+                             "where onnxruntime is installed and the start is immediate, else torch (default auto); "
+                             "onnx-int8: int8 weights, for models larger than the CPU cache (same bitstream)")
     parser.add_argument("--list-devices", action="store_true", help="print the sound devices and exit")
     parser.add_argument("--input-device", help="microphone (index or name, see --list-devices)")
     parser.add_argument("--output-device", help="speaker (index or name, see --list-devices)")
@@ -320,9 +321,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         return args
     if not args.room:
         parser.error("--room is required")
-    missing = missing_onnx_module() if args.engine == "onnx" else None
+    missing = missing_onnx_module() if args.engine.startswith("onnx") else None
     if missing:
-        parser.error(f"--engine onnx needs {missing}, which is not installed: {INSTALL_HINT}")
+        parser.error(f"--engine {args.engine} needs {missing}, which is not installed: {INSTALL_HINT}")
     try:
         config = known_config(args.model)
     except ValueError as error:

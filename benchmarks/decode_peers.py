@@ -3,7 +3,7 @@
     python benchmarks/decode_peers.py [--model default] [--peers 8] [--seconds 4]
 
 A receiver runs one decoder per remote peer on one thread: each round decodes one frame of every peer
-(engines interleaved round by round, so a disturbance hits both alike). Peers per core = the frame
+(engines interleaved round by round, so a disturbance hits all alike: torch, onnx, onnx-int8). Peers per core = the frame
 period over the median cost of one peer's frame.
 """
 
@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import add_model_arguments, benchmark_audio, benchmark_model  # noqa: E402
-from streaming import StreamingDecoder, StreamingEncoder  # noqa: E402
-from streaming.onnx_engine import OnnxStreamingDecoder  # noqa: E402
+from benchmarks.streaming_speed import ENGINES  # noqa: E402
+from streaming import StreamingEncoder  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = benchmark_model(args.model)
     codes = StreamingEncoder(model, args.bandwidth).push(benchmark_audio(model, args.seconds))
-    engines = {"torch": StreamingDecoder, "onnx": OnnxStreamingDecoder}
+    engines = {name: decoder for name, (_, decoder) in ENGINES.items()}
     decoders = {name: [make(model) for _ in range(args.peers)] for name, make in engines.items()}
     rounds: dict[str, list[float]] = {name: [] for name in engines}
     for frame in range(codes.shape[-1]):
@@ -46,7 +46,7 @@ def main() -> None:
     print(f"{args.peers} peers, {args.bandwidth:g} kbps, {args.threads} thread(s), model {args.model}")
     for name, times in rounds.items():
         per_peer = float(np.median(times[10:])) / args.peers  # the first rounds load sessions and caches
-        print(f"{name:5s}: {per_peer * 1e3:.2f} ms per peer and frame = {period / per_peer:.1f} peers per core in real time")
+        print(f"{name:9s}: {per_peer * 1e3:.2f} ms per peer and frame = {period / per_peer:.1f} peers per core in real time")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Streaming speed: encoder + decoder fed 320-sample blocks, against offline encode + decode.
 
     python benchmarks/streaming_speed.py [--seconds 10] [--bandwidth 6] [--batch 1] [--threads 1] [--search-width 1]
-                                         [--engine torch|onnx|both]
+                                         [--engine torch|onnx|onnx-int8|both|all]
 
 Prints × real time (compute seconds per second of audio) of streaming and of the offline model
 on the same audio in the same run, their ratio, and percentiles of the per-frame cost (the time
@@ -9,13 +9,15 @@ from a block entering the encoder to its audio leaving the decoder, which is wha
 Also the memory floor of a batch-1 stream: each frame must read every weight of the network once
 (the low-rate layers take one step per frame), at the speed this machine reads memory on one thread;
 offline encoding reuses each weight across all frames and never pays it. `--engine both` streams with
-the PyTorch layers and with ONNX Runtime (``streaming.onnx_engine``) in the same run.
+the PyTorch layers and with ONNX Runtime (``streaming.onnx_engine``) in the same run; `all` adds ONNX
+Runtime with int8 weights, which reads a quarter of the bytes and so can go below the float32 floor.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 import time
 from pathlib import Path
 
@@ -30,7 +32,12 @@ from streaming.onnx_engine import OnnxStreamingDecoder, OnnxStreamingEncoder  # 
 from call.search_width import search_width_option  # noqa: E402
 
 
-ENGINES = {"torch": (StreamingEncoder, StreamingDecoder), "onnx": (OnnxStreamingEncoder, OnnxStreamingDecoder)}
+ENGINES = {
+    "torch": (StreamingEncoder, StreamingDecoder),
+    "onnx": (OnnxStreamingEncoder, OnnxStreamingDecoder),
+    "onnx-int8": (partial(OnnxStreamingEncoder, precision="int8"), partial(OnnxStreamingDecoder, precision="int8")),
+}
+GROUPS = {"both": ["torch", "onnx"], "all": list(ENGINES)}
 
 
 def stream_once(model, audio: torch.Tensor, bandwidth: float, block: int, search_width: int = 1, engine: str = "torch") -> np.ndarray:
@@ -95,7 +102,8 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=320, help="samples per push (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; the fastest counts")
     parser.add_argument("--search-width", type=search_width_option, default=1, help="codebook search width of both (default %(default)s)")
-    parser.add_argument("--engine", choices=["torch", "onnx", "both"], default="torch", help="streaming engine (default %(default)s)")
+    parser.add_argument("--engine", choices=[*ENGINES, *GROUPS], default="torch",
+                        help="streaming engine; both: torch and onnx, all: and onnx-int8, in the same run (default %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = benchmark_model(args.model)
@@ -108,9 +116,9 @@ def main() -> None:
             model.decode(encoded.audio_codes, encoded.audio_scales)
 
         offline_time = best_of(args.repeats, offline)
-        engines = ["torch", "onnx"] if args.engine == "both" else [args.engine]
-        if "onnx" in engines:  # graphs exported (first use) and sessions loaded before timing
-            stream_once(model, audio[..., : 4 * args.block], args.bandwidth, args.block, args.search_width, "onnx")
+        engines = GROUPS.get(args.engine, [args.engine])
+        for engine in engines:  # graphs exported (first use) and sessions loaded before timing
+            stream_once(model, audio[..., : 4 * args.block], args.bandwidth, args.block, args.search_width, engine)
         runs = {engine: [] for engine in engines}
         for _ in range(args.repeats):  # engines interleaved: a disturbance hits both alike
             for engine in engines:
@@ -127,8 +135,8 @@ def main() -> None:
     print(f"offline   encode+decode: {offline_time / seconds:.3f}× real time")
     for engine, frames in best.items():
         print(f"streaming / offline:     {frames.sum() / offline_time:.2f} ({engine})")
-    if len(best) == 2:
-        print(f"onnx / torch streaming:  {best['onnx'].sum() / best['torch'].sum():.2f}")
+    for engine in [e for e in best if e != "torch" and "torch" in best]:
+        print(f"{engine} / torch streaming:  {best[engine].sum() / best['torch'].sum():.2f}")
     frames_per_second = model.config.sampling_rate / model.config.hop_length
     weight_bytes, cache_bytes = weights_read_per_frame(model, args.bandwidth), last_level_cache_bytes()
     if cache_bytes is not None and weight_bytes < cache_bytes:
@@ -141,6 +149,8 @@ def main() -> None:
             f"({weight_bytes / 1e6:.1f} MB of weights read per frame at {bytes_per_second / 1e9:.1f} GB/s, the one-thread "
             f"matrix-vector speed on weights larger than the {'' if cache_bytes is None else f'{cache_bytes >> 20} MiB '}cache)"
         )
+        for engine, frames in best.items():
+            print(f"streaming / float32 memory floor: {frames.sum() / floor:.2f} ({engine})")
     block_ms = 1e3 * args.block / model.config.sampling_rate
     for engine, frames in best.items():
         p50, p90, p99 = np.percentile(frames * 1e3, [50, 90, 99])

@@ -29,7 +29,7 @@ from .coder import StartMode, StreamingCoder, check_streamable
 from .decoder import StreamingDecoder
 from .encoder import StreamingEncoder
 from .layers import StreamingConv1d, StreamingConvTranspose1d
-from .onnx_export import StateSpec, check_exportable, export_step, graph_name, state_specs, stateful_layers
+from .onnx_export import PRECISIONS, StateSpec, check_exportable, export_step, graph_name, state_specs, stateful_layers
 
 log = logging.getLogger(__name__)
 _SESSIONS: dict[str, object] = {}
@@ -60,11 +60,14 @@ def graph_dir(model: EncodecModel, cache_dir: str | os.PathLike | None = None) -
     return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / model.fingerprint().hex()[:16]
 
 
-def step_session(model: EncodecModel, directory: Path, kind: str, num_codebooks: int | None = None, search_width: int = 1) -> object:
+def step_session(
+    model: EncodecModel, directory: Path, kind: str, num_codebooks: int | None = None, search_width: int = 1,
+    precision: str = "float32",
+) -> object:
     """The shared session of one step graph, exported into `directory` first if it is not there."""
     import onnxruntime as ort
 
-    path = directory / graph_name(kind, num_codebooks, search_width)
+    path = directory / graph_name(kind, num_codebooks, search_width, precision)
     key = str(path)
     with _LOCK:
         session = _SESSIONS.get(key)
@@ -72,7 +75,7 @@ def step_session(model: EncodecModel, directory: Path, kind: str, num_codebooks:
             if not path.is_file():  # first use: seconds, said as it happens (the client shows INFO of this logger)
                 log.info("building the ONNX graph %s (first use of this model; cached in %s) ...", path.name, directory)
                 started = time.perf_counter()
-                export_step(model, path, kind, num_codebooks, search_width)
+                export_step(model, path, kind, num_codebooks, search_width, precision)
                 log.info("built %s in %.1f s", path.name, time.perf_counter() - started)
             session = _SESSIONS[key] = ort.InferenceSession(key, session_options(), providers=["CPUExecutionProvider"])
     return session
@@ -83,8 +86,11 @@ class _OnnxCoder:
 
     kind: str
 
-    def __init__(self, model: EncodecModel, start: StartMode | str, cache_dir: str | os.PathLike | None) -> None:
+    def __init__(self, model: EncodecModel, start: StartMode | str, cache_dir: str | os.PathLike | None, precision: str) -> None:
         check_streamable(model.config)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
         if StartMode(start) is not StartMode.IMMEDIATE:
             raise ValueError("The ONNX engine starts streams immediately; StartMode.EXACT runs on the PyTorch path")
         check_exportable(model)
@@ -192,13 +198,14 @@ class OnnxStreamingEncoder(_OnnxCoder):
         sample_rate: int | None = None,
         search_width: int = 1,
         cache_dir: str | os.PathLike | None = None,
+        precision: str = "float32",
     ) -> None:
         check_search_width(search_width)
         if sample_rate is not None and sample_rate != model.config.sampling_rate:
             raise ValueError(
                 f"The model runs at {model.config.sampling_rate} Hz, the audio is at {sample_rate} Hz: resample it first"
             )
-        super().__init__(model, start, cache_dir)
+        super().__init__(model, start, cache_dir, precision)
         self.search_width = search_width
         self.sessions: dict[tuple[int, int], object] = {}
         self.set_bandwidth(bandwidth)
@@ -232,7 +239,7 @@ class OnnxStreamingEncoder(_OnnxCoder):
     def _session(self, num_codebooks: int, search_width: int) -> object:
         session = self.sessions.get((num_codebooks, search_width))
         if session is None:
-            session = step_session(self.model, self.directory, "encoder", num_codebooks, search_width)
+            session = step_session(self.model, self.directory, "encoder", num_codebooks, search_width, self.precision)
             self.sessions[(num_codebooks, search_width)] = session
         return session
 
@@ -276,9 +283,12 @@ class OnnxStreamingDecoder(_OnnxCoder):
 
     kind = "decoder"
 
-    def __init__(self, model: EncodecModel, start: StartMode | str = StartMode.IMMEDIATE, cache_dir: str | os.PathLike | None = None) -> None:
-        super().__init__(model, start, cache_dir)
-        self.session = step_session(model, self.directory, "decoder")
+    def __init__(
+        self, model: EncodecModel, start: StartMode | str = StartMode.IMMEDIATE, cache_dir: str | os.PathLike | None = None,
+        precision: str = "float32",
+    ) -> None:
+        super().__init__(model, start, cache_dir, precision)
+        self.session = step_session(model, self.directory, "decoder", precision=precision)
 
     def push(self, codes: torch.Tensor) -> torch.Tensor:
         StreamingDecoder._check_codes(self, codes)
@@ -303,10 +313,11 @@ class OnnxStreamingDecoder(_OnnxCoder):
         return twin.flush()
 
 
-ENGINES = ("auto", "torch", "onnx")
+ENGINES = ("auto", "torch", "onnx", "onnx-int8")
 """``auto``: ONNX Runtime where it is installed, the model exports and the stream starts immediately;
 PyTorch otherwise. ``onnx`` insists (an error where onnxruntime is missing or the model does not export;
-an exact start still runs on PyTorch). ``torch``: the reference."""
+an exact start still runs on PyTorch). ``onnx-int8``: as ``onnx``, with int8 weights (opt-in: faster for
+models larger than the cache, at a measured quality cost). ``torch``: the reference."""
 INSTALL_HINT = "pip install onnxruntime onnx"
 
 
@@ -351,26 +362,29 @@ def choose_engine(model: object, start: StartMode | str, engine: str = "auto") -
         try:
             check_exportable(model)
         except ValueError as error:
-            if engine == "onnx":
-                raise EngineUnavailable(f"--engine onnx: the model has no ONNX step graph: {error}") from error
+            if engine != "auto":
+                raise EngineUnavailable(f"--engine {engine}: the model has no ONNX step graph: {error}") from error
             return EngineChoice("torch", f"the model has no ONNX step graph: {error}")
         import onnxruntime
 
+        if engine == "onnx-int8":
+            return EngineChoice(engine, f"ONNX Runtime {onnxruntime.__version__}, int8 weights")
         return EngineChoice("onnx", f"ONNX Runtime {onnxruntime.__version__}")
-    if engine == "onnx":
-        raise EngineUnavailable(f"--engine onnx needs {missing}, which is not installed: {INSTALL_HINT}")
+    if engine != "auto":
+        raise EngineUnavailable(f"--engine {engine} needs {missing}, which is not installed: {INSTALL_HINT}")
     return EngineChoice("torch", f"{missing} is not installed; {INSTALL_HINT} for the faster ONNX engine")
 
 
 def _on_engine(model: EncodecModel, start: StartMode | str, engine: str, build_onnx, build_torch):
-    """`build_onnx()` where `engine` chooses ONNX Runtime, else `build_torch()`; under ``auto`` a graph that
-    cannot be built or cached (a read-only home, an export error) falls back to PyTorch with a warning."""
-    if choose_engine(model, start, engine).engine == "torch":
+    """`build_onnx(precision)` where `engine` chooses ONNX Runtime, else `build_torch()`; under ``auto`` a graph
+    that cannot be built or cached (a read-only home, an export error) falls back to PyTorch with a warning."""
+    chosen = choose_engine(model, start, engine).engine
+    if chosen == "torch":
         return build_torch()
     try:
-        return build_onnx()
+        return build_onnx("int8" if chosen == "onnx-int8" else "float32")
     except (OSError, RuntimeError) as error:
-        if engine == "onnx":
+        if engine != "auto":
             raise
         log.warning("the ONNX graphs could not be built (%s: %s): running on PyTorch", type(error).__name__, error)
         return build_torch()
@@ -381,11 +395,15 @@ def engine_encoder(
 ) -> StreamingEncoder | OnnxStreamingEncoder:
     """The streaming encoder of `engine` (see :data:`ENGINES`); PyTorch is the reference and the fallback."""
     return _on_engine(
-        model, start, engine, lambda: OnnxStreamingEncoder(model, bandwidth, start, search_width=search_width),
+        model, start, engine,
+        lambda precision: OnnxStreamingEncoder(model, bandwidth, start, search_width=search_width, precision=precision),
         lambda: StreamingEncoder(model, bandwidth=bandwidth, start=start, search_width=search_width),
     )
 
 
 def engine_decoder(model: EncodecModel, start: StartMode | str, engine: str = "torch") -> StreamingDecoder | OnnxStreamingDecoder:
     """The streaming decoder of `engine`, as :func:`engine_encoder` chooses."""
-    return _on_engine(model, start, engine, lambda: OnnxStreamingDecoder(model, start), lambda: StreamingDecoder(model, start=start))
+    return _on_engine(
+        model, start, engine, lambda precision: OnnxStreamingDecoder(model, start, precision=precision),
+        lambda: StreamingDecoder(model, start=start),
+    )

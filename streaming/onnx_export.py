@@ -1,6 +1,7 @@
 """The streaming encoder and decoder steps as ONNX graphs, every piece of state an explicit input and output.
 
     python -m streaming.onnx_export --model default|DIR|hub id|.th --out DIR [--bandwidth 6 ...] [--search-width 1 ...]
+                                    [--precision float32|int8]
 
 One step is one 320-sample frame (one hop) of a causal model started with ``StartMode.IMMEDIATE``
 (zeros before the stream): the encoder step takes the frame and the state, and returns the frame's
@@ -19,12 +20,14 @@ them for ``flush()``.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -39,6 +42,9 @@ from .frame_quantizer import FrameQuantizer
 from .layers import (
     StreamingConv1d, StreamingConvTranspose1d, StreamingLSTM, StreamingStack, _packed_lstm, derived, folded_weight,
 )
+
+if TYPE_CHECKING:
+    import onnx
 
 OPSET = 17
 WINDOWS_MAX_STEPS = 1
@@ -270,17 +276,56 @@ class DecoderStep(_Step):
         return (audio, *new)
 
 
-def graph_name(kind: str, num_codebooks: int | None = None, search_width: int = 1) -> str:
+PRECISIONS = ("float32", "int8")
+"""Weights of the step graphs: ``int8`` is the opt-in lighter variant for models whose weights exceed the
+cache (``quantized_int8``); the codes it sends are the same format, for any peer to decode."""
+
+
+def graph_name(kind: str, num_codebooks: int | None = None, search_width: int = 1, precision: str = "float32") -> str:
     """File name of a step graph: `encoder` (embeddings), `encoder_q8` (and 8 greedy codes), `encoder_q8_w4`
-    (8 codes of a width-4 search), `decoder`."""
-    if not num_codebooks:
-        return f"{kind}.onnx"
-    return f"{kind}_q{num_codebooks}.onnx" if search_width == 1 else f"{kind}_q{num_codebooks}_w{search_width}.onnx"
+    (8 codes of a width-4 search), `decoder`; `_int8` after the name for int8 weights."""
+    name = kind
+    if num_codebooks:
+        name += f"_q{num_codebooks}" + (f"_w{search_width}" if search_width > 1 else "")
+    return name + ("" if precision == "float32" else f"_{precision}") + ".onnx"
 
 
-def export_step(model: EncodecModel, path: str | os.PathLike, kind: str, num_codebooks: int | None = None, search_width: int = 1) -> Path:
+def quantized_int8(graph: onnx.ModelProto, codebook: tuple[int, int], path: str | os.PathLike) -> None:
+    """Writes `graph` with the weights of its matrix products (convs of one output step, transposed convs,
+    LSTMs) as int8, dynamically quantized (ONNX Runtime's ``quantize_dynamic``, per tensor): a frame reads a
+    quarter of the bytes. The codebook search (products with a `codebook`-shaped `(dim, entries)` matrix)
+    stays float32, and so do the convs over many steps (int8 ``ConvInteger`` measured slower than float
+    ``Conv``: full-size encoder step 0.90× float32 against 0.33× with the products alone)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # The exporter writes constant tensors as Constant nodes; the quantizer reads weights from initializers.
+    nodes = list(graph.graph.node)
+    del graph.graph.node[:]
+    for node in nodes:
+        if node.op_type == "Constant" and node.attribute[0].name == "value" and len(node.attribute[0].t.dims) >= 2:
+            tensor = node.attribute[0].t
+            tensor.name = node.output[0]
+            graph.graph.initializer.append(tensor)
+        else:
+            graph.graph.node.append(node)
+    shapes = {tensor.name: tuple(tensor.dims) for tensor in graph.graph.initializer}
+    search = [node.name for node in graph.graph.node if node.op_type == "MatMul" and shapes.get(node.input[1]) == codebook]
+    logging.disable(logging.WARNING)  # quiets its advice, on every call, to pre-process (shape inference) the graph
+    try:
+        quantize_dynamic(graph, path, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+                         nodes_to_exclude=search, extra_options={"MatMulConstBOnly": True})
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def export_step(
+    model: EncodecModel, path: str | os.PathLike, kind: str, num_codebooks: int | None = None, search_width: int = 1,
+    precision: str = "float32",
+) -> Path:
     """Writes one step graph to `path` (atomically: a half-written file is never seen) and returns it."""
     check_exportable(model)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     config = model.config
     step: _Step
     if kind == "encoder":
@@ -311,6 +356,10 @@ def export_step(model: EncodecModel, path: str | os.PathLike, kind: str, num_cod
                 step.eval(), (example, *states), temporary, input_names=inputs, output_names=outputs,
                 dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True,
             )
+        if precision == "int8":
+            import onnx
+
+            quantized_int8(onnx.load(temporary), (config.hidden_size, config.codebook_size), temporary)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -337,6 +386,8 @@ def main(argv: list[str] | None = None) -> None:
         "--search-width", type=int, action="append",
         help="codebook search width of the encoder graphs (repeatable; default: 1 and 4, what calls use)",
     )
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="weights: float32, or int8 (the lighter variant for models larger than the cache)")
     args = parser.parse_args(argv)
     try:
         model = load_model(args.model).eval()
@@ -346,8 +397,10 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     counts = sorted({model.config.num_quantizers_for_bandwidth(b) for b in (args.bandwidth or model.config.target_bandwidths)})
     widths = sorted(set(args.search_width or [1, 4]))
-    written = [export_step(model, out / graph_name("decoder"), "decoder")]
-    written += [export_step(model, out / graph_name("encoder", n, w), "encoder", n, w) for n in counts for w in widths]
+    precision = args.precision
+    written = [export_step(model, out / graph_name("decoder", precision=precision), "decoder", precision=precision)]
+    written += [export_step(model, out / graph_name("encoder", n, w, precision), "encoder", n, w, precision)
+                for n in counts for w in widths]
     for path in written:
         print(f"{path}  {path.stat().st_size / 1e6:.1f} MB")
 
