@@ -397,7 +397,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", help="results directory (default benchmarks/results, or benchmarks/results/quick)")
     parser.add_argument("--seconds", type=float, help="measured seconds per call (default 20, quick 4)")
     parser.add_argument("--warmup", type=float, help="seconds per call before measuring (default 5, quick 3)")
-    parser.add_argument("--engine", choices=["torch", "onnx", "both"], default="torch",
+    parser.add_argument("--engine", choices=["torch", "onnx", "onnx-int8", "both"], default="torch",
                         help="streaming engine of our calls (client.py --engine); both: the headline call on each, "
                              "the rest on torch (default %(default)s)")
     parser.add_argument("--no-opus", action="store_true", help="skip Opus")
