@@ -3,7 +3,7 @@ frame at a time, their state fed back each step; same API as :class:`StreamingEn
 :class:`StreamingDecoder`, which stay the reference and the fallback.
 
 The graphs are exported on first use and cached on disk under
-``$ENCODEC_STREAM_ONNX_CACHE`` or ``~/.cache/encodec-stream/onnx/<model fingerprint>/``; one
+``$ENCODEC_STREAM_ONNX_CACHE`` or ``~/.cache/encodec-stream/onnx/<model fingerprint>-v<graph format>/``; one
 ``InferenceSession`` per graph is shared by every stream of the process (``run`` is thread-safe), so a
 receiver that opens a decoder per remote peer loads the weights once. Only ``StartMode.IMMEDIATE``:
 an exact start holds and reflects the first frames, which the PyTorch path does. ``flush()`` hands the
@@ -29,7 +29,7 @@ from .coder import StartMode, StreamingCoder, check_streamable
 from .decoder import StreamingDecoder
 from .encoder import StreamingEncoder
 from .layers import StreamingConv1d, StreamingConvTranspose1d
-from .onnx_export import PRECISIONS, StateSpec, check_exportable, export_step, graph_name, state_specs, stateful_layers
+from .onnx_export import GRAPH_FORMAT, PRECISIONS, StateSpec, check_exportable, export_step, graph_name, state_specs, stateful_layers
 
 log = logging.getLogger(__name__)
 _SESSIONS: dict[str, object] = {}
@@ -56,8 +56,9 @@ def session_options() -> object:
 
 
 def graph_dir(model: EncodecModel, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where the model's step graphs are cached: a folder per model fingerprint."""
-    return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / model.fingerprint().hex()[:16]
+    """Where the model's step graphs are cached: a folder per model fingerprint and graph format."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / f"{model.fingerprint().hex()[:16]}-v{GRAPH_FORMAT}"
 
 
 def step_session(
@@ -322,12 +323,12 @@ INSTALL_HINT = "pip install onnxruntime onnx"
 
 
 class EngineUnavailable(ValueError):
-    """``--engine onnx`` where it cannot run: the message is one line that says why and what to do."""
+    """``onnx`` or ``onnx-int8`` asked for where it cannot run: the message is one line that says why and what to do."""
 
 
 @dataclass(frozen=True)
 class EngineChoice:
-    """The engine a stream runs on (``torch`` or ``onnx``) and, in a few words, why."""
+    """The engine a stream runs on (``torch``, ``onnx`` or ``onnx-int8``) and, in a few words, why."""
 
     engine: str
     reason: str
@@ -348,7 +349,7 @@ def missing_onnx_module() -> str | None:
 
 def choose_engine(model: object, start: StartMode | str, engine: str = "auto") -> EngineChoice:
     """The engine of `engine` for streams of `model` started as `start`; raises :class:`EngineUnavailable`
-    where ``onnx`` was asked for and cannot run."""
+    where an ONNX engine was asked for and cannot run."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if engine == "torch":

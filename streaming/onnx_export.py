@@ -276,6 +276,9 @@ class DecoderStep(_Step):
         return (audio, *new)
 
 
+GRAPH_FORMAT = 2
+"""Version of what the graphs compute and how (part of their cache folder's name): bump it with any change
+to the export, so that graphs cached by an older version are not used."""
 PRECISIONS = ("float32", "int8")
 """Weights of the step graphs: ``int8`` is the opt-in lighter variant for models whose weights exceed the
 cache (``quantized_int8``); the codes it sends are the same format, for any peer to decode."""
@@ -290,12 +293,14 @@ def graph_name(kind: str, num_codebooks: int | None = None, search_width: int = 
     return name + ("" if precision == "float32" else f"_{precision}") + ".onnx"
 
 
-def quantized_int8(graph: onnx.ModelProto, codebook: tuple[int, int], path: str | os.PathLike) -> None:
+def quantized_int8(graph: onnx.ModelProto, path: str | os.PathLike) -> None:
     """Writes `graph` with the weights of its matrix products (convs of one output step, transposed convs,
-    LSTMs) as int8, dynamically quantized (ONNX Runtime's ``quantize_dynamic``, per tensor): a frame reads a
-    quarter of the bytes. The codebook search (products with a `codebook`-shaped `(dim, entries)` matrix)
-    stays float32, and so do the convs over many steps (int8 ``ConvInteger`` measured slower than float
-    ``Conv``: full-size encoder step 0.90× float32 against 0.33× with the products alone)."""
+    LSTMs, the codebook search) as int8, dynamically quantized (ONNX Runtime's ``quantize_dynamic``, per
+    tensor): a frame reads a quarter of the bytes. The convs over many steps stay float32 (int8
+    ``ConvInteger`` measured slower than float ``Conv``: full-size encoder step 0.90× float32 against 0.33×
+    with the products alone). The search in int8 measured 15 % faster than in float32 (full-size encoder
+    step 0.96 against 1.13 ms) at no cost on real speech (bundled model, STOI 0.8839 against 0.8838 at 6
+    kbps, 0.9034 against 0.9027 at 12 kbps)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # The exporter writes constant tensors as Constant nodes; the quantizer reads weights from initializers.
@@ -308,12 +313,10 @@ def quantized_int8(graph: onnx.ModelProto, codebook: tuple[int, int], path: str 
             graph.graph.initializer.append(tensor)
         else:
             graph.graph.node.append(node)
-    shapes = {tensor.name: tuple(tensor.dims) for tensor in graph.graph.initializer}
-    search = [node.name for node in graph.graph.node if node.op_type == "MatMul" and shapes.get(node.input[1]) == codebook]
     logging.disable(logging.WARNING)  # quiets its advice, on every call, to pre-process (shape inference) the graph
     try:
         quantize_dynamic(graph, path, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                         nodes_to_exclude=search, extra_options={"MatMulConstBOnly": True})
+                         extra_options={"MatMulConstBOnly": True})
     finally:
         logging.disable(logging.NOTSET)
 
@@ -359,7 +362,7 @@ def export_step(
         if precision == "int8":
             import onnx
 
-            quantized_int8(onnx.load(temporary), (config.hidden_size, config.codebook_size), temporary)
+            quantized_int8(onnx.load(temporary), temporary)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
