@@ -39,7 +39,6 @@ import asyncio
 import hmac
 import ipaddress
 import itertools
-import json
 import logging
 import math
 import re
@@ -58,17 +57,16 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from call import wire
+from call.relay_cluster import ClusterLink, ClusterSettings
+from call.relay_log import log_event
 from call.rooms import ROOM_RULE, is_room_name
-
-log = logging.getLogger("relay")
 
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
 
-
-def log_event(event: str, level: int = logging.INFO, **fields: object) -> None:
-    """One JSON object per line, so logs can be filtered and aggregated by machine."""
-    log.log(level, json.dumps({"t": round(time.time(), 3), "event": event, **fields}))
+Route = Callable[[ServerConnection, Request], "Response | None"]
+"""An HTTP handler consulted before the websocket upgrade: a response for the paths it serves
+(``/metrics``, a web page), ``None`` for the others."""
 
 
 class Redact(logging.Filter):
@@ -293,12 +291,35 @@ class Relay:
         self.counters: Counter[str] = Counter()
         self.throttle = AuthThrottle(limits, clock)
         self._ids = itertools.count(1)
+        self.routes: list[Route] = []
+        """HTTP handlers tried in turn before a request is taken as a room's upgrade."""
+        self.cluster: ClusterLink | None = None
+        """The link to the other nodes (``--cluster``), or ``None`` for a lone relay."""
+
+    def join_cluster(self, servers: list[str], settings: ClusterSettings = ClusterSettings()) -> ClusterLink:
+        """Make rooms span every relay on these NATS servers (then ``await cluster.start()``)."""
+        self.cluster = ClusterLink(servers, self.deliver, self.roster, lambda: next(self._ids), settings)
+        return self.cluster
+
+    def deliver(self, room: str, source: int | None, message: bytes) -> None:
+        """A message from another node, for every local peer of ``room``."""
+        for peer in self.rooms.get(room, {}).values():
+            peer.enqueue(source, message)
+
+    def roster(self, room: str) -> list[tuple[int, bytes | None]]:
+        """The local peers of ``room`` and the HEADER of each one's stream in progress."""
+        return [(p.id, p.stream.header.encode() if p.stream.header is not None and not p.stream.ended else None)
+                for p in self.rooms.get(room, {}).values()]
 
     # ------------------------------------------------------------- handshake
 
     def check_request(self, ws: ServerConnection, request: Request) -> Response | None:
         """Refuse bad room names, tokens in the URL, throttled addresses, wrong or missing
-        tokens and a full relay or room before the upgrade."""
+        tokens and a full relay or room before the upgrade; :attr:`routes` answer first."""
+        for route in self.routes:
+            response = route(ws, request)
+            if response is not None:
+                return response
         url = urlsplit(request.path)
         room = url.path.lstrip("/")
         if not is_room_name(room):
@@ -346,7 +367,8 @@ class Relay:
             return f"Relay full: {limits.max_connections} connections; try again later"
         if room not in self.rooms and len(self.rooms) >= limits.max_rooms:
             return f"Relay full: {limits.max_rooms} rooms; try again later"
-        if len(self.rooms.get(room, ())) >= limits.max_peers_per_room:
+        remote = len(self.cluster.members(room)) if self.cluster is not None else 0
+        if len(self.rooms.get(room, ())) + remote >= limits.max_peers_per_room:
             return f"Room full: {limits.max_peers_per_room} peers; try again later"
         return None
 
@@ -370,9 +392,13 @@ class Relay:
             other.enqueue(None, wire.joined(peer.id))
             if other.stream.header is not None and not other.stream.ended:
                 peer.enqueue(other.id, other.stream.header.encode())
+        if self.cluster is not None:
+            self.cluster.greet(room_name, peer.enqueue)
         room[peer.id] = peer
         self.connections += 1
         log_event("join", room=room_name, peer=peer.id, remote=str(ws.remote_address), peers=len(room))
+        if self.cluster is not None:
+            self.cluster.join(room_name, peer.id)
         writer = asyncio.create_task(peer.write())
         try:
             await self._read(peer, room)
@@ -386,6 +412,9 @@ class Relay:
                 del self.rooms[room_name]
             for other in room.values():
                 other.enqueue(None, wire.left(peer.id))
+            if self.cluster is not None:
+                self.cluster.leave(room_name, peer.id, last=not room)
+            self.counters["dropped_slow_peer"] += peer.dropped
             log_event("leave", room=room_name, peer=peer.id, dropped_for_peer=peer.dropped,
                       close_code=ws.close_code)
 
@@ -403,9 +432,12 @@ class Relay:
             problem = self._check(peer, message)
             if problem is None:
                 self.counters["forwarded"] += 1
+                self.counters["bytes_in"] += len(message)
                 for other in room.values():
                     if other is not peer:
                         other.enqueue(peer.id, message)
+                if self.cluster is not None:
+                    self.cluster.forward(peer.room, peer.id, message)
                 continue
             self.counters[problem] += 1
             if strikes.take():
@@ -459,13 +491,18 @@ async def run(relay: Relay, host: str, port: int, tls: ssl.SSLContext | None) ->
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     server: Server
+    if relay.cluster is not None:
+        await relay.cluster.start()
     async with relay.start(host, port, tls) as server:
         bound = [s.getsockname() for s in server.sockets]
         log_event("listening", addresses=[f"{a[0]}:{a[1]}" for a in bound], tls=tls is not None,
-                  auth=relay.token is not None, room_tokens=len(relay.room_tokens))
+                  auth=relay.token is not None, room_tokens=len(relay.room_tokens),
+                  cluster=relay.cluster.servers if relay.cluster is not None else None)
         await stop.wait()
         log_event("shutting_down", peers=sum(len(r) for r in relay.rooms.values()))
-    log_event("stopped", **relay.counters)
+    if relay.cluster is not None:
+        await relay.cluster.close()  # after the last peer's LEFT was queued
+    log_event("stopped", **relay.counters, **(relay.cluster.counters if relay.cluster is not None else {}))
 
 
 def room_token(text: str) -> tuple[str, str]:
@@ -501,6 +538,18 @@ def secret(text: str) -> str:
     return text
 
 
+def nats_urls(text: str) -> list[str]:
+    """``argparse`` type of ``--cluster``: one or more comma-separated ``nats://HOST:PORT`` URLs."""
+    urls = [url.strip() for url in text.split(",") if url.strip()]
+    for url in urls:
+        where = urlsplit(url)
+        if where.scheme not in ("nats", "tls") or not where.hostname:
+            raise argparse.ArgumentTypeError(f"{url!r} is not a NATS URL like nats://HOST:4222")
+    if not urls:
+        raise argparse.ArgumentTypeError("expected nats://HOST:PORT")
+    return urls
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -534,6 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="window in which --auth-failures count (default %(default)s)")
     parser.add_argument("--auth-block", type=float, default=defaults.auth_block, metavar="SECONDS",
                         help="how long a throttled address is refused (default %(default)s)")
+    parser.add_argument("--cluster", type=nats_urls, action="extend", default=[], metavar="nats://HOST:PORT",
+                        help="NATS server(s) joining this relay to the others on them, so a room spans nodes "
+                        "(repeatable or comma-separated; default: a lone relay)")
     parser.add_argument("--tls-cert", help="PEM certificate chain, to serve wss://")
     parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
     return parser
@@ -546,7 +598,10 @@ def relay_from_args(args: argparse.Namespace) -> Relay:
                     max_peers_per_room=args.max_peers_per_room,
                     queue_control=max(Limits.queue_control, 4 * args.max_peers_per_room),  # a joiner's notices fit
                     auth_failures=args.auth_failures, auth_window=args.auth_window, auth_block=args.auth_block)
-    return Relay(token=args.token, limits=limits, room_tokens=dict(room_tokens))
+    relay = Relay(token=args.token, limits=limits, room_tokens=dict(room_tokens))
+    if args.cluster:
+        relay.join_cluster(args.cluster)
+    return relay
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,252 @@
+"""Rooms across relay nodes joined through a real ``nats-server`` (installed by
+``scripts/install-system-deps.sh``), started by each test on a free loopback port."""
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from call import wire
+from call.relay_cluster import ClusterSettings, room_subject
+from client import Client, Options
+from server import Limits, Relay
+from tests.test_call import LENGTH, call, free_port, model, offline, speech  # noqa: F401 - fixtures
+from tests.test_server import HEADER, audio, until
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ClusterSettings(heartbeat=0.2, node_timeout=1.5, reconnect_wait=0.1)
+"""Quick to notice a node gone; generous enough for a busy machine (heartbeats are tiny)."""
+
+
+def start_nats(port: int) -> subprocess.Popen:
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    if not os.path.exists(binary):
+        pytest.fail("nats-server is missing: run scripts/install-system-deps.sh")
+    return subprocess.Popen([binary, "-a", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+async def listening(port: int, timeout: float = 30.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def nats_server():
+    port = free_port()
+    process = start_nats(port)
+    await listening(port)
+    yield types_namespace(url=f"nats://127.0.0.1:{port}", port=port, process=process)
+    process.terminate()
+    process.wait(10)
+
+
+def types_namespace(**fields):
+    import types
+
+    return types.SimpleNamespace(**fields)
+
+
+class Node:
+    """An in-process relay node joined to the cluster."""
+
+    def __init__(self, nats_url: str, limits: Limits = Limits()) -> None:
+        self.relay = Relay(limits=limits)
+        self.cluster = self.relay.join_cluster([nats_url], FAST)
+
+    async def __aenter__(self) -> "Node":
+        await self.cluster.start()
+        self.server = await self.relay.start("127.0.0.1", 0).__aenter__()
+        self.url = f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        await until(lambda: self.cluster.up)
+        return self
+
+    async def __aexit__(self, *_) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+        await self.cluster.close()
+
+
+def node_process(nats_url: str, port: int) -> subprocess.Popen:
+    """A relay node in its own process, so that it can be killed (or stopped) like a crashed one."""
+    return subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(port), "--cluster", nats_url],
+                            cwd=ROOT, stderr=subprocess.DEVNULL)
+
+
+async def knows(node: Node, room: str, remote_peers: int) -> None:
+    """Wait until ``node`` sees ``remote_peers`` peers of ``room`` on other nodes."""
+    await until(lambda: len(node.cluster.members(room)) == remote_peers)
+
+
+async def streams_heard(ws, senders: int, packets: int) -> dict[int, list[bytes]]:
+    """Read until ``senders`` sources have each sent their HEADER and ``packets`` audio packets."""
+    heard: dict[int, list[bytes]] = {}
+    source = None
+    async with asyncio.timeout(30):
+        while len(heard) < senders or any(len(m) < packets + 1 for m in heard.values()):
+            message = await ws.recv()
+            if message[0] == wire.ROUTED:
+                source, message = wire.unroute(message)
+            if message[0] in (wire.JOINED, wire.LEFT):
+                continue
+            heard.setdefault(source, []).append(message)
+    return heard
+
+
+async def test_a_call_between_two_nodes_arrives_equal_to_its_offline_decode(nats_server, model, speech, tmp_path):
+    async with Node(nats_server.url) as a, Node(nats_server.url) as b:
+        sender, receiver = await call(model, b.url, speech[0], tmp_path / "heard.wav", sender_url=a.url)
+        assert a.cluster.counters["cluster_published"] > 0 and b.cluster.counters["cluster_received"] > 0
+    heard, _ = soundfile.read(tmp_path / "heard.wav", dtype="float32", always_2d=True)
+    _, expected = offline(model, speech[1])
+    assert heard.shape == (LENGTH, 1)
+    assert np.abs(heard.T - expected).max() < 1e-3
+    assert receiver.receiver.problems == {}
+
+
+async def test_a_room_of_three_over_two_nodes(nats_server):
+    async with Node(nats_server.url) as a, Node(nats_server.url) as b:
+        async with connect(a.url + "/r") as alice, connect(a.url + "/r") as bob:
+            await until(lambda: len(a.relay.rooms.get("r", ())) == 2)
+            for ws in (alice, bob):  # two streams in progress on node A before Carol joins on B
+                await ws.send(HEADER.encode())
+            await until(lambda: all(p.stream.header for p in a.relay.rooms["r"].values()))
+            async with connect(b.url + "/r") as carol:
+                await knows(b, "r", 2)
+                await knows(a, "r", 1)
+                await carol.send(HEADER.encode())
+                for i in range(5):
+                    for ws in (alice, bob, carol):
+                        await ws.send(audio(i))
+                # Each hears the two others' streams whole, in order, from two distinct sources.
+                for ws in (alice, bob, carol):
+                    heard = await streams_heard(ws, senders=2, packets=5)
+                    assert len(heard) == 2
+                    for messages in heard.values():
+                        assert messages == [HEADER.encode(), *(audio(i) for i in range(5))]
+            # Carol left: A's peers hear it and B no longer follows the room.
+            await knows(a, "r", 0)
+            assert "r" not in b.cluster.rooms and "r" not in b.cluster.subscriptions
+
+
+async def test_limits_count_the_peers_on_other_nodes(nats_server):
+    async with Node(nats_server.url, Limits(max_peers_per_room=2)) as a, Node(nats_server.url) as b:
+        async with connect(a.url + "/r"), connect(b.url + "/r"):
+            await knows(a, "r", 1)
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(a.url + "/r"):
+                    pass
+            assert refused.value.response.status_code == 503
+
+
+async def test_node_killed_mid_call_its_peer_goes_on_through_the_other(nats_server, model, speech, tmp_path):
+    port_a = free_port()
+    node_a = node_process(nats_server.url, port_a)
+    try:
+        async with Node(nats_server.url) as b:
+            await listening(port_a)
+            url_a = f"ws://127.0.0.1:{port_a}"
+            receiver = Client(Options(server=b.url, room="r", output=str(tmp_path / "heard.wav"), status=False), model)
+            receiving = asyncio.create_task(receiver.run())
+            await asyncio.wait_for(receiver.connection.connected.wait(), 10)
+            sender = Client(Options(server=url_a, more_servers=(b.url,), room="r", input=str(speech[0]), pace=True,
+                                    status=False), model)
+            sending = asyncio.create_task(sender.run())
+            async with asyncio.timeout(30):  # mid-call: the receiver hears the sender through A
+                while not any(s.jitter.stats.received >= 10 for s in receiver.receiver.streams.values()):
+                    await asyncio.sleep(0.01)
+            assert not sending.done()
+            node_a.kill()
+            assert await asyncio.wait_for(sending, 60) == 0
+            assert await asyncio.wait_for(receiving, 60) == 0
+            assert sender.connection.url.startswith(b.url)
+    finally:
+        node_a.kill()
+        node_a.wait(10)
+    heard, _ = soundfile.read(tmp_path / "heard.wav", dtype="float32", always_2d=True)
+    assert sender.connection.reconnects == 1
+    assert heard.shape == (LENGTH, 1)
+    (stream,) = receiver.receiver.streams.values()  # the stream went on: it was not restarted
+    stats = stream.jitter.stats
+    print(f"\nafter node A was killed: {stats}, receiver problems {receiver.receiver.problems}")
+    assert stats.received > 0.5 * LENGTH / 320 and stream.concealer.concealed >= stats.lost
+    # It resumed: after the gap the sender's audio is heard again, through node B.
+    _, expected = offline(model, speech[1])
+    frames, expected_frames = (x[: LENGTH // 320 * 320].reshape(-1, 320)[-10:] for x in (heard[:, 0], expected[0]))
+    audible = np.abs(expected_frames).max(axis=1) > 0.01
+    assert audible.any() and (np.abs(frames).max(axis=1)[audible] > 0).all()
+
+
+async def test_nats_stopped_local_rooms_keep_working_and_the_log_says_so(nats_server, caplog):
+    caplog.set_level(logging.INFO, logger="relay")
+    async with Node(nats_server.url) as a, Node(nats_server.url) as b:
+        async with connect(a.url + "/solo") as alice, connect(a.url + "/solo") as bob, connect(b.url + "/x") as eve:
+            await until(lambda: len(a.relay.rooms.get("solo", ())) == 2 and "x" in b.relay.rooms)
+            nats_server.process.terminate()
+            nats_server.process.wait(10)
+            await until(lambda: not a.cluster.up and not b.cluster.up)
+            assert "cluster_link_down" in caplog.text and "local rooms keep working" in caplog.text
+            await alice.send(HEADER.encode())
+            for i in range(3):
+                await alice.send(audio(i))
+            heard = await streams_heard(bob, senders=1, packets=3)
+            assert list(heard.values()) == [[HEADER.encode(), *(audio(i) for i in range(3))]]
+            await eve.send(HEADER.encode())  # B's room goes on too, with nobody to tell
+            assert a.cluster.counters["cluster_dropped_link_down"] > 0
+            # NATS is back: the nodes rejoin and a room spans them again.
+            nats_server.process = start_nats(nats_server.port)
+            await until(lambda: a.cluster.up and b.cluster.up)
+            assert "cluster_link_up" in caplog.text
+            async with connect(a.url + "/x") as frank:
+                await knows(a, "x", 1)
+                await knows(b, "x", 1)
+                await eve.send(audio(0))
+                heard = await streams_heard(frank, senders=1, packets=1)
+                assert list(heard.values()) == [[HEADER.encode(), audio(0)]]
+
+
+async def test_a_stalled_remote_node_slows_no_local_peer(nats_server):
+    port_b = free_port()
+    node_b = node_process(nats_server.url, port_b)
+    try:
+        async with Node(nats_server.url) as a:
+            await listening(port_b)
+            async with connect(f"ws://127.0.0.1:{port_b}/shared") as far, connect(a.url + "/shared") as near, \
+                    connect(a.url + "/local") as alice, connect(a.url + "/local") as bob:
+                await knows(a, "shared", 1)
+                node_b.send_signal(signal.SIGSTOP)  # node B stops reading NATS (and everything else)
+                await alice.send(HEADER.encode())
+                await near.send(HEADER.encode())
+                count = 2000
+                for i in range(count):  # near's audio goes to NATS for B, which reads nothing
+                    await near.send(audio(i))
+                    await alice.send(audio(i))
+                heard = await streams_heard(bob, senders=1, packets=count)
+                assert list(heard.values()) == [[HEADER.encode(), *(audio(i) for i in range(count))]]
+                assert len(a.cluster.outbound) <= FAST.backlog  # our side of the link stayed bounded
+                assert a.cluster.counters["cluster_published"] >= count
+                del far
+    finally:
+        node_b.send_signal(signal.SIGCONT)
+        node_b.kill()
+        node_b.wait(10)
+
+
+def test_room_subjects_are_one_nats_token():
+    assert room_subject("team.alpha-1_x") == "relay.room.team~alpha-1_x"
