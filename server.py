@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import itertools
@@ -59,6 +60,7 @@ from websockets.http11 import Request, Response
 from call import wire
 from call.relay_cluster import ClusterLink, ClusterSettings
 from call.relay_log import log_event
+from call.relay_metrics import metrics_route
 from call.rooms import ROOM_RULE, is_room_name
 
 POLICY_VIOLATION = 1008
@@ -302,9 +304,17 @@ class Relay:
         return self.cluster
 
     def deliver(self, room: str, source: int | None, message: bytes) -> None:
-        """A message from another node, for every local peer of ``room``."""
-        for peer in self.rooms.get(room, {}).values():
+        """A message from another node (``source``: its peer's alias; ``None``: a presence notice),
+        for every local peer of ``room``."""
+        peers = self.rooms.get(room, {})
+        for peer in peers.values():
             peer.enqueue(source, message)
+        if source is not None:
+            self._count_out(len(peers), message)
+
+    def _count_out(self, receivers: int, message: bytes) -> None:
+        self.counters["messages_out"] += receivers
+        self.counters["bytes_out"] += receivers * len(message)
 
     def roster(self, room: str) -> list[tuple[int, bytes | None]]:
         """The local peers of ``room`` and the HEADER of each one's stream in progress."""
@@ -436,6 +446,7 @@ class Relay:
                 for other in room.values():
                     if other is not peer:
                         other.enqueue(peer.id, message)
+                self._count_out(len(room) - 1, message)
                 if self.cluster is not None:
                     self.cluster.forward(peer.room, peer.id, message)
                 continue
@@ -464,14 +475,25 @@ class Relay:
         return sum(len(p.queue) for room in self.rooms.values() for p in room.values())
 
     def start(self, host: str | None, port: int, tls: ssl.SSLContext | None = None,
-              ping_interval: float = 5.0, ping_timeout: float = 10.0) -> serve:
-        """The websockets server for this relay (use as ``async with``)."""
+              ping_interval: float = 5.0, ping_timeout: float = 10.0, reuse_port: bool = False) -> serve:
+        """The websockets server for this relay (use as ``async with``); ``reuse_port``: processes
+        share the port (SO_REUSEPORT), the kernel spreading connections over them."""
         return serve(
             self.handle, host, port, ssl=tls, process_request=self.check_request,
             compression=None,  # codes are incompressible; deflate would only cost memory
             max_size=self.limits.hard_max_message, max_queue=self.limits.receive_queue, write_limit=4096,
             ping_interval=ping_interval, ping_timeout=ping_timeout, logger=websockets_log,
+            **({"reuse_port": True} if reuse_port else {}),
         )
+
+
+def metrics_listener(relay: Relay, host: str, port: int) -> serve:
+    """A listener of its own for ``/metrics`` (404 for anything else)."""
+    route = metrics_route(relay)
+
+    def answer(ws: ServerConnection, request: Request) -> Response:
+        return route(ws, request) or ws.respond(HTTPStatus.NOT_FOUND, "Not found\n")
+    return serve(lambda ws: ws.close(), host, port, process_request=answer, logger=websockets_log)
 
 
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
@@ -484,8 +506,10 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     return context
 
 
-async def run(relay: Relay, host: str, port: int, tls: ssl.SSLContext | None) -> None:
-    """Serve until SIGINT/SIGTERM, then close every connection cleanly (1001, going away)."""
+async def run(relay: Relay, host: str, port: int, tls: ssl.SSLContext | None,
+              metrics_port: int | None = None, reuse_port: bool = False) -> None:
+    """Serve until SIGINT/SIGTERM, then close every connection cleanly (1001, going away).
+    ``metrics_port``: 0 answers ``/metrics`` on the relay's port, another its own listener."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -493,7 +517,10 @@ async def run(relay: Relay, host: str, port: int, tls: ssl.SSLContext | None) ->
     server: Server
     if relay.cluster is not None:
         await relay.cluster.start()
-    async with relay.start(host, port, tls) as server:
+    if metrics_port == 0:
+        relay.routes.append(metrics_route(relay))
+    metrics = metrics_listener(relay, host, metrics_port) if metrics_port else contextlib.nullcontext()
+    async with relay.start(host, port, tls, reuse_port=reuse_port) as server, metrics:
         bound = [s.getsockname() for s in server.sockets]
         log_event("listening", addresses=[f"{a[0]}:{a[1]}" for a in bound], tls=tls is not None,
                   auth=relay.token is not None, room_tokens=len(relay.room_tokens),
@@ -586,6 +613,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cluster", type=nats_urls, action="extend", default=[], metavar="nats://HOST:PORT",
                         help="NATS server(s) joining this relay to the others on them, so a room spans nodes "
                         "(repeatable or comma-separated; default: a lone relay)")
+    parser.add_argument("--metrics", type=int, nargs="?", const=0, metavar="PORT",
+                        help="serve Prometheus metrics at /metrics: on the relay's port, or on PORT if given")
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="share --port with other processes (SO_REUSEPORT); --workers sets it")
     parser.add_argument("--tls-cert", help="PEM certificate chain, to serve wss://")
     parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
     return parser
@@ -609,7 +640,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     websockets_log.setLevel(logging.WARNING)  # our JSON lines say it all
     relay = relay_from_args(args)
-    asyncio.run(run(relay, args.host, args.port, tls_context(args.tls_cert, args.tls_key)))
+    asyncio.run(run(relay, args.host, args.port, tls_context(args.tls_cert, args.tls_key), args.metrics,
+                    args.reuse_port))
 
 
 if __name__ == "__main__":

@@ -8,16 +8,19 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from call import wire
 from call.relay_cluster import ClusterSettings, room_subject
+from call.relay_metrics import metrics_route
 from client import Client, Options
 from server import Limits, Relay
 from tests.test_call import LENGTH, call, free_port, model, offline, speech  # noqa: F401 - fixtures
@@ -250,3 +253,26 @@ async def test_a_stalled_remote_node_slows_no_local_peer(nats_server):
 
 def test_room_subjects_are_one_nats_token():
     assert room_subject("team.alpha-1_x") == "relay.room.team~alpha-1_x"
+
+
+async def test_metrics_report_rooms_peers_traffic_drops_and_the_cluster_link(nats_server):
+    async with Node(nats_server.url) as a, Node(nats_server.url) as b:
+        a.relay.routes.append(metrics_route(a.relay))
+        async with connect(a.url + "/m") as alice, connect(a.url + "/m") as carol, connect(b.url + "/m") as bob:
+            await knows(a, "m", 1)
+            for ws in (alice, bob):
+                for message in (HEADER.encode(), audio(0), audio(1), audio(2)):
+                    await ws.send(message)
+            await alice.send(b"\x7f")  # no message type: counted and dropped
+            await streams_heard(bob, senders=1, packets=3)
+            await streams_heard(carol, senders=2, packets=3)
+            url = a.url.replace("ws://", "http://") + "/metrics"
+            text = (await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())).decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("relay_rooms", ())] == 1 and samples[("relay_peers", ())] == 2
+    assert samples[("relay_messages_in_total", ())] == 4  # Alice's header and audio on node A
+    assert samples[("relay_messages_out_total", ())] == 4 + 2 * 4  # Alice's to Carol, Bob's to both
+    assert samples[("relay_dropped_messages_total", (("reason", "malformed"),))] == 1
+    assert samples[("relay_cluster_link_up", ())] == 1 and samples[("relay_cluster_remote_peers", ())] == 1
+    assert samples[("relay_cluster_published_total", ())] >= 4
