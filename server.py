@@ -46,11 +46,13 @@ import re
 import signal
 import socket
 import ssl
+import sys
 import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Callable, Iterable
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
@@ -61,6 +63,7 @@ from call import wire
 from call.relay_cluster import ClusterLink, ClusterSettings
 from call.relay_log import log_event
 from call.relay_metrics import metrics_route
+from call.relay_workers import run_workers
 from call.rooms import ROOM_RULE, is_room_name
 
 POLICY_VIOLATION = 1008
@@ -615,8 +618,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(repeatable or comma-separated; default: a lone relay)")
     parser.add_argument("--metrics", type=int, nargs="?", const=0, metavar="PORT",
                         help="serve Prometheus metrics at /metrics: on the relay's port, or on PORT if given")
+    parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                        help="N relay processes sharing --port (one per core), joined through --cluster or, "
+                        "without it, a nats-server started on a loopback port (default %(default)s)")
     parser.add_argument("--reuse-port", action="store_true",
                         help="share --port with other processes (SO_REUSEPORT); --workers sets it")
+    parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # its index: --metrics PORT + index
     parser.add_argument("--tls-cert", help="PEM certificate chain, to serve wss://")
     parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
     return parser
@@ -636,8 +643,16 @@ def relay_from_args(args: argparse.Namespace) -> Relay:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.workers > 1:
+        if args.port == 0:
+            parser.error("--workers needs a --port to share")
+        raise SystemExit(run_workers(Path(__file__).resolve(), sys.argv[1:] if argv is None else argv,
+                                     args.workers, args.cluster))
+    if args.metrics:
+        args.metrics += args.worker
     websockets_log.setLevel(logging.WARNING)  # our JSON lines say it all
     relay = relay_from_args(args)
     asyncio.run(run(relay, args.host, args.port, tls_context(args.tls_cert, args.tls_key), args.metrics,

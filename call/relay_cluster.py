@@ -144,6 +144,7 @@ class ClusterLink:
                 await asyncio.wait_for(self.nc.flush(), 2)
             except Exception as error:  # noqa: BLE001 - a node shutting down says why once, and goes
                 log_event("cluster_flush_failed", logging.WARNING, error=f"{type(error).__name__}: {error}")
+        self.up = False  # going: closing the link is no loss to log
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -2,12 +2,14 @@
 ``scripts/install-system-deps.sh``), started by each test on a free loopback port."""
 
 import asyncio
+import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import types
 import urllib.request
 from pathlib import Path
 
@@ -53,17 +55,11 @@ async def listening(port: int, timeout: float = 30.0) -> None:
 @pytest.fixture
 async def nats_server():
     port = free_port()
-    process = start_nats(port)
+    nats = types.SimpleNamespace(url=f"nats://127.0.0.1:{port}", port=port, process=start_nats(port))
     await listening(port)
-    yield types_namespace(url=f"nats://127.0.0.1:{port}", port=port, process=process)
-    process.terminate()
-    process.wait(10)
-
-
-def types_namespace(**fields):
-    import types
-
-    return types.SimpleNamespace(**fields)
+    yield nats
+    nats.process.terminate()  # the one running now: a test may have restarted it
+    nats.process.wait(10)
 
 
 class Node:
@@ -276,3 +272,48 @@ async def test_metrics_report_rooms_peers_traffic_drops_and_the_cluster_link(nat
     assert samples[("relay_dropped_messages_total", (("reason", "malformed"),))] == 1
     assert samples[("relay_cluster_link_up", ())] == 1 and samples[("relay_cluster_remote_peers", ())] == 1
     assert samples[("relay_cluster_published_total", ())] >= 4
+
+
+async def headers_from(ws, sources: int) -> set[int]:
+    """Read until HEADERs from ``sources`` distinct peers came; return their ids."""
+    headers, source = set(), None
+    async with asyncio.timeout(30):
+        while len(headers) < sources:
+            message = await ws.recv()
+            if message[0] == wire.ROUTED:
+                source, message = wire.unroute(message)
+            if message[0] == wire.HEADER:
+                headers.add(source)
+    return headers
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+async def test_workers_share_one_port_and_make_one_relay(tmp_path):
+    port, metrics = free_port(), free_port()
+    log = tmp_path / "relay.log"
+    with open(log, "w") as stderr:  # no --cluster: the workers start their own nats-server
+        relay = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(port), "--workers", "2",
+                                  "--metrics", str(metrics)], cwd=ROOT, stderr=stderr)
+    peers = []
+    try:
+        await until(lambda: log.read_text().count("cluster_link_up") == 2)
+        while not all(scrape(metrics + i)["relay_peers"] for i in (0, 1)):  # the kernel spreads connections
+            assert len(peers) < 40, "SO_REUSEPORT sent 40 connections to one worker"
+            peers.append(await connect(f"ws://127.0.0.1:{port}/w").__aenter__())
+            await asyncio.sleep(0.05)
+        for ws in peers:
+            await ws.send(HEADER.encode())
+        for ws in peers:  # every peer hears every other, whichever worker each landed on
+            assert len(await headers_from(ws, len(peers) - 1)) == len(peers) - 1
+    finally:
+        for ws in peers:
+            await ws.close()
+        relay.terminate()
+        assert relay.wait(30) == 0
+    workers = json.loads(next(line for line in log.read_text().splitlines() if '"workers"' in line))["pids"]
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)
+    assert log.read_text().count('"stopped"') == 2
