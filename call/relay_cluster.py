@@ -8,7 +8,8 @@ is what live audio wants: a late frame is worth nothing, and a slow node must no
 
 Every cluster message is ``kind (1 byte) | node id (8 bytes) | varint peer | body``:
 
-* ``DATA``: a peer's message (HEADER, audio, END), as the peer sent it;
+* ``DATA``: a peer's message (HEADER, audio, END), as the peer sent it (only to rooms with
+  members on another node: a room that is all on one node never touches NATS);
 * ``PRESENT``: a peer is in the room; the body is its stream's HEADER while one is in progress;
 * ``ASK``: who is in this room? Every node answers with a ``PRESENT`` for each local peer;
 * ``LEFT``: a peer left.
@@ -214,10 +215,12 @@ class ClusterLink:
                 asyncio.ensure_future(subscription.unsubscribe())
 
     def forward(self, room: str, peer: int, message: bytes) -> None:
-        """A local peer's message, already checked and forwarded locally."""
-        self._publish(room, DATA, peer, message)
-        if message[0] == wire.HEADER:
-            self._check_takeover(room, message)
+        """A local peer's message, already checked and forwarded locally: published only while
+        another node has members in the room (a room that is all here costs NATS nothing)."""
+        if self.rooms.get(room):
+            self._publish(room, DATA, peer, message)
+            if message[0] == wire.HEADER:
+                self._check_takeover(room, message)
 
     def members(self, room: str) -> list[RemotePeer]:
         return list(self.rooms.get(room, {}).values())
@@ -316,11 +319,17 @@ class ClusterLink:
         self.deliver(room, remote.alias, body)
 
     def _arrive(self, room: str, key: tuple[bytes, int], ask: bool) -> RemotePeer:
-        """A remote peer we did not know; ``ask``: we met it mid-stream, so ask for its HEADER."""
+        """A remote peer we did not know; ``ask``: we met it mid-stream, so ask for its HEADER.
+        The first remote peer of a room starts our publishing to it, so the streams in progress
+        here are announced with their HEADERs (sent before anyone else was there to hear them)."""
+        first = not self.rooms[room]
         remote = RemotePeer(self.new_id(), room, key[0])
         self.remote[key] = self.rooms[room][key] = remote
         self.seen.setdefault(key[0], time.monotonic())
         self.deliver(room, None, wire.joined(remote.alias))
+        if first:
+            for local, header in self.roster(room):
+                self._publish(room, PRESENT, local, header or b"")
         if ask:
             self._publish(room, ASK, 0)
         return remote
