@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import hmac
+import importlib.util
 import ipaddress
 import itertools
 import logging
@@ -55,9 +56,10 @@ from typing import Callable, Iterable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import OPEN
 
 from call import wire
 from call.relay_cluster import ClusterLink, ClusterSettings
@@ -232,7 +234,7 @@ class Peer:
         if self.closing is not None:
             return
         if not self.queue and self.ws.transport.get_write_buffer_size() == 0:
-            broadcast((self.ws,), self._routed(source, message))  # writes now; skips a closing connection
+            self._write_now(self._routed(source, message))
             return
         is_audio = bool(message[0] & wire.AUDIO_FLAG)
         if len(self.queue) >= self.capacity:
@@ -248,6 +250,20 @@ class Peer:
                 return
         self.queue.append((source, message, is_audio))
         self.wake.set()
+
+    def _write_now(self, message: bytes) -> None:
+        """Frame ``message`` and write it to the socket at once, skipping a closing connection.
+
+        A server's frames are unmasked, so framing a binary message is a 2- or 4-byte prefix:
+        written here, it costs a fraction of websockets' ``broadcast`` (a ``Frame`` object, its
+        serialisation and checks per message, measured in ``benchmarks/results/relay_capacity.md``).
+        Whole frames only, in order, like websockets' own writes: the two interleave safely.
+        """
+        if self.ws.protocol.state is not OPEN:
+            return
+        size = len(message)
+        prefix = bytes((0x82, size)) if size < 126 else bytes((0x82, 126)) + size.to_bytes(2, "big")
+        self.ws.transport.write(prefix + message)
 
     def _close_slow(self) -> None:
         """Close a peer whose queue holds nothing but control messages, and too many of them."""
@@ -499,6 +515,18 @@ def metrics_listener(relay: Relay, host: str, port: int) -> serve:
     return serve(lambda ws: ws.close(), host, port, process_request=answer, logger=websockets_log)
 
 
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """``uvloop``'s loop (libuv; forwards more packets a core, see ``benchmarks/latency_relay.py``) or
+    asyncio's own (``None``)."""
+    if name == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        raise SystemExit("--loop uvloop: uvloop is not installed (pip install uvloop), or use --loop asyncio") from None
+    return uvloop.new_event_loop
+
+
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     if not cert and not key:
         return None
@@ -621,6 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
                         help="N relay processes sharing --port (one per core), joined through --cluster or, "
                         "without it, a nats-server started on a loopback port (default %(default)s)")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"],
+                        default="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+                        help="event loop (default: uvloop where installed, it forwards more packets a core)")
     parser.add_argument("--reuse-port", action="store_true",
                         help="share --port with other processes (SO_REUSEPORT); --workers sets it")
     parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # its index: --metrics PORT + index
@@ -655,8 +686,9 @@ def main(argv: list[str] | None = None) -> None:
         args.metrics += args.worker
     websockets_log.setLevel(logging.WARNING)  # our JSON lines say it all
     relay = relay_from_args(args)
-    asyncio.run(run(relay, args.host, args.port, tls_context(args.tls_cert, args.tls_key), args.metrics,
-                    args.reuse_port))
+    with asyncio.Runner(loop_factory=event_loop_factory(args.loop)) as runner:
+        runner.run(run(relay, args.host, args.port, tls_context(args.tls_cert, args.tls_key), args.metrics,
+                       args.reuse_port))
 
 
 if __name__ == "__main__":
