@@ -61,6 +61,8 @@ class Options:
 
     server: str
     room: str
+    more_servers: tuple[str, ...] = ()
+    """Other nodes of the relay's cluster: tried in turn when one cannot be reached."""
     token: str | None = None
     bandwidth: float = 6.0
     input: str | None = None
@@ -88,8 +90,9 @@ class Options:
     """Seconds to get a lost connection back before giving up; ``None``: for ever."""
 
     @property
-    def url(self) -> str:
-        return f"{self.server.rstrip('/')}/{self.room}"
+    def urls(self) -> list[str]:
+        """The room on every node given, the first one first."""
+        return [f"{server.rstrip('/')}/{self.room}" for server in (self.server, *self.more_servers)]
 
 
 class Client:
@@ -123,7 +126,7 @@ class Client:
         self.up = Meter()
         keep = max(1, int(STALE_AFTER_GAP / (self.frame_period * options.frames_per_packet)))
         self.connection = Connection(
-            options.url, options.token, Outbox(capacity=64, lossy=not self.send_file, keep_after_gap=keep),
+            options.urls, options.token, Outbox(capacity=64, lossy=not self.send_file, keep_after_gap=keep),
             self.up, header=self.sender.header.encode() if self.sender else None,
             on_message=self._arrived if self.receiver else None, wait_for_listener=self.send_file,
             patience=Patience(options.connect_timeout, options.reconnect_timeout))
@@ -277,8 +280,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     offered = bandwidths(default) if default is not None else "1.5, 3, 6, 12, 24"
     seconds = number_option(float, 0.0)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--server", type=server_option, metavar="URL", default="ws://127.0.0.1:8765",
-                        help="relay URL, ws://HOST:PORT or wss://HOST:PORT (default %(default)s)")
+    parser.add_argument("--server", type=server_option, metavar="URL", action="append",
+                        help="relay URL, ws://HOST:PORT or wss://HOST:PORT (default ws://127.0.0.1:8765); "
+                        "repeat it for the nodes of a cluster: the next is tried when one goes away")
     parser.add_argument("--room", type=room_name_option, metavar="NAME", help=f"room name: {ROOM_RULE}")
     parser.add_argument("--model", default="default", help="default | checkpoint dir | hub id | Meta .th file")
     parser.add_argument("--bandwidth", type=number_option(float, 0.1), default=6.0, metavar="KBPS",
@@ -317,6 +321,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-device", help="speaker (index or name, see --list-devices)")
     parser.add_argument("--quiet", action="store_true", help="no status line")
     args = parser.parse_args(argv)
+    args.server = args.server or ["ws://127.0.0.1:8765"]
     if args.list_devices:
         return args
     if not args.room:
@@ -350,14 +355,14 @@ def main(argv: list[str] | None = None) -> int:
         except AudioDeviceError as error:
             raise SystemExit(str(error)) from error
         return 0
-    warning = plaintext_token_warning(args.server, args.token)
-    if warning:
+    for warning in {plaintext_token_warning(server, args.token) for server in args.server} - {None}:
         print(warning, file=sys.stderr)
     configure_threads(args.threads)
     from codec import load_model
 
     patience = FOREVER if args.retry_forever else Patience(args.connect_timeout, args.reconnect_timeout)
-    options = Options(server=args.server, room=args.room, token=args.token, bandwidth=args.bandwidth,
+    options = Options(server=args.server[0], more_servers=tuple(args.server[1:]), room=args.room,
+                      token=args.token, bandwidth=args.bandwidth,
                       input=args.input, output=args.output, pace=not args.no_pace,
                       frames_per_packet=args.frames_per_packet, search_width=args.search_width, input_device=device(args.input_device),
                       output_device=device(args.output_device), status=not args.quiet, start=args.start,

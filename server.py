@@ -36,39 +36,44 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hmac
+import importlib.util
 import ipaddress
 import itertools
-import json
 import logging
 import math
 import re
 import signal
 import socket
 import ssl
+import sys
 import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Callable, Iterable
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import OPEN
 
 from call import wire
+from call.relay_cluster import ClusterLink, ClusterSettings
+from call.relay_log import log_event
+from call.relay_metrics import metrics_route
+from call.relay_workers import run_workers
 from call.rooms import ROOM_RULE, is_room_name
-
-log = logging.getLogger("relay")
 
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
 
-
-def log_event(event: str, level: int = logging.INFO, **fields: object) -> None:
-    """One JSON object per line, so logs can be filtered and aggregated by machine."""
-    log.log(level, json.dumps({"t": round(time.time(), 3), "event": event, **fields}))
+Route = Callable[[ServerConnection, Request], "Response | None"]
+"""An HTTP handler consulted before the websocket upgrade: a response for the paths it serves
+(``/metrics``, a web page), ``None`` for the others."""
 
 
 class Redact(logging.Filter):
@@ -229,7 +234,7 @@ class Peer:
         if self.closing is not None:
             return
         if not self.queue and self.ws.transport.get_write_buffer_size() == 0:
-            broadcast((self.ws,), self._routed(source, message))  # writes now; skips a closing connection
+            self._write_now(self._routed(source, message))
             return
         is_audio = bool(message[0] & wire.AUDIO_FLAG)
         if len(self.queue) >= self.capacity:
@@ -245,6 +250,20 @@ class Peer:
                 return
         self.queue.append((source, message, is_audio))
         self.wake.set()
+
+    def _write_now(self, message: bytes) -> None:
+        """Frame ``message`` and write it to the socket at once, skipping a closing connection.
+
+        A server's frames are unmasked, so framing a binary message is a 2- or 4-byte prefix:
+        written here, it costs a fraction of websockets' ``broadcast`` (a ``Frame`` object, its
+        serialisation and checks per message, measured in ``benchmarks/results/relay_capacity.md``).
+        Whole frames only, in order, like websockets' own writes: the two interleave safely.
+        """
+        if self.ws.protocol.state is not OPEN:
+            return
+        size = len(message)
+        prefix = bytes((0x82, size)) if size < 126 else bytes((0x82, 126)) + size.to_bytes(2, "big")
+        self.ws.transport.write(prefix + message)
 
     def _close_slow(self) -> None:
         """Close a peer whose queue holds nothing but control messages, and too many of them."""
@@ -293,12 +312,43 @@ class Relay:
         self.counters: Counter[str] = Counter()
         self.throttle = AuthThrottle(limits, clock)
         self._ids = itertools.count(1)
+        self.routes: list[Route] = []
+        """HTTP handlers tried in turn before a request is taken as a room's upgrade."""
+        self.cluster: ClusterLink | None = None
+        """The link to the other nodes (``--cluster``), or ``None`` for a lone relay."""
+
+    def join_cluster(self, servers: list[str], settings: ClusterSettings = ClusterSettings()) -> ClusterLink:
+        """Make rooms span every relay on these NATS servers (then ``await cluster.start()``)."""
+        self.cluster = ClusterLink(servers, self.deliver, self.roster, lambda: next(self._ids), settings)
+        return self.cluster
+
+    def deliver(self, room: str, source: int | None, message: bytes) -> None:
+        """A message from another node (``source``: its peer's alias; ``None``: a presence notice),
+        for every local peer of ``room``."""
+        peers = self.rooms.get(room, {})
+        for peer in peers.values():
+            peer.enqueue(source, message)
+        if source is not None:
+            self._count_out(len(peers), message)
+
+    def _count_out(self, receivers: int, message: bytes) -> None:
+        self.counters["messages_out"] += receivers
+        self.counters["bytes_out"] += receivers * len(message)
+
+    def roster(self, room: str) -> list[tuple[int, bytes | None]]:
+        """The local peers of ``room`` and the HEADER of each one's stream in progress."""
+        return [(p.id, p.stream.header.encode() if p.stream.header is not None and not p.stream.ended else None)
+                for p in self.rooms.get(room, {}).values()]
 
     # ------------------------------------------------------------- handshake
 
     def check_request(self, ws: ServerConnection, request: Request) -> Response | None:
         """Refuse bad room names, tokens in the URL, throttled addresses, wrong or missing
-        tokens and a full relay or room before the upgrade."""
+        tokens and a full relay or room before the upgrade; :attr:`routes` answer first."""
+        for route in self.routes:
+            response = route(ws, request)
+            if response is not None:
+                return response
         url = urlsplit(request.path)
         room = url.path.lstrip("/")
         if not is_room_name(room):
@@ -346,7 +396,8 @@ class Relay:
             return f"Relay full: {limits.max_connections} connections; try again later"
         if room not in self.rooms and len(self.rooms) >= limits.max_rooms:
             return f"Relay full: {limits.max_rooms} rooms; try again later"
-        if len(self.rooms.get(room, ())) >= limits.max_peers_per_room:
+        remote = len(self.cluster.members(room)) if self.cluster is not None else 0
+        if len(self.rooms.get(room, ())) + remote >= limits.max_peers_per_room:
             return f"Room full: {limits.max_peers_per_room} peers; try again later"
         return None
 
@@ -370,9 +421,13 @@ class Relay:
             other.enqueue(None, wire.joined(peer.id))
             if other.stream.header is not None and not other.stream.ended:
                 peer.enqueue(other.id, other.stream.header.encode())
+        if self.cluster is not None:
+            self.cluster.greet(room_name, peer.enqueue)
         room[peer.id] = peer
         self.connections += 1
         log_event("join", room=room_name, peer=peer.id, remote=str(ws.remote_address), peers=len(room))
+        if self.cluster is not None:
+            self.cluster.join(room_name, peer.id)
         writer = asyncio.create_task(peer.write())
         try:
             await self._read(peer, room)
@@ -386,6 +441,9 @@ class Relay:
                 del self.rooms[room_name]
             for other in room.values():
                 other.enqueue(None, wire.left(peer.id))
+            if self.cluster is not None:
+                self.cluster.leave(room_name, peer.id, last=not room)
+            self.counters["dropped_slow_peer"] += peer.dropped
             log_event("leave", room=room_name, peer=peer.id, dropped_for_peer=peer.dropped,
                       close_code=ws.close_code)
 
@@ -403,9 +461,13 @@ class Relay:
             problem = self._check(peer, message)
             if problem is None:
                 self.counters["forwarded"] += 1
+                self.counters["bytes_in"] += len(message)
                 for other in room.values():
                     if other is not peer:
                         other.enqueue(peer.id, message)
+                self._count_out(len(room) - 1, message)
+                if self.cluster is not None:
+                    self.cluster.forward(peer.room, peer.id, message)
                 continue
             self.counters[problem] += 1
             if strikes.take():
@@ -432,14 +494,37 @@ class Relay:
         return sum(len(p.queue) for room in self.rooms.values() for p in room.values())
 
     def start(self, host: str | None, port: int, tls: ssl.SSLContext | None = None,
-              ping_interval: float = 5.0, ping_timeout: float = 10.0) -> serve:
-        """The websockets server for this relay (use as ``async with``)."""
+              ping_interval: float = 5.0, ping_timeout: float = 10.0, reuse_port: bool = False) -> serve:
+        """The websockets server for this relay (use as ``async with``); ``reuse_port``: processes
+        share the port (SO_REUSEPORT), the kernel spreading connections over them."""
         return serve(
             self.handle, host, port, ssl=tls, process_request=self.check_request,
             compression=None,  # codes are incompressible; deflate would only cost memory
             max_size=self.limits.hard_max_message, max_queue=self.limits.receive_queue, write_limit=4096,
             ping_interval=ping_interval, ping_timeout=ping_timeout, logger=websockets_log,
+            **({"reuse_port": True} if reuse_port else {}),
         )
+
+
+def metrics_listener(relay: Relay, host: str, port: int) -> serve:
+    """A listener of its own for ``/metrics`` (404 for anything else)."""
+    route = metrics_route(relay)
+
+    def answer(ws: ServerConnection, request: Request) -> Response:
+        return route(ws, request) or ws.respond(HTTPStatus.NOT_FOUND, "Not found\n")
+    return serve(lambda ws: ws.close(), host, port, process_request=answer, logger=websockets_log)
+
+
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """``uvloop``'s loop (libuv; forwards more packets a core, see ``benchmarks/latency_relay.py``) or
+    asyncio's own (``None``)."""
+    if name == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        raise SystemExit("--loop uvloop: uvloop is not installed (pip install uvloop), or use --loop asyncio") from None
+    return uvloop.new_event_loop
 
 
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
@@ -452,20 +537,30 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     return context
 
 
-async def run(relay: Relay, host: str, port: int, tls: ssl.SSLContext | None) -> None:
-    """Serve until SIGINT/SIGTERM, then close every connection cleanly (1001, going away)."""
+async def run(relay: Relay, host: str, port: int, tls: ssl.SSLContext | None,
+              metrics_port: int | None = None, reuse_port: bool = False) -> None:
+    """Serve until SIGINT/SIGTERM, then close every connection cleanly (1001, going away).
+    ``metrics_port``: 0 answers ``/metrics`` on the relay's port, another its own listener."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     server: Server
-    async with relay.start(host, port, tls) as server:
+    if relay.cluster is not None:
+        await relay.cluster.start()
+    if metrics_port == 0:
+        relay.routes.append(metrics_route(relay))
+    metrics = metrics_listener(relay, host, metrics_port) if metrics_port else contextlib.nullcontext()
+    async with relay.start(host, port, tls, reuse_port=reuse_port) as server, metrics:
         bound = [s.getsockname() for s in server.sockets]
         log_event("listening", addresses=[f"{a[0]}:{a[1]}" for a in bound], tls=tls is not None,
-                  auth=relay.token is not None, room_tokens=len(relay.room_tokens))
+                  auth=relay.token is not None, room_tokens=len(relay.room_tokens),
+                  cluster=relay.cluster.servers if relay.cluster is not None else None)
         await stop.wait()
         log_event("shutting_down", peers=sum(len(r) for r in relay.rooms.values()))
-    log_event("stopped", **relay.counters)
+    if relay.cluster is not None:
+        await relay.cluster.close()  # after the last peer's LEFT was queued
+    log_event("stopped", **relay.counters, **(relay.cluster.counters if relay.cluster is not None else {}))
 
 
 def room_token(text: str) -> tuple[str, str]:
@@ -501,6 +596,18 @@ def secret(text: str) -> str:
     return text
 
 
+def nats_urls(text: str) -> list[str]:
+    """``argparse`` type of ``--cluster``: one or more comma-separated ``nats://HOST:PORT`` URLs."""
+    urls = [url.strip() for url in text.split(",") if url.strip()]
+    for url in urls:
+        where = urlsplit(url)
+        if where.scheme not in ("nats", "tls") or not where.hostname:
+            raise argparse.ArgumentTypeError(f"{url!r} is not a NATS URL like nats://HOST:4222")
+    if not urls:
+        raise argparse.ArgumentTypeError("expected nats://HOST:PORT")
+    return urls
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -534,6 +641,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="window in which --auth-failures count (default %(default)s)")
     parser.add_argument("--auth-block", type=float, default=defaults.auth_block, metavar="SECONDS",
                         help="how long a throttled address is refused (default %(default)s)")
+    parser.add_argument("--cluster", type=nats_urls, action="extend", default=[], metavar="nats://HOST:PORT",
+                        help="NATS server(s) joining this relay to the others on them, so a room spans nodes "
+                        "(repeatable or comma-separated; default: a lone relay)")
+    parser.add_argument("--metrics", type=int, nargs="?", const=0, metavar="PORT",
+                        help="serve Prometheus metrics at /metrics: on the relay's port, or on PORT if given")
+    parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                        help="N relay processes sharing --port (one per core), joined through --cluster or, "
+                        "without it, a nats-server started on a loopback port (default %(default)s)")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"],
+                        default="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+                        help="event loop (default: uvloop where installed, it forwards more packets a core)")
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="share --port with other processes (SO_REUSEPORT); --workers sets it")
+    parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # its index: --metrics PORT + index
     parser.add_argument("--tls-cert", help="PEM certificate chain, to serve wss://")
     parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
     return parser
@@ -546,15 +667,28 @@ def relay_from_args(args: argparse.Namespace) -> Relay:
                     max_peers_per_room=args.max_peers_per_room,
                     queue_control=max(Limits.queue_control, 4 * args.max_peers_per_room),  # a joiner's notices fit
                     auth_failures=args.auth_failures, auth_window=args.auth_window, auth_block=args.auth_block)
-    return Relay(token=args.token, limits=limits, room_tokens=dict(room_tokens))
+    relay = Relay(token=args.token, limits=limits, room_tokens=dict(room_tokens))
+    if args.cluster:
+        relay.join_cluster(args.cluster)
+    return relay
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.workers > 1:
+        if args.port == 0:
+            parser.error("--workers needs a --port to share")
+        raise SystemExit(run_workers(Path(__file__).resolve(), sys.argv[1:] if argv is None else argv,
+                                     args.workers, args.cluster))
+    if args.metrics:
+        args.metrics += args.worker
     websockets_log.setLevel(logging.WARNING)  # our JSON lines say it all
     relay = relay_from_args(args)
-    asyncio.run(run(relay, args.host, args.port, tls_context(args.tls_cert, args.tls_key)))
+    with asyncio.Runner(loop_factory=event_loop_factory(args.loop)) as runner:
+        runner.run(run(relay, args.host, args.port, tls_context(args.tls_cert, args.tls_key), args.metrics,
+                       args.reuse_port))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,16 @@ asyncio sockets, so that it can offer thousands of streams from one core. The pr
 ordinary ``websockets`` clients in their own rooms, sending the same stream and timing each
 packet from ``send()`` to its arrival at the other peer. Load rises in steps; "added p99" is the
 probe's p99 at that load minus its p99 with no load.
+
+With ``--nodes 2`` the load goes to two relay nodes (pinned to cores 0 and 1) joined through a
+``nats-server``; ``--placement split`` puts the two peers of every room on different nodes (every
+packet crosses NATS: the cluster's worst case), ``affine`` puts each room on one node (what a load
+balancer hashing the room name does); the probe's pairs always span the two nodes, so its level-0
+latency minus a one-node run's is the cross-node hop. The generator and the probe then share the
+two cores with the relays: on a 2-core machine that understates two nodes, so the CPU the relays
+spend per forwarded packet is reported too. ``--suite`` runs, in one go, the relay at ``--before``
+(a git revision), today's relay on one node, and two nodes in both placements, and writes
+``benchmarks/results/relay_capacity.{json,md}``.
 """
 
 from __future__ import annotations
@@ -59,6 +69,8 @@ def pin(core: int) -> None:
 
 
 class LoadPeer(asyncio.Protocol):
+    """One load peer: raw websocket frames over an asyncio socket, so thousands fit on one core."""
+
     def __init__(self, generator: "Generator", path: str) -> None:
         self.generator, self.path = generator, path
         self.opened = asyncio.get_running_loop().create_future()
@@ -124,8 +136,8 @@ class Generator:
 
     SLOTS = 10
 
-    def __init__(self, port: int, room_size: int) -> None:
-        self.port, self.room_size = port, room_size
+    def __init__(self, ports: list[int], room_size: int, placement: str = "split") -> None:
+        self.ports, self.room_size, self.placement = ports, room_size, placement
         self.slots: list[list[LoadPeer]] = [[] for _ in range(self.SLOTS)]
         self.peers = 0
         self.received = 0
@@ -137,10 +149,11 @@ class Generator:
         refuses, drops or does not answer a handshake within `timeout`: a saturated relay may never."""
         loop = asyncio.get_running_loop()
         for _ in range(streams):
-            room = f"load{self.peers // self.room_size}"
+            room_index, member = divmod(self.peers, self.room_size)
+            port = self.ports[(member if self.placement == "split" else room_index) % len(self.ports)]
             try:
                 _, peer = await asyncio.wait_for(
-                    loop.create_connection(lambda: LoadPeer(self, f"/{room}"), "127.0.0.1", self.port), timeout)
+                    loop.create_connection(lambda: LoadPeer(self, f"/load{room_index}"), "127.0.0.1", port), timeout)
                 await asyncio.wait_for(asyncio.shield(peer.opened), timeout)
             except (OSError, asyncio.TimeoutError):
                 return
@@ -163,11 +176,12 @@ class Generator:
             k += 1
 
 
-def generator_main(port: int, room_size: int, core: int, pipe) -> None:
-    pin(core)
+def generator_main(ports: list[int], room_size: int, placement: str, core: int | None, pipe) -> None:
+    if core is not None:
+        pin(core)
 
     async def serve() -> None:
-        generator = Generator(port, room_size)
+        generator = Generator(ports, room_size, placement)
         runner = asyncio.create_task(generator.run())
         loop = asyncio.get_running_loop()
         while True:
@@ -194,8 +208,9 @@ def generator_main(port: int, room_size: int, core: int, pipe) -> None:
 # -------------------------------------------------------------------------- probe
 
 
-async def probe(url: str, pairs: int, seconds: float) -> np.ndarray:
-    """Latencies (s) of packets from one peer to the other, ``pairs`` rooms of two in parallel."""
+async def probe(urls: list[str], pairs: int, seconds: float) -> np.ndarray:
+    """Latencies (s) of packets from one peer to the other, ``pairs`` rooms of two in parallel
+    (the sender on the first node, the receiver on the last)."""
     from websockets.asyncio.client import connect
 
     from call import wire
@@ -203,8 +218,10 @@ async def probe(url: str, pairs: int, seconds: float) -> np.ndarray:
     latencies: list[float] = []
 
     async def pair(n: int) -> None:
-        room = f"{url}/probe{n}-{time.monotonic_ns()}"
-        async with connect(room, compression=None) as a, connect(room, compression=None) as b:
+        room = f"/probe{n}-{time.monotonic_ns()}"
+        async with connect(urls[0] + room, compression=None) as a, connect(urls[-1] + room, compression=None) as b:
+            if len(urls) > 1:
+                await asyncio.sleep(0.5)  # the nodes learn of each other's peer
             await a.send(stream_header())
             sent: dict[int, float] = {}
 
@@ -230,7 +247,10 @@ async def probe(url: str, pairs: int, seconds: float) -> np.ndarray:
             await asyncio.sleep(0.2)
             reader.cancel()
 
-    await asyncio.gather(*(pair(n) for n in range(pairs)))
+    outcomes = await asyncio.gather(*(pair(n) for n in range(pairs)), return_exceptions=True)
+    for outcome in outcomes:  # a relay too busy to take the probe's handshake in 10 s: no samples from it
+        if isinstance(outcome, BaseException) and not isinstance(outcome, (OSError, asyncio.TimeoutError)):
+            raise outcome
     return np.array(latencies)
 
 
@@ -242,28 +262,47 @@ def cpu_seconds(pid: int) -> float:
 # ---------------------------------------------------------------------- the ramp
 
 
-def capacity(quick: bool = False, progress=print, room_size: int = 2, budget_ms: float = BUDGET_MS,
-             levels: list[int] | None = None, server: Path = ROOT / "server.py") -> dict:
-    """Ramp the load through `levels` (streams) against `server` (another version of server.py, for
-    an A/B: it runs with this checkout's packages importable)."""
+def start_nodes(nodes: int, server: Path, relay_args: list[str]) -> tuple[list[subprocess.Popen], list[int]]:
+    """``nodes`` relays (node i pinned to core i) and, for more than one, the nats-server joining
+    them (first in the list); their ports."""
     from benchmarks.latency_call import free_port
+    from call.relay_workers import embedded_nats
 
+    processes, cluster = [], []
+    if nodes > 1:
+        nats, url = embedded_nats()
+        processes.append(nats)
+        cluster = ["--cluster", url]
+    ports = [free_port() for _ in range(nodes)]
+    for i, port in enumerate(ports):
+        processes.append(subprocess.Popen(
+            [sys.executable, str(server), "--port", str(port), *cluster, *relay_args], cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL, preexec_fn=lambda i=i: pin(i)))
+    for port in ports:
+        _wait_listening(port)
+    return processes, ports
+
+
+def capacity(quick: bool = False, progress=print, room_size: int = 2, budget_ms: float = BUDGET_MS,
+             levels: list[int] | None = None, server: Path = ROOT / "server.py", nodes: int = 1,
+             placement: str = "split", relay_args: list[str] = ()) -> dict:
+    """Ramp the load through `levels` (streams) against `server` (another version of server.py, for
+    an A/B: it runs with this checkout's packages importable) on `nodes` nodes."""
     levels = levels or ([0, 100, 200] if quick else [0, 50, 100, 150, 200, 250, 300, 400, 500, 600, 800, 1000])
     window = 3.0 if quick else 6.0
     pairs = 4
-    port = free_port()
-    relay = subprocess.Popen([sys.executable, str(server), "--port", str(port)], cwd=ROOT,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL, preexec_fn=lambda: pin(0))
+    processes, ports = start_nodes(nodes, server, list(relay_args))
     context = multiprocessing.get_context("spawn")
     here, there = context.Pipe()
-    generator = context.Process(target=generator_main, args=(port, room_size, 1, there), daemon=True)
+    load_core = 1 if nodes == 1 else None  # two nodes take both cores: the load shares them
+    generator = context.Process(target=generator_main, args=(ports, room_size, placement, load_core, there), daemon=True)
     results = []
     own_affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     try:
-        _wait_listening(port)
         generator.start()
-        pin(1)
-        url = f"ws://127.0.0.1:{port}"
+        if load_core is not None:
+            pin(load_core)
+        urls = [f"ws://127.0.0.1:{port}" for port in ports]
         baseline_p99 = None
         streams = 0
         for level in levels:
@@ -277,10 +316,12 @@ def capacity(quick: bool = False, progress=print, room_size: int = 2, budget_ms:
             time.sleep(1.0 if quick else 1.5)
             here.send(("reset", None))
             here.recv()
-            cpu0, t0 = cpu_seconds(relay.pid), time.monotonic()
-            lat = asyncio.run(probe(url, pairs, window)) * 1000
+            cpu0, t0 = [cpu_seconds(r.pid) for r in processes], time.monotonic()
+            lat = asyncio.run(probe(urls, pairs, window)) * 1000
             elapsed = time.monotonic() - t0
-            cpu = 100 * (cpu_seconds(relay.pid) - cpu0) / elapsed
+            used = [100 * (cpu_seconds(r.pid) - c) / elapsed for r, c in zip(processes, cpu0)]
+            cpu = max(used[-nodes:])  # the busiest node's core
+            relays_cpu, nats_cpu = sum(used[-nodes:]), sum(used[:-nodes])
             here.send(("stats", None))
             stats = here.recv()
             p99 = float(np.percentile(lat, 99)) if len(lat) else float("inf")
@@ -291,12 +332,12 @@ def capacity(quick: bool = False, progress=print, room_size: int = 2, budget_ms:
                    "offered_per_s": streams / FRAME, "probe_packets": len(lat),
                    "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"), "p99_ms": p99,
                    "max_ms": float(lat.max()) if len(lat) else float("nan"),
-                   "added_p99_ms": p99 - baseline_p99, "relay_cpu": cpu,
-                   "relay_cpu_us_per_packet": cpu / 100 * elapsed / max(1, stats["received"] + len(lat)) * 1e6,
+                   "added_p99_ms": p99 - baseline_p99, "relay_cpu": cpu, "nats_cpu": nats_cpu,
+                   "relay_cpu_us_per_packet": relays_cpu / 100 * elapsed / max(1, stats["received"] + len(lat)) * 1e6,
                    "load_late_p99_ms": stats["late_p99_ms"], "lost_connections": stats["lost_connections"]}
             results.append(row)
-            progress(f"relay: {streams} streams, probe p50 {row['p50_ms']:.2f} ms p99 {p99:.2f} ms "
-                     f"(added {row['added_p99_ms']:.2f}), relay CPU {cpu:.0f} % "
+            progress(f"relay x{nodes}: {streams} streams, probe p50 {row['p50_ms']:.2f} ms p99 {p99:.2f} ms "
+                     f"(added {row['added_p99_ms']:.2f}), relay CPU {cpu:.0f} % (busiest node; NATS {nats_cpu:.0f} %) "
                      f"({row['relay_cpu_us_per_packet']:.1f} us a forwarded packet), generator late p99 "
                      f"{stats['late_p99_ms']:.1f} ms")
             failing = [r["added_p99_ms"] > budget_ms for r in results[1:]]
@@ -312,8 +353,9 @@ def capacity(quick: bool = False, progress=print, room_size: int = 2, budget_ms:
             pass
         if generator.is_alive():
             generator.kill()
-        relay.terminate()
-        relay.wait(5)
+        for process in processes:
+            process.terminate()
+            process.wait(5)
         if own_affinity is not None:
             os.sched_setaffinity(0, own_affinity)
     top = 0
@@ -323,9 +365,13 @@ def capacity(quick: bool = False, progress=print, room_size: int = 2, budget_ms:
         top = r["streams"]
     saturated = any(r["added_p99_ms"] > budget_ms for r in results)
     return {"capacity_streams": top if saturated else f">= {top}", "room_size": room_size, "budget_ms": budget_ms,
+            "nodes": nodes, "placement": placement if nodes > 1 else None, "relay_args": list(relay_args),
             "levels": results, "cores": os.cpu_count(), "saturated_within_ramp": saturated,
-            "method": ("`python server.py` pinned to core 0; a load generator process (raw websocket frames "
-                       f"over asyncio sockets) and the probe pinned to core 1. Rooms of {room_size} peers; each peer "
+            "method": (("`python server.py` pinned to core 0; a load generator process (raw websocket frames "
+                        "over asyncio sockets) and the probe pinned to core 1." if nodes == 1 else
+                        f"{nodes} `python server.py --cluster` nodes pinned to cores 0..{nodes - 1} with a nats-server; "
+                        f"the load generator and the probe unpinned (they share the cores); rooms {placement}.") +
+                       f" Rooms of {room_size} peers; each peer "
                        "sends one 6 kbps stream (a 12-byte packet every 13.3 ms, phases spread) and reads every "
                        f"other peer's. The probe: {pairs} pairs of `websockets` clients in their own rooms, "
                        f"{window:g} s per level; latency from `send()` to arrival. \"Load late p99\" is how late "
@@ -358,6 +404,20 @@ if __name__ == "__main__":
     parser.add_argument("--levels", help="streams at each step, comma-separated (default: the full ramp)")
     parser.add_argument("--room-size", type=int, default=2)
     parser.add_argument("--server", type=Path, default=ROOT / "server.py", help="the relay script to measure")
+    parser.add_argument("--nodes", type=int, default=1, help="relay nodes joined through a nats-server (default 1)")
+    parser.add_argument("--placement", choices=["split", "affine"], default="split",
+                        help="with --nodes 2: a room's peers on different nodes (split) or on one (affine)")
+    parser.add_argument("--relay-args", default="", help="extra arguments of server.py, e.g. '--loop asyncio'")
+    parser.add_argument("--suite", action="store_true", help="before/after and 1/2 nodes in one run; writes "
+                        "benchmarks/results/relay_capacity.{json,md}")
+    parser.add_argument("--before", default="main", help="with --suite: the git revision of the relay to compare with")
     args = parser.parse_args()
     levels = [int(n) for n in args.levels.split(",")] if args.levels else None
-    print(json.dumps(capacity(args.quick, room_size=args.room_size, levels=levels, server=args.server), indent=1))
+    if args.suite:
+        from benchmarks.relay_capacity_report import run_suite
+
+        run_suite(args.before, levels, args.room_size, " ".join(sys.argv[1:]))
+    else:
+        print(json.dumps(capacity(args.quick, room_size=args.room_size, levels=levels, server=args.server,
+                                  nodes=args.nodes, placement=args.placement, relay_args=args.relay_args.split()),
+                         indent=1))

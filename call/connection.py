@@ -119,6 +119,10 @@ MessageHandler = Callable[[bytes | str, float], None]
 class Connection:
     """The websocket to one room, for as long as the call lasts.
 
+    ``url`` is the room on one relay, or on each of several nodes of a cluster (a list): a failed
+    attempt moves on to the next at once, and the wait between attempts comes after a whole
+    round, so a call whose node died goes on through another within a moment.
+
     ``header`` (a sender's ``HEADER``) opens every connection, so a reconnected sender's stream
     goes on; ``None`` for a peer that only listens. With ``wait_for_listener`` nothing but the
     header is sent while the room holds nobody else (a file is not spoken into an empty room).
@@ -126,11 +130,14 @@ class Connection:
     attempts) are there for tests to drive.
     """
 
-    def __init__(self, url: str, token: str | None, outbox: Outbox, meter: Meter, header: bytes | None,
+    def __init__(self, url: str | list[str], token: str | None, outbox: Outbox, meter: Meter, header: bytes | None,
                  on_message: MessageHandler | None, wait_for_listener: bool, patience: Patience = Patience(),
                  clock: Callable[[], float] = time.monotonic,
                  delays: Callable[[], Iterator[float]] = backoff) -> None:
-        self.url, self.token = url, token
+        self.urls = [url] if isinstance(url, str) else list(url)
+        self.url = self.urls[0]
+        """The room on the node tried last (or connected to)."""
+        self.token = token
         self.outbox, self.meter = outbox, meter
         self.header = header
         self.on_message = on_message
@@ -203,6 +210,8 @@ class Connection:
         delays = self.delays()
         while True:
             self.attempts += 1
+            if self.attempts > 1:
+                self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
             try:
                 ws = await connect(self.url, additional_headers=headers, compression=None,
                                    ping_interval=5, ping_timeout=10, max_size=1 << 16, open_timeout=5)
@@ -221,6 +230,8 @@ class Connection:
                 if reason != said:
                     log.warning("cannot reach %s: %s; %s", self.url, reason,
                                 "trying again" if patience is None else f"trying for {patience:g} s")
+                if self.urls.index(self.url) + 1 < len(self.urls):
+                    continue  # the next node at once; the wait comes after each round
                 delay = next(delays)
                 await asyncio.sleep(delay if patience is None else max(0.0, min(delay, patience - waited)))
                 continue

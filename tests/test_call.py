@@ -44,14 +44,15 @@ async def start_relay(port: int):
     return relay, await relay.start("127.0.0.1", port).__aenter__()
 
 
-async def call(model, url, speech_path, out_path, **sender_options):
-    """Start the receiver, then the sender; return both clients once both are done."""
+async def call(model, url, speech_path, out_path, sender_url=None, **sender_options):
+    """Start the receiver, then the sender (through ``sender_url``, if another relay node);
+    return both clients once both are done."""
     receiver = Client(Options(server=url, room="r", output=str(out_path), status=False), model)
     receiving = asyncio.create_task(receiver.run())
     await asyncio.wait_for(receiver.connection.connected.wait(), 5)
     await asyncio.sleep(0.05)
     options = dict(pace=False, status=False, **sender_options)
-    sender = Client(Options(server=url, room="r", input=str(speech_path), **options), model)
+    sender = Client(Options(server=sender_url or url, room="r", input=str(speech_path), **options), model)
     assert await asyncio.wait_for(sender.run(), 60) == 0
     assert await asyncio.wait_for(receiving, 60) == 0
     return sender, receiver
