@@ -50,6 +50,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
@@ -59,6 +60,7 @@ from websockets.http11 import Request, Response
 
 from call import wire
 from call.rooms import ROOM_RULE, is_room_name
+from call.web_routes import SUBPROTOCOL, WebRoutes
 
 log = logging.getLogger("relay")
 
@@ -432,10 +434,13 @@ class Relay:
         return sum(len(p.queue) for room in self.rooms.values() for p in room.values())
 
     def start(self, host: str | None, port: int, tls: ssl.SSLContext | None = None,
-              ping_interval: float = 5.0, ping_timeout: float = 10.0) -> serve:
-        """The websockets server for this relay (use as ``async with``)."""
+              ping_interval: float = 5.0, ping_timeout: float = 10.0, web: WebRoutes | None = None) -> serve:
+        """The websockets server for this relay (use as ``async with``); ``web`` also serves the
+        browser peer's page over plain HTTP on the same port."""
         return serve(
-            self.handle, host, port, ssl=tls, process_request=self.check_request,
+            self.handle, host, port, ssl=tls,
+            process_request=web.before(self.check_request) if web else self.check_request,
+            subprotocols=[SUBPROTOCOL] if web else None,
             compression=None,  # codes are incompressible; deflate would only cost memory
             max_size=self.limits.hard_max_message, max_queue=self.limits.receive_queue, write_limit=4096,
             ping_interval=ping_interval, ping_timeout=ping_timeout, logger=websockets_log,
@@ -452,16 +457,16 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     return context
 
 
-async def run(relay: Relay, host: str, port: int, tls: ssl.SSLContext | None) -> None:
+async def run(relay: Relay, host: str, port: int, tls: ssl.SSLContext | None, web: WebRoutes | None = None) -> None:
     """Serve until SIGINT/SIGTERM, then close every connection cleanly (1001, going away)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     server: Server
-    async with relay.start(host, port, tls) as server:
+    async with relay.start(host, port, tls, web=web) as server:
         bound = [s.getsockname() for s in server.sockets]
-        log_event("listening", addresses=[f"{a[0]}:{a[1]}" for a in bound], tls=tls is not None,
+        log_event("listening", addresses=[f"{a[0]}:{a[1]}" for a in bound], tls=tls is not None, web=web is not None,
                   auth=relay.token is not None, room_tokens=len(relay.room_tokens))
         await stop.wait()
         log_event("shutting_down", peers=sum(len(r) for r in relay.rooms.values()))
@@ -536,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how long a throttled address is refused (default %(default)s)")
     parser.add_argument("--tls-cert", help="PEM certificate chain, to serve wss://")
     parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    parser.add_argument("--web", metavar="GRAPHS", help="also serve the browser peer (web/) over HTTP on the same port, "
+                        "with the graphs exported into GRAPHS by 'python -m call.web_bundle' (see docs/WEB.md)")
     return parser
 
 
@@ -554,7 +561,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     websockets_log.setLevel(logging.WARNING)  # our JSON lines say it all
     relay = relay_from_args(args)
-    asyncio.run(run(relay, args.host, args.port, tls_context(args.tls_cert, args.tls_key)))
+    try:
+        web = WebRoutes(Path(args.web)) if args.web else None
+    except FileNotFoundError as error:
+        raise SystemExit(f"--web: {error}") from None
+    asyncio.run(run(relay, args.host, args.port, tls_context(args.tls_cert, args.tls_key), web))
 
 
 if __name__ == "__main__":

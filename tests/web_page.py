@@ -1,0 +1,84 @@
+"""Helpers of the browser tests: the page's npm packages, its graphs, a relay serving it on loopback, and
+Debian's Chromium driven by Playwright (never a downloaded browser)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from call.web_routes import RUNTIME, RUNTIME_FILES, WEB_ROOT, WebRoutes
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FAKE_MEDIA = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required"]
+
+
+def require_browser() -> str:
+    """Chromium's path; the test is skipped (with how to install it) where it is not installed."""
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed: sudo scripts/install-system-deps.sh")
+    return CHROMIUM
+
+
+def install_web_packages() -> None:
+    """onnxruntime-web from the lockfile (``npm ci``), once."""
+    if all((RUNTIME / name).is_file() for name in RUNTIME_FILES):
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("npm is not installed: sudo scripts/install-system-deps.sh")
+    subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=WEB_ROOT, check=True, timeout=600, capture_output=True)
+
+
+@contextmanager
+def relay_serving_page(graphs: Path) -> Iterator[str]:
+    """A relay with the page, on a free loopback port, in a thread of its own: yields ``http://127.0.0.1:PORT``."""
+    from server import Relay
+
+    loop = asyncio.new_event_loop()
+    started: dict[str, object] = {}
+    ready = threading.Event()
+
+    async def serve() -> None:
+        relay = Relay()
+        async with relay.start("127.0.0.1", 0, web=WebRoutes(graphs)) as server:
+            started["port"] = server.sockets[0].getsockname()[1]
+            started["stop"] = stop = asyncio.Event()
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(30), "the relay did not start"
+    try:
+        yield f"http://127.0.0.1:{started['port']}"
+    finally:
+        loop.call_soon_threadsafe(started["stop"].set)
+        thread.join(10)
+
+
+@contextmanager
+def chromium(*arguments: str) -> Iterator[object]:
+    """A headless Debian Chromium (Playwright's sync API); yields the browser."""
+    executable = require_browser()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=[*FAKE_MEDIA, *arguments])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def console_errors(page: object) -> list[str]:
+    """Collects the page's console errors and uncaught exceptions (the list fills as the page runs)."""
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return errors
