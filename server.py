@@ -60,7 +60,7 @@ from websockets.http11 import Request, Response
 
 from call import wire
 from call.rooms import ROOM_RULE, is_room_name
-from call.web_routes import SUBPROTOCOL, WebRoutes
+from call.web_routes import WebRoutes, select_subprotocol
 
 log = logging.getLogger("relay")
 
@@ -440,7 +440,7 @@ class Relay:
         return serve(
             self.handle, host, port, ssl=tls,
             process_request=web.before(self.check_request) if web else self.check_request,
-            subprotocols=[SUBPROTOCOL] if web else None,
+            select_subprotocol=select_subprotocol if web else None,
             compression=None,  # codes are incompressible; deflate would only cost memory
             max_size=self.limits.hard_max_message, max_queue=self.limits.receive_queue, write_limit=4096,
             ping_interval=ping_interval, ping_timeout=ping_timeout, logger=websockets_log,

@@ -86,6 +86,12 @@ class WebRoutes:
         return process_request
 
 
+def select_subprotocol(connection: object, offered: list[str]) -> str | None:
+    """websockets' ``select_subprotocol``: the page's protocol where it is offered; none for the Python
+    clients, which offer none (websockets' own choice would refuse them)."""
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
+
 def bearer_from_subprotocol(request: Request) -> None:
     """A page's token, offered as the subprotocol ``bearer.<base64url>``, as the ``Authorization`` header
     (a header the client sent wins); a token that does not decode is left out, so it fails as a wrong one."""

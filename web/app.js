@@ -74,7 +74,7 @@ async function refresh() {
   $("peers").textContent = s.peers.length ? s.peers.map((p) => `#${p}`).join(", ") : "nobody else yet";
   $("streams").replaceChildren(...s.streams.map((stream) => {
     const row = document.createElement("tr");
-    for (const text of [`#${stream.peer}${stream.ended ? " (ended)" : ""}`, stream.decoded, `${(100 * stream.loss).toFixed(1)} %`, ms(stream.latencyMs), ms(stream.bufferMs)]) {
+    for (const text of [`#${stream.peer}${stream.ended ? " (ended)" : ""}`, stream.decoded, `${(100 * stream.loss).toFixed(1)} %`, `~${ms(stream.estimateMs)} (clock ${ms(stream.latencyMs)})`, ms(stream.bufferMs)]) {
       row.insertCell().textContent = text;
     }
     return row;

@@ -37,8 +37,19 @@ class RemoteStream {
     this.decoder = new Decoder(manifest, decoderSession);
     this.newest = -1;
     this.decoded = 0;
-    this.latency = null; // s, mouth (sender's clock at the frame) to this playout
+    this.latency = null; // s, from the sender's clock at the frame's capture (its HEADER's start time) to playout
+    this.estimate = null; // s, what the jitter buffer, the frame and the playback queue add (no network)
     this.ended = false;
+    this.departed = false;
+  }
+
+  /** Its peer left: the stream plays out what it holds, then stops. */
+  depart() {
+    this.departed = true;
+  }
+
+  get finished() {
+    return (this.ended || this.departed) && this.jitter.next !== null && this.jitter.next > this.jitter.newest;
   }
 
   accept(packet) {
@@ -60,6 +71,7 @@ class RemoteStream {
     this.decoded++;
     const sent = this.header.startTimeUs / 1e6 + (due.index + 1) * this.jitter.period; // its last sample's capture
     this.latency = now() - sent + queued;
+    this.estimate = this.jitter.targetDelay + this.jitter.period + queued; // as the Python client's status line
     return gain === 1 ? audio : audio.map((x) => x * gain);
   }
 }
@@ -135,7 +147,7 @@ class Call {
       if (message[0] === wire.JOINED || message[0] === wire.LEFT) {
         const [peer, present] = wire.parsePresence(message);
         if (present) this.peers.add(peer);
-        else this.peers.delete(peer), this.streams.delete(peer);
+        else this.peers.delete(peer), this.streams.get(peer)?.depart();
         return;
       }
       const stream = this.streams.get(this.source);
@@ -160,6 +172,7 @@ class Call {
   async playout() {
     const mix = new Float32Array(manifest.samples_per_frame);
     for (const stream of this.streams.values()) {
+      if (stream.finished) continue; // kept for the counters; a new HEADER from its peer replaces it
       const t0 = performance.now();
       const audio = await stream.tick(this.playbackQueued);
       if (audio === null) continue;
@@ -185,9 +198,9 @@ class Call {
       encodeMsPerFrame: c.encoded ? c.encodeMs / c.encoded : null,
       decodeMsPerFrame: c.decodedFrames ? c.decodeMs / c.decodedFrames : null,
       streams: [...this.streams.values()].map((s) => ({
-        peer: s.peer, decoded: s.decoded, received: s.jitter.stats.received, lost: s.jitter.stats.lost,
+        peer: s.peer, decoded: s.decoded, ...s.jitter.stats,
         loss: s.jitter.lossRate, concealed: s.concealer.concealed, bufferMs: 1000 * s.jitter.targetDelay,
-        latencyMs: s.latency === null ? null : 1000 * s.latency, ended: s.ended,
+        latencyMs: s.latency === null ? null : 1000 * s.latency, estimateMs: s.estimate === null ? null : 1000 * s.estimate, ended: s.ended, departed: s.departed, finished: s.finished,
       })),
     };
   }

@@ -1,6 +1,7 @@
 // Jitter buffer and loss concealment, a small version of call/jitter.py and call/concealment.py: frames
 // back in order, a target delay that starts at 80 ms and follows the spread of arrival times, a missing
-// frame declared lost once a later one is due, repeated codes fading out for a lost frame.
+// frame declared lost once a later one is due, a backlog far beyond the target skipped at once, repeated
+// codes fading out for a lost frame.
 
 export class JitterBuffer {
   constructor(frameRate, { initialDelay = 0.08, minDelay = 0.02, maxDelay = 0.5, window = 200 } = {}) {
@@ -40,8 +41,11 @@ export class JitterBuffer {
       if (!this.frames.size || this.buffered * this.period < this.targetDelay) return null;
       this.next = Math.min(...this.frames.keys());
     }
-    const excess = this.buffered - Math.ceil(this.targetDelay / this.period) - 2;
-    for (let i = 0; i < excess; i++) this._take(true); // delay no longer needed goes at once
+    const target = Math.ceil(this.targetDelay / this.period);
+    if (this.buffered > 2 * target + 4) {
+      // Far more queued than the target (a burst, a stall behind us): that delay goes at once.
+      for (let excess = this.buffered - target - 2; excess > 0; excess--) this._take(true);
+    }
     if (this.next > this.newest) {
       this.stats.stretched++;
       return null;
