@@ -75,9 +75,10 @@ def log_event(event: str, level: int = logging.INFO, **fields: object) -> None:
 
 class Redact(logging.Filter):
     """Scrubs secrets from the websockets layer's own lines: at DEBUG it logs each request line
-    (with its query string) and each header (``Authorization`` included)."""
+    (with its query string) and each header (``Authorization`` included, and the subprotocols in
+    which a web page offers its token: ``call/web_routes.py``)."""
 
-    SECRETS = re.compile(r"(?i)((?:proxy-)?authorization:\s*|cookie:\s*|/[^\s?]*\?)\S.*?(?=\s+HTTP/|$)")
+    SECRETS = re.compile(r"(?i)((?:proxy-)?authorization:\s*|cookie:\s*|sec-websocket-protocol:\s*|/[^\s?]*\?)\S.*?(?=\s+HTTP/|$)")
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

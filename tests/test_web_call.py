@@ -69,7 +69,7 @@ def test_browser_and_python_peers_hold_a_call(tmp_path):
     heard_path = tmp_path / "heard.wav"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
-    with relay_serving_page(tmp_path / "graphs") as url, chromium(f"--use-file-for-fake-audio-capture={microphone_wav}") as browser:
+    with relay_serving_page(tmp_path / "graphs") as (url, relay), chromium(f"--use-file-for-fake-audio-capture={microphone_wav}") as browser:
         ws = url.replace("http", "ws", 1)
         recorder = client(ws, "--output", str(heard_path))
         try:
@@ -77,16 +77,23 @@ def test_browser_and_python_peers_hold_a_call(tmp_path):
             errors = console_errors(page)
             page.goto(url + "/")
             page.wait_for_function("document.getElementById('state').textContent === 'ready'", timeout=120_000)
+            wait_for(lambda: relay.rooms.get("web"), 120, "the recorder to join (it records from the stream's start)")
             page.fill("#room", "web")
             page.click("#join-button")
             stats = lambda: page.evaluate("window.callStats")  # noqa: E731
             wait_for(lambda: (s := stats()) and s["sentFrames"] >= 75 * 5, 60, "the page to send 5 s of its microphone")
             speaker = client(ws, "--input", str(wav), "--quiet")
+            wait_for(lambda: [s for s in stats()["streams"] if s["decoded"] >= 75], 120, "the page to play the Python peer")
+            page.screenshot(path=str(ARTIFACTS / "web_call.png"), full_page=True)  # in the call: both peers talking
             assert speaker.wait(120) == 0, speaker.stderr.read()
             heard_by_page = wait_for(lambda: [s for s in stats()["streams"] if s["finished"]], 30,
                                      "the page to play the Python peer's stream out")[0]
-            time.sleep(1)  # a few more status lines from the recorder
-            page.screenshot(path=str(ARTIFACTS / "web_call.png"), full_page=True)
+            page.select_option("#bandwidth", "12")  # the bandwidth switches mid-stream: 16 codebooks a frame
+            wait_for(lambda: stats()["codebooks"] == 16, 10, "frames of 16 codebooks")
+            time.sleep(1)
+            page.click("#mute")
+            muted_from = wait_for(lambda: (s := stats())["muted"] and s["sentFrames"], 10, "the page to mute")
+            time.sleep(1)
             final = stats()
             page.click("#leave")  # the page's END: the recorder finishes its file and exits
             assert recorder.wait(60) == 0
@@ -99,7 +106,10 @@ def test_browser_and_python_peers_hold_a_call(tmp_path):
     heard, rate = sf.read(heard_path, dtype="float32")
     sf.write(ARTIFACTS / "web_call_heard.wav", heard, rate)  # what the Python peer recorded of the browser
     assert rate == RATE and len(heard) >= 5 * RATE
-    reference, estimate = aligned(microphone, heard[RATE // 2 :])  # past the start (the codec's and the resamplers' warm-up)
+    muted = heard[(muted_from + 10) * 320 :]  # a few frames were on their way when the button was pressed
+    assert len(muted) >= RATE // 2 and np.sqrt(np.mean(muted**2)) < 0.05 * np.sqrt(np.mean(speech**2))
+    # Past the start (the codec's and the resamplers' warm-up), before the mute.
+    reference, estimate = aligned(microphone, heard[RATE // 2 : muted_from * 320])
     stoi = pystoi.stoi(reference, estimate, RATE)
     frames = len(speech) // 320
     python_latency = [int(ms) for ms in re.findall(r"latency ~(\d+) ms", recorder_log)]

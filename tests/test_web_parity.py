@@ -49,7 +49,7 @@ def test_page_codec_equals_python_onnx_engine(speech, tmp_path):
     python_ms = (encoded - started) * 1e3 / FRAMES, (time.perf_counter() - encoded) * 1e3 / FRAMES
     assert (expected[:, 1:] != expected[:, :-1]).any(0).float().mean() > 0.5, "codes change from frame to frame"
 
-    with relay_serving_page(graphs) as url, chromium() as browser:
+    with relay_serving_page(graphs) as (url, _), chromium() as browser:
         page = browser.new_page()
         errors = console_errors(page)
         page.goto(url + "/")

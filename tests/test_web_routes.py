@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import urllib.error
 import urllib.request
 
@@ -40,7 +41,8 @@ def bearer(token: str) -> str:
     return "bearer." + base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
 
 
-async def test_page_runtime_and_graphs_served_and_nothing_else(graphs):
+async def test_page_runtime_and_graphs_served_and_nothing_else(graphs, caplog):
+    caplog.set_level(logging.DEBUG, logger="relay")  # the websockets layer logs each header at DEBUG
     relay = Relay(room_tokens={"locked": "s3cret/+="})
     async with relay.start("127.0.0.1", 0, web=WebRoutes(graphs)) as server:
         base = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
@@ -67,6 +69,8 @@ async def test_page_runtime_and_graphs_served_and_nothing_else(graphs):
             async with connect(f"ws://{base}/locked", subprotocols=[SUBPROTOCOL, bearer("wrong")]):
                 pass
     assert relay.counters["refused_auth"] == 1
+    assert "Sec-WebSocket-Protocol: [redacted]" in caplog.text
+    assert bearer("s3cret/+=") not in caplog.text and bearer("wrong") not in caplog.text
 
 
 def test_web_without_graphs_is_one_line(tmp_path):

@@ -37,8 +37,9 @@ def install_web_packages() -> None:
 
 
 @contextmanager
-def relay_serving_page(graphs: Path) -> Iterator[str]:
-    """A relay with the page, on a free loopback port, in a thread of its own: yields ``http://127.0.0.1:PORT``."""
+def relay_serving_page(graphs: Path) -> Iterator[tuple[str, object]]:
+    """A relay with the page, on a free loopback port, in a thread of its own: yields ``http://127.0.0.1:PORT``
+    and the ``Relay`` (its rooms may be read, not changed, from the test's thread)."""
     from server import Relay
 
     loop = asyncio.new_event_loop()
@@ -48,7 +49,7 @@ def relay_serving_page(graphs: Path) -> Iterator[str]:
     async def serve() -> None:
         relay = Relay()
         async with relay.start("127.0.0.1", 0, web=WebRoutes(graphs)) as server:
-            started["port"] = server.sockets[0].getsockname()[1]
+            started["port"], started["relay"] = server.sockets[0].getsockname()[1], relay
             started["stop"] = stop = asyncio.Event()
             ready.set()
             await stop.wait()
@@ -57,7 +58,7 @@ def relay_serving_page(graphs: Path) -> Iterator[str]:
     thread.start()
     assert ready.wait(30), "the relay did not start"
     try:
-        yield f"http://127.0.0.1:{started['port']}"
+        yield f"http://127.0.0.1:{started['port']}", started["relay"]
     finally:
         loop.call_soon_threadsafe(started["stop"].set)
         thread.join(10)

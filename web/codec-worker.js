@@ -118,7 +118,7 @@ class Call {
   frame(samples) {
     let sum = 0;
     for (const x of samples) sum += x * x;
-    this.level = Math.sqrt(sum / samples.length);
+    this.level = Math.max(Math.sqrt(sum / samples.length), 0.95 * this.level); // a meter falls back over ~0.3 s
     if (this.muted) samples.fill(0);
     this.encoding = this.encoding.then(async () => {
       if (this.ws.readyState !== WebSocket.OPEN) return;
@@ -134,6 +134,7 @@ class Call {
       const codes = await this.encoder.encode(samples, this.bandwidth);
       this.counters.encodeMs += performance.now() - t0;
       this.counters.encoded++;
+      this.codebooks = codes.length;
       this.send(wire.encodeAudio(this.index++, codes, manifest.codebook_nbits));
     });
   }
@@ -194,7 +195,7 @@ class Call {
     return {
       state: this.state, error: this.error, peers: [...this.peers],
       upKbps: (8 * c.upBytes) / seconds / 1000, downKbps: (8 * c.downBytes) / seconds / 1000,
-      level: this.level, sentFrames: this.index, problems: c.problems,
+      level: this.level, sentFrames: this.index, codebooks: this.codebooks ?? null, muted: this.muted, problems: c.problems,
       encodeMsPerFrame: c.encoded ? c.encodeMs / c.encoded : null,
       decodeMsPerFrame: c.decodedFrames ? c.decodeMs / c.decodedFrames : null,
       streams: [...this.streams.values()].map((s) => ({
