@@ -2,7 +2,7 @@
 bandwidths a call uses, and a ``manifest.json`` that tells the page what the Python peers would put
 in their ``HEADER`` (fingerprint, rate, frame size, code bits) and the state each graph carries.
 
-    python -m call.web_bundle --model default --out web/models
+    python -m call.web_bundle --model default --out web/models [--bandwidth 6 …]
 
 Run once, before the relay serves the page (``server.py --web DIR``): the relay never imports torch,
 so it only reads what this wrote. The graphs are the files ``streaming.onnx_engine`` builds and runs,
@@ -23,8 +23,8 @@ from .model_header import stream_header_for
 MANIFEST = "manifest.json"
 
 
-def manifest(model: EncodecModel) -> dict[str, object]:
-    """The page's view of the model: its stream header, and for each bandwidth its encoder graph."""
+def manifest(model: EncodecModel, bandwidths: list[float]) -> dict[str, object]:
+    """The page's view of the model: its stream header, and for each bandwidth offered its encoder graph."""
     config, header = model.config, stream_header_for(model)
     return {
         "fingerprint": header.fingerprint.hex(),
@@ -35,7 +35,7 @@ def manifest(model: EncodecModel) -> dict[str, object]:
         "max_codebooks": header.max_codebooks,
         "bandwidths": {
             f"{bandwidth:g}": graph_name("encoder", config.num_quantizers_for_bandwidth(bandwidth))
-            for bandwidth in config.target_bandwidths
+            for bandwidth in bandwidths
         },
         "decoder": graph_name("decoder"),
         "encoder_state": [[spec.name, list(spec.shape)] for spec in state_specs(model, "encoder")],
@@ -43,16 +43,19 @@ def manifest(model: EncodecModel) -> dict[str, object]:
     }
 
 
-def write_bundle(model: EncodecModel, out: Path) -> list[Path]:
-    """Exports the greedy encoder graph of every bandwidth, the decoder graph and the manifest (last:
-    a directory with a manifest is complete)."""
+def write_bundle(model: EncodecModel, out: Path, bandwidths: list[float] | None = None) -> list[Path]:
+    """Exports the greedy encoder graph of each bandwidth (default: every one the model offers), the
+    decoder graph and the manifest (last: a directory with a manifest is complete)."""
     check_exportable(model)
+    bandwidths = sorted(bandwidths or model.config.target_bandwidths)
+    for bandwidth in bandwidths:
+        model.config.check_bandwidth(bandwidth)
     out.mkdir(parents=True, exist_ok=True)
-    counts = sorted({model.config.num_quantizers_for_bandwidth(b) for b in model.config.target_bandwidths})
+    counts = sorted({model.config.num_quantizers_for_bandwidth(b) for b in bandwidths})
     written = [export_step(model, out / graph_name("decoder"), "decoder")]
     written += [export_step(model, out / graph_name("encoder", n), "encoder", n) for n in counts]
     path = out / MANIFEST
-    path.write_text(json.dumps(manifest(model), indent=1) + "\n")
+    path.write_text(json.dumps(manifest(model, bandwidths), indent=1) + "\n")
     return written + [path]
 
 
@@ -60,10 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help="default (the bundled model), a checkpoint dir, a hub id or a Meta .th file")
     parser.add_argument("--out", required=True, help="directory for the graphs and manifest.json")
+    parser.add_argument("--bandwidth", type=float, action="append",
+                        help="a bandwidth the page offers (repeatable; default: every bandwidth of the model)")
     args = parser.parse_args(argv)
     try:
         model = load_model(args.model).eval()
-        written = write_bundle(model, Path(args.out))
+        written = write_bundle(model, Path(args.out), args.bandwidth)
     except (OSError, ValueError) as error:
         parser.error(str(error))
     for path in written:

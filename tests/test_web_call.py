@@ -18,8 +18,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import fftconvolve
 
-from call.web_bundle import write_bundle
-from tests.web_page import chromium, console_errors, install_web_packages, relay_serving_page
+from tests.web_page import chromium, console_errors, install_web_packages, relay_serving_page, web_graphs  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "heldout_speech_24k.flac"
@@ -52,12 +51,9 @@ def client(url: str, *arguments: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def test_browser_and_python_peers_hold_a_call(tmp_path):
+def test_browser_and_python_peers_hold_a_call(tmp_path, web_graphs):
     pystoi = pytest.importorskip("pystoi")
     install_web_packages()
-    from codec import load_default_model
-
-    write_bundle(load_default_model().eval(), tmp_path / "graphs")
     speech, rate = sf.read(FIXTURE, dtype="float32")
     assert rate == RATE
     # Chromium loops the fake microphone's file in whole blocks (a 2.465 s file repeats every 2.5 s):
@@ -69,7 +65,7 @@ def test_browser_and_python_peers_hold_a_call(tmp_path):
     heard_path = tmp_path / "heard.wav"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
-    with relay_serving_page(tmp_path / "graphs") as (url, relay), chromium(f"--use-file-for-fake-audio-capture={microphone_wav}") as browser:
+    with relay_serving_page(web_graphs[2]) as (url, relay), chromium(f"--use-file-for-fake-audio-capture={microphone_wav}") as browser:
         ws = url.replace("http", "ws", 1)
         recorder = client(ws, "--output", str(heard_path))
         try:

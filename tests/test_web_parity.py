@@ -13,12 +13,10 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from call.web_bundle import write_bundle  # noqa: E402
-from codec import load_default_model  # noqa: E402
 from streaming import StreamingEncoder  # noqa: E402
-from streaming.onnx_engine import OnnxStreamingDecoder, OnnxStreamingEncoder, graph_dir  # noqa: E402
+from streaming.onnx_engine import OnnxStreamingDecoder, OnnxStreamingEncoder  # noqa: E402
 from tests.test_onnx_engine import MAX_TIE_FRAMES, first_ties, speech  # noqa: E402,F401  (speech: the fixture)
-from tests.web_page import chromium, console_errors, install_web_packages, relay_serving_page  # noqa: E402
+from tests.web_page import chromium, console_errors, install_web_packages, relay_serving_page, web_graphs  # noqa: E402,F401
 
 FRAMES = 360
 CODEC = """async ([pcm, codes, numCodebooks]) => {
@@ -33,15 +31,13 @@ CODEC = """async ([pcm, codes, numCodebooks]) => {
 
 
 @torch.no_grad()
-def test_page_codec_equals_python_onnx_engine(speech, tmp_path):
+def test_page_codec_equals_python_onnx_engine(speech, web_graphs):
     install_web_packages()
-    model = load_default_model().eval()
-    graphs = graph_dir(model, tmp_path)
-    write_bundle(model, graphs)  # the page and the Python engine read these very files
+    model, cache, graphs = web_graphs  # the page and the Python engine read these very files
     audio = speech[..., : FRAMES * 320]
-    encoder, decoder = OnnxStreamingEncoder(model, 6.0, cache_dir=tmp_path), OnnxStreamingDecoder(model, cache_dir=tmp_path)
+    encoder, decoder = OnnxStreamingEncoder(model, 6.0, cache_dir=cache), OnnxStreamingDecoder(model, cache_dir=cache)
     decoder.push(encoder.push(audio[..., :3200]))  # warm-up, as the page's
-    encoder, decoder = OnnxStreamingEncoder(model, 6.0, cache_dir=tmp_path), OnnxStreamingDecoder(model, cache_dir=tmp_path)
+    encoder, decoder = OnnxStreamingEncoder(model, 6.0, cache_dir=cache), OnnxStreamingDecoder(model, cache_dir=cache)
     started = time.perf_counter()
     expected = encoder.push(audio)[0]  # (8, frames)
     encoded = time.perf_counter()

@@ -19,6 +19,21 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FAKE_MEDIA = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required"]
 
 
+@pytest.fixture(scope="session")
+def web_graphs(tmp_path_factory) -> tuple[object, Path, Path]:
+    """The bundled model, a graph cache of the Python ONNX engine, and in it the page's graphs for 6 and
+    12 kbps (``call.web_bundle``): the page and ``OnnxStreamingEncoder(cache_dir=…)`` read the same files."""
+    from call.web_bundle import write_bundle
+    from codec import load_default_model
+    from streaming.onnx_engine import graph_dir
+
+    model = load_default_model().eval()
+    cache = tmp_path_factory.mktemp("onnx")
+    graphs = graph_dir(model, cache)
+    write_bundle(model, graphs, [6.0, 12.0])
+    return model, cache, graphs
+
+
 def require_browser() -> str:
     """Chromium's path; the test is skipped (with how to install it) where it is not installed."""
     if CHROMIUM is None:

@@ -8,8 +8,8 @@ const codec = new CodecWorker();
 const models = new URL("models", location.href).href;
 let audio = null, microphone = null, timer = null, muted = false;
 
-const ready = codec.request("init", { models, bandwidth: "6" }).then(({ bandwidths }) => {
-  for (const bw of bandwidths) $("bandwidth").add(new Option(`${bw} kbps`, bw, bw === "6", bw === "6"));
+const ready = codec.request("init", { models, bandwidth: "6" }).then(({ bandwidths, bandwidth }) => {
+  for (const bw of bandwidths) $("bandwidth").add(new Option(`${bw} kbps`, bw, bw === bandwidth, bw === bandwidth));
   $("state").textContent = "ready";
   $("join-button").disabled = false;
 }).catch((error) => showError(`the codec did not load: ${error.message}`));

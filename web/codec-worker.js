@@ -13,11 +13,14 @@ let manifest = null, models = null, decoderSession = null;
 const encoderSessions = {}; // bandwidth → the promise of its graph's session, loaded on first use
 let call = null;
 
+/** Loads the manifest, the decoder and the encoder of `bandwidth` (the first offered where it is not). */
 async function init(folder, bandwidth) {
   models = folder;
   manifest = await (await fetch(`${models}/manifest.json`)).json();
+  const bandwidths = Object.keys(manifest.bandwidths);
+  if (!bandwidths.includes(bandwidth)) bandwidth = bandwidths[0];
   [decoderSession] = await Promise.all([loadSession(`${models}/${manifest.decoder}`), encoderSession(bandwidth)]);
-  return { bandwidths: Object.keys(manifest.bandwidths), fingerprint: manifest.fingerprint };
+  return { bandwidths, bandwidth, fingerprint: manifest.fingerprint };
 }
 
 function encoderSession(bandwidth) {
