@@ -71,9 +71,11 @@ class RemoteStream {
     if (due === null) return null;
     const [codes, gain] = this.concealer.next(due.codes);
     const audio = await this.decoder.decode(codes);
-    this.decoded++;
-    const sent = this.header.startTimeUs / 1e6 + (due.index + 1) * this.jitter.period; // its last sample's capture
-    this.latency = now() - sent + queued;
+    if (due.codes !== null) {
+      this.decoded++;
+      const sent = this.header.startTimeUs / 1e6 + (due.index + 1) * this.jitter.period; // its last sample's capture
+      this.latency = now() - sent + queued;
+    }
     this.estimate = this.jitter.targetDelay + this.jitter.period + queued; // as the Python client's status line
     return gain === 1 ? audio : audio.map((x) => x * gain);
   }

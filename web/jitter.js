@@ -1,7 +1,9 @@
 // Jitter buffer and loss concealment, a small version of call/jitter.py and call/concealment.py: frames
-// back in order, a target delay that starts at 80 ms and follows the spread of arrival times, a missing
-// frame declared lost once a later one is due, a backlog far beyond the target skipped at once, repeated
-// codes fading out for a lost frame.
+// back in order, a target delay that starts at 80 ms and follows the spread of arrival times (a passed
+// stall forgotten after a calm second), a missing
+// frame declared lost once a later one is due, delay no longer needed skipped (at once for a backlog far
+// beyond the target, else after half a second whose lowest fill exceeded it), repeated codes fading out for
+// a lost frame.
 
 export class JitterBuffer {
   constructor(frameRate, { initialDelay = 0.08, minDelay = 0.02, maxDelay = 0.5, window = 200 } = {}) {
@@ -9,6 +11,10 @@ export class JitterBuffer {
     this.minDelay = minDelay;
     this.maxDelay = maxDelay;
     this.window = window;
+    this.recent = Math.max(20, Math.round(frameRate)); // a second of transits
+    this.levelWindow = Math.round(frameRate / 2); // playout ticks over which the lowest fill is watched
+    this.levelFloor = Infinity;
+    this.levelTicks = 0;
     this.targetDelay = initialDelay;
     this.frames = new Map(); // index → codes
     this.transits = []; // arrival time − frame time (s), the last `window`
@@ -26,29 +32,49 @@ export class JitterBuffer {
     this.newest = Math.max(this.newest, index);
     this.transits.push(now - index * this.period);
     if (this.transits.length > this.window) this.transits.shift();
+    this._forgetPassedStall();
+    if (this.transits.length >= 20) this.targetDelay = Math.min(this.maxDelay, Math.max(this.minDelay, this._spread() + this.period));
+  }
+
+  /** Transits' 95th percentile above their minimum (s): the jitter the target must cover. */
+  _spread() {
     const sorted = [...this.transits].sort((a, b) => a - b);
-    const spread = sorted[Math.floor(0.95 * (sorted.length - 1))] - sorted[0];
-    if (this.transits.length >= 20) this.targetDelay = Math.min(this.maxDelay, Math.max(this.minDelay, spread + this.period));
+    return sorted[Math.floor(0.95 * (sorted.length - 1))] - sorted[0];
+  }
+
+  /** As call/jitter.py: once a second of packets spread less than the window's 95th percentile, the
+   * window's high tail is a stall that has passed; only those recent transits are kept. */
+  _forgetPassedStall() {
+    const recent = this.transits.slice(-this.recent);
+    if (this.transits.length <= this.recent) return;
+    if (Math.max(...recent) - Math.min(...recent) < this._spread()) this.transits = recent;
   }
 
   get buffered() {
     return this.next === null ? this.frames.size : this.newest - this.next + 1;
   }
 
-  /** One playout tick: `{index, codes}` (codes null for a lost frame), or null to stretch (nothing due). */
+  /** One playout tick: `{index, codes}`, codes null for a lost frame or, with index -1, for a stretch (the
+   * buffer ran dry: concealment that consumes no frame, so the delay grows); null before the stream starts. */
   playout() {
     if (this.next === null) {
       if (!this.frames.size || this.buffered * this.period < this.targetDelay) return null;
       this.next = Math.min(...this.frames.keys());
     }
     const target = Math.ceil(this.targetDelay / this.period);
-    if (this.buffered > 2 * target + 4) {
-      // Far more queued than the target (a burst, a stall behind us): that delay goes at once.
-      for (let excess = this.buffered - target - 2; excess > 0; excess--) this._take(true);
+    let excess = 0;
+    if (this.buffered > 2 * target + 4) excess = this.buffered - target - 2; // a burst, a stall behind us: at once
+    this.levelFloor = Math.min(this.levelFloor, this.buffered);
+    if (++this.levelTicks >= this.levelWindow) {
+      // Half a second in which even the lowest fill exceeded the target: that delay is no longer needed.
+      excess = Math.max(excess, this.levelFloor - target - 1);
+      this.levelFloor = Infinity;
+      this.levelTicks = 0;
     }
+    for (; excess > 0; excess--) this._take(true);
     if (this.next > this.newest) {
       this.stats.stretched++;
-      return null;
+      return { index: -1, codes: null };
     }
     return this._take(false);
   }
@@ -57,8 +83,8 @@ export class JitterBuffer {
     const index = this.next++;
     const codes = this.frames.get(index) ?? null;
     this.frames.delete(index);
-    if (skipping) this.stats.skipped++;
-    else if (codes === null) this.stats.lost++;
+    if (codes === null) this.stats.lost++;
+    else if (skipping) this.stats.skipped++;
     return { index, codes };
   }
 

@@ -1,6 +1,7 @@
-"""The page's wire format (``web/wire.js``, run by Node) reads what ``call/wire.py`` writes and writes the
-same bytes: headers, one- and many-frame packets (a bandwidth switch inside one), END, the relay's
-envelopes; and refuses what the Python side refuses."""
+"""The page's modules that need no browser, run by Node: its wire format (``web/wire.js``) reads what
+``call/wire.py`` writes and writes the same bytes (headers, one- and many-frame packets with a bandwidth
+switch inside one, END, the relay's envelopes) and refuses what the Python side refuses; its jitter buffer
+and concealment (``web/jitter.js``) reorder, count and conceal losses, skip a backlog and forget a stall."""
 
 from __future__ import annotations
 
@@ -49,13 +50,53 @@ console.log(JSON.stringify(out));
 """
 
 
-def page_reads(messages: list[tuple[str, bytes]]) -> list[dict]:
+JITTER = """
+import { JitterBuffer, Concealer } from "%s";
+const period = 1 / 75, buffer = new JitterBuffer(75), concealer = new Concealer();
+const order = [];
+for (let i = 0; i < 300; i++) order.push(i);
+[order[10], order[11]] = [order[11], order[10]];  // reordered
+const lost = new Set([50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 200]);
+const stall = (i) => (i >= 100 && i < 130 ? (130 - i) * period : 0);  // 400 ms without packets, then a burst
+const played = [], gains = [], targets = {};
+let tick = 0;
+for (const i of order) {
+  if (!lost.has(i)) buffer.push(i, Int32Array.of(i), i * period + stall(i));
+  const due = buffer.playout();  // one playout tick per frame time
+  if (due) {
+    const [codes, gain] = concealer.next(due.codes);
+    played.push(due.codes === null ? -1 : due.index);
+    gains.push(gain);
+  }
+  if (i === 140 || i === 299) targets[i] = buffer.targetDelay;
+}
+console.log(JSON.stringify({ played, gains, stats: buffer.stats, concealed: concealer.concealed, targets, held: buffer.buffered }));
+"""
+
+
+def run_node(script: str, stdin: str = "") -> object:
     if NODE is None:
         pytest.skip("node is not installed: sudo scripts/install-system-deps.sh")
-    done = subprocess.run([NODE, "--input-type=module", "-e", RUNNER % (WEB_ROOT / "wire.js").as_uri()], capture_output=True,
-                          text=True, timeout=60, input=json.dumps([(kind, data.hex()) for kind, data in messages]))
+    done = subprocess.run([NODE, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=60, input=stdin)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def page_reads(messages: list[tuple[str, bytes]]) -> list[dict]:
+    return run_node(RUNNER % (WEB_ROOT / "wire.js").as_uri(), json.dumps([(kind, data.hex()) for kind, data in messages]))
+
+
+def test_page_jitter_buffer_orders_conceals_skips_and_forgets():
+    got = run_node(JITTER % (WEB_ROOT / "jitter.js").as_uri())
+    played, stats = got["played"], got["stats"]
+    real = [i for i in played if i >= 0]
+    assert real == sorted(real) and 10 in real and 11 in real, "reordered frames played in order"
+    assert stats["lost"] == 11 and stats["received"] == 289
+    assert got["concealed"] == played.count(-1) > stats["stretched"] > 0  # lost frames and dry ticks are concealed
+    run = played.index(-1)  # the buffer ran dry at frame 50: concealment fades out
+    assert got["gains"][run : run + 8] == pytest.approx([1, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6, 0, 0])
+    assert stats["skipped"] > 0 and len(real) + stats["skipped"] + got["held"] == stats["received"], "every frame played, skipped or held"
+    assert got["targets"]["140"] > 0.3 and got["targets"]["299"] < 0.05, "the stall raised the target; a calm second later it is forgotten"
 
 
 def test_page_reads_and_writes_the_python_wire_format():
