@@ -121,3 +121,29 @@ def test_browser_and_python_peers_hold_a_call(tmp_path, web_graphs):
     # Every frame played or, where a burst (a busy CPU) queued far beyond the jitter target, skipped at once.
     assert heard_by_page["decoded"] + heard_by_page["skipped"] >= frames and heard_by_page["decoded"] >= 0.75 * frames
     assert stoi >= STOI_FLOOR
+
+
+def test_page_joins_a_room_with_its_token_and_says_when_refused(web_graphs):
+    """The token box opens a room that needs one (the token rides as a websocket subprotocol); a wrong
+    token is refused, said on the page, and the page is ready to join again."""
+    install_web_packages()
+    with relay_serving_page(web_graphs[2], room_tokens={"locked": "s3cret"}) as (url, relay), chromium() as browser:
+        page = browser.new_page()
+        errors = console_errors(page)
+        page.goto(url + "/")
+        page.wait_for_function("document.getElementById('state').textContent === 'ready'", timeout=120_000)
+        page.fill("#room", "locked")
+        for token, joins in [("wrong", False), ("s3cret", True)]:
+            page.fill("#token", token)
+            page.click("#join-button")
+            state = "connected" if joins else "disconnected"
+            page.wait_for_function(f"window.callStats?.state === '{state}'", timeout=30_000)
+            if joins:
+                wait_for(lambda: page.evaluate("window.callStats.sentFrames") >= 10, 30, "the page to send")
+                assert relay.rooms["locked"]
+                page.click("#leave")
+            else:
+                assert "refused" in page.inner_text("#error")
+            page.wait_for_function("!document.getElementById('join-button').disabled", timeout=10_000)
+    assert relay.counters["refused_auth"] == 1
+    assert [e for e in errors if "WebSocket" not in e] == []  # Chromium reports the refused handshake itself

@@ -52,7 +52,7 @@ def install_web_packages() -> None:
 
 
 @contextmanager
-def relay_serving_page(graphs: Path) -> Iterator[tuple[str, object]]:
+def relay_serving_page(graphs: Path, **relay_options: object) -> Iterator[tuple[str, object]]:
     """A relay with the page, on a free loopback port, in a thread of its own: yields ``http://127.0.0.1:PORT``
     and the ``Relay`` (its rooms may be read, not changed, from the test's thread)."""
     from server import Relay
@@ -62,7 +62,7 @@ def relay_serving_page(graphs: Path) -> Iterator[tuple[str, object]]:
     ready = threading.Event()
 
     async def serve() -> None:
-        relay = Relay()
+        relay = Relay(**relay_options)
         async with relay.start("127.0.0.1", 0, web=WebRoutes(graphs)) as server:
             started["port"], started["relay"] = server.sockets[0].getsockname()[1], relay
             started["stop"] = stop = asyncio.Event()

@@ -49,14 +49,24 @@ async function join(event) {
   timer = setInterval(refresh, 250);
 }
 
-async function leave() {
-  await codec.request("leave");
+/** The call is over (left, or the relay refused or dropped it): free the microphone, ready to join again. */
+async function stop() {
   clearInterval(timer);
-  await refresh();
+  timer = null;
   microphone?.getTracks().forEach((track) => track.stop());
   await audio?.close();
+  microphone = audio = null;
+  muted = false;
+  $("mute").setAttribute("aria-pressed", "false");
+  $("mute").textContent = "Mute";
   $("mute").disabled = $("leave").disabled = true;
   $("join-button").disabled = false;
+}
+
+async function leave() {
+  await codec.request("leave");
+  await refresh();
+  await stop();
 }
 
 const ms = (value) => (value === null ? "–" : `${value.toFixed(value < 10 ? 2 : 0)} ms`);
@@ -67,6 +77,7 @@ async function refresh() {
   if (!s) return;
   $("state").textContent = s.state;
   if (s.error) showError(s.error);
+  if (s.state === "disconnected" && timer) await stop();
   $("level").style.width = `${Math.min(100, 300 * s.level)}%`;
   $("up").textContent = `${s.upKbps.toFixed(1)} kbps, ${s.sentFrames} frames`;
   $("down").textContent = `${s.downKbps.toFixed(1)} kbps${s.problems ? `, ${s.problems} bad messages dropped` : ""}`;

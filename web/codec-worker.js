@@ -108,7 +108,8 @@ class Call {
       this.state = event.code === 1000 ? "left" : "disconnected";
       if (event.code !== 1000 && !this.error) this.error = event.reason || `connection closed (${event.code})`;
     };
-    this.ws.onerror = () => (this.error = this.error || "the relay refused or could not be reached");
+    // A browser does not tell why a handshake failed (HTTP 401, 404, 503…), only that it did.
+    this.ws.onerror = () => (this.error ||= "the relay refused the room or token, or could not be reached");
     this.ws.onmessage = (event) => this.receive(new Uint8Array(event.data));
   }
 
