@@ -13,13 +13,14 @@ whose server picked none of the protocols it offered). A token never goes in the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import mimetypes
 import re
 from http import HTTPStatus
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from websockets.datastructures import Headers
@@ -37,6 +38,7 @@ TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "applicat
          ".onnx": "application/octet-stream", ".json": "application/json"}
 
 Handler = Callable[[object, Request], "Response | None"]
+AsyncHandler = Callable[[object, Request], Awaitable["Response | None"]]
 
 
 class WebRoutes:
@@ -64,23 +66,24 @@ class WebRoutes:
         path = directory / name
         return path if path.is_file() else None
 
-    def answer(self, request: Request) -> Response:
+    async def answer(self, request: Request) -> Response:
         path = self.file_for(urlsplit(request.path).path)
         if path is None:
             return _response(HTTPStatus.NOT_FOUND, "text/plain", b"Not found\n")
         body = self.cache.get(path)
         if body is None:
-            body = path.read_bytes()
+            # Off the event loop: a 20 MB graph read from a cold disk would stall the calls it forwards.
+            body = await asyncio.to_thread(path.read_bytes)
             if path.suffix in (".onnx", ".wasm"):  # large and unchanging while the relay runs
                 self.cache[path] = body
         kind = TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return _response(HTTPStatus.OK, kind, body)
 
-    def before(self, relay_check: Handler) -> Handler:
+    def before(self, relay_check: Handler) -> AsyncHandler:
         """A ``process_request`` for websockets' ``serve``: HTTP here, upgrades to ``relay_check``."""
-        def process_request(connection: object, request: Request) -> Response | None:
+        async def process_request(connection: object, request: Request) -> Response | None:
             if request.headers.get("Upgrade", "").lower() != "websocket":
-                return self.answer(request)
+                return await self.answer(request)
             bearer_from_subprotocol(request)
             return relay_check(connection, request)
         return process_request
