@@ -50,7 +50,11 @@ class WebRoutes:
                                     f"(python -m call.web_bundle --model default --out {graphs})")
         if not all((runtime / name).is_file() for name in RUNTIME_FILES):
             raise FileNotFoundError(f"onnxruntime-web is not installed in {runtime.parents[1]}: run npm ci in {root}")
-        self.folders = {"": (root, PAGE_SUFFIXES), "vendor": (runtime, RUNTIME_FILES), "models": (graphs, (".onnx", ".json"))}
+        self.folders: dict[str, tuple[Path, Callable[[str], bool]]] = {
+            "": (root, lambda name: name.endswith(PAGE_SUFFIXES)),
+            "vendor": (runtime, RUNTIME_FILES.__contains__),
+            "models": (graphs, lambda name: name.endswith((".onnx", ".json"))),
+        }
         self.cache: dict[Path, bytes] = {}
 
     def file_for(self, url_path: str) -> Path | None:
@@ -61,7 +65,7 @@ class WebRoutes:
         if folder not in self.folders or not FILE_NAME.fullmatch(name):
             return None
         directory, allowed = self.folders[folder]
-        if not (name in allowed or name.endswith(allowed)):
+        if not allowed(name):
             return None
         path = directory / name
         return path if path.is_file() else None

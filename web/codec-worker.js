@@ -9,6 +9,7 @@ import * as wire from "./wire.js";
 configureRuntime(self.location.href);
 
 const now = () => (performance.timeOrigin + performance.now()) / 1000; // wall clock, s
+const MAX_BACKLOG = 4; // microphone frames (53 ms) that may wait for the encoder, as call/sender.py's 60 ms
 let manifest = null, models = null, decoderSession = null;
 const encoderSessions = {}; // bandwidth → the promise of its graph's session, loaded on first use
 let call = null;
@@ -56,13 +57,9 @@ class RemoteStream {
   }
 
   accept(packet) {
-    let index = this.newest < 0 ? packet.index : wire.unwrapIndex(packet.index, this.newest);
-    const t = now();
-    for (const codes of packet.frames) {
-      this.jitter.push(index, codes, t);
-      this.newest = Math.max(this.newest, index);
-      index++;
-    }
+    const index = this.newest < 0 ? packet.index : wire.unwrapIndex(packet.index, this.newest);
+    this.jitter.push(index, packet.frames, now());
+    this.newest = Math.max(this.newest, index + packet.frames.length - 1);
   }
 
   /** One frame of audio for this playout tick, or null when this stream has nothing due. */
@@ -92,7 +89,8 @@ class Call {
     this.index = 0;
     this.streamId = Math.floor(Math.random() * 2 ** 31);
     this.startTimeUs = null;
-    this.counters = { upBytes: 0, upMessages: 0, downBytes: 0, downMessages: 0, problems: 0, encodeMs: 0, decodeMs: 0, encoded: 0, decodedFrames: 0 };
+    this.counters = { upBytes: 0, upMessages: 0, downBytes: 0, downMessages: 0, problems: 0, encodeMs: 0, decodeMs: 0, encoded: 0, decodedFrames: 0, droppedFrames: 0 };
+    this.backlog = 0; // microphone frames waiting for the encoder
     this.level = 0;
     this.state = "connecting";
     this.error = null;
@@ -120,13 +118,17 @@ class Call {
     this.counters.upMessages++;
   }
 
-  /** A 320-sample microphone frame: level, encode (in order), send. */
+  /** A 320-sample microphone frame: level, encode (in order), send. A frame that finds more than
+   * `MAX_BACKLOG` frames waiting for the encoder (a CPU too busy) is dropped: a call degrades, it never queues. */
   frame(samples) {
     let sum = 0;
     for (const x of samples) sum += x * x;
     this.level = Math.max(Math.sqrt(sum / samples.length), 0.95 * this.level); // a meter falls back over ~0.3 s
     if (this.muted) samples.fill(0);
+    if (this.backlog >= MAX_BACKLOG) return void this.counters.droppedFrames++;
+    this.backlog++;
     this.encoding = this.encoding.then(async () => {
+      this.backlog--;
       if (this.ws.readyState !== WebSocket.OPEN) return;
       if (this.startTimeUs === null) {
         this.startTimeUs = Math.round(now() * 1e6 - 1e6 * samples.length / manifest.sample_rate);
@@ -201,7 +203,7 @@ class Call {
     return {
       state: this.state, error: this.error, peers: [...this.peers],
       upKbps: (8 * c.upBytes) / seconds / 1000, downKbps: (8 * c.downBytes) / seconds / 1000,
-      level: this.level, sentFrames: this.index, codebooks: this.codebooks ?? null, muted: this.muted, problems: c.problems,
+      level: this.level, sentFrames: this.index, droppedFrames: c.droppedFrames, codebooks: this.codebooks ?? null, muted: this.muted, problems: c.problems,
       encodeMsPerFrame: c.encoded ? c.encodeMs / c.encoded : null,
       decodeMsPerFrame: c.decodedFrames ? c.decodeMs / c.decodedFrames : null,
       streams: [...this.streams.values()].map((s) => ({

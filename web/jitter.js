@@ -23,16 +23,19 @@ export class JitterBuffer {
     this.stats = { received: 0, lost: 0, late: 0, duplicate: 0, stretched: 0, skipped: 0 };
   }
 
-  /** A frame arrived at `now` (s). */
-  push(index, codes, now) {
-    if (this.next !== null && index < this.next) return void this.stats.late++;
-    if (this.frames.has(index)) return void this.stats.duplicate++;
-    this.frames.set(index, codes);
-    this.stats.received++;
-    this.newest = Math.max(this.newest, index);
-    this.transits.push(now - index * this.period);
-    if (this.transits.length > this.window) this.transits.shift();
-    this._forgetPassedStall();
+  /** A packet's frames (codes of each) arrived at `now` (s), the first of them frame `index`. */
+  push(index, frames, now) {
+    frames.forEach((codes, offset) => {
+      const i = index + offset;
+      if (this.next !== null && i < this.next) return void this.stats.late++;
+      if (this.frames.has(i)) return void this.stats.duplicate++;
+      this.frames.set(i, codes);
+      this.stats.received++;
+      this.newest = Math.max(this.newest, i);
+      this.transits.push(now - i * this.period);
+    });
+    this.transits.splice(0, this.transits.length - this.window);
+    this._forgetPassedStall(); // once a packet: a flood of packets costs a sort each, not one a frame
     if (this.transits.length >= 20) this.targetDelay = Math.min(this.maxDelay, Math.max(this.minDelay, this._spread() + this.period));
   }
 
