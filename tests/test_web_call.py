@@ -71,7 +71,8 @@ def test_browser_and_python_peers_hold_a_call(tmp_path, web_graphs):
     heard_path = tmp_path / "heard.wav"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
-    with relay_serving_page(web_graphs[2]) as (url, relay), chromium(f"--use-file-for-fake-audio-capture={microphone_wav}") as browser:
+    with relay_serving_page(web_graphs[2]) as served, chromium(f"--use-file-for-fake-audio-capture={microphone_wav}") as browser:
+        url, relay = served.url, served.relay
         ws = url.replace("http", "ws", 1)
         recorder = client(ws, "--output", str(heard_path))
         try:
@@ -129,14 +130,16 @@ def test_browser_and_python_peers_hold_a_call(tmp_path, web_graphs):
     assert stoi >= STOI_FLOOR
 
 
-def test_page_joins_a_room_with_its_token_and_says_when_refused(web_graphs):
+def test_page_joins_with_its_token_says_when_refused_and_reconnects(web_graphs):
     """The token box opens a room that needs one (the token rides as a websocket subprotocol); a wrong
-    token is refused, said on the page, and the page is ready to join again."""
+    token is refused, said on the page, and the page is ready to join again; a connection the relay drops
+    mid-call is reconnected and the page's stream goes on (same stream id, next frame index)."""
     install_web_packages()
-    with relay_serving_page(web_graphs[2], room_tokens={"locked": "s3cret"}) as (url, relay), chromium() as browser:
+    with relay_serving_page(web_graphs[2], room_tokens={"locked": "s3cret"}) as served, chromium() as browser:
+        relay = served.relay
         page = browser.new_page()
         errors = console_errors(page)
-        page.goto(url + "/")
+        page.goto(served.url + "/")
         page.wait_for_function("document.getElementById('state').textContent === 'ready'", timeout=120_000)
         page.fill("#room", "locked")
         for token, joins in [("wrong", False), ("s3cret", True)]:
@@ -146,7 +149,14 @@ def test_page_joins_a_room_with_its_token_and_says_when_refused(web_graphs):
             page.wait_for_function(f"window.callStats?.state === '{state}'", timeout=30_000)
             if joins:
                 wait_for(lambda: page.evaluate("window.callStats.sentFrames") >= 10, 30, "the page to send")
-                assert relay.rooms["locked"]
+                (first,) = relay.rooms["locked"].values()
+                sent = first.stream.newest
+                served.call(lambda: first.ws.transport.abort())  # the connection breaks under the page
+                wait_for(lambda: page.evaluate("window.callStats.reconnects") == 1, 30, "the page to reconnect")
+                wait_for(lambda: (peers := list(relay.rooms.get("locked", {}).values())) and peers[0].stream.newest > sent,
+                         30, "the page's stream to go on")
+                (again,) = relay.rooms["locked"].values()
+                assert again.id != first.id and again.stream.header == first.stream.header, "the same stream, continued"
                 page.click("#leave")
             else:
                 assert "refused" in page.inner_text("#error")

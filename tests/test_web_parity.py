@@ -45,10 +45,10 @@ def test_page_codec_equals_python_onnx_engine(speech, web_graphs):
     python_ms = (encoded - started) * 1e3 / FRAMES, (time.perf_counter() - encoded) * 1e3 / FRAMES
     assert (expected[:, 1:] != expected[:, :-1]).any(0).float().mean() > 0.5, "codes change from frame to frame"
 
-    with relay_serving_page(graphs) as (url, _), chromium() as browser:
+    with relay_serving_page(graphs) as served, chromium() as browser:
         page = browser.new_page()
         errors = console_errors(page)
-        page.goto(url + "/")
+        page.goto(served.url + "/")
         page.wait_for_function("document.getElementById('state').textContent === 'ready'", timeout=120_000)
         result = page.evaluate(CODEC, [audio[0, 0].tolist(), expected.T.reshape(-1).tolist(), expected.shape[0]])
     assert errors == []

@@ -7,8 +7,9 @@ import asyncio
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -51,10 +52,24 @@ def install_web_packages() -> None:
     subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=WEB_ROOT, check=True, timeout=600, capture_output=True)
 
 
+@dataclass
+class ServedPage:
+    """A relay serving the page in a thread of its own: read its rooms from the test; change them only
+    through :meth:`call`, which runs a function on the relay's event loop."""
+
+    url: str
+    relay: object
+    loop: asyncio.AbstractEventLoop
+
+    def call(self, function: Callable[[], object]) -> object:
+        async def run() -> object:
+            return function()
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+
 @contextmanager
-def relay_serving_page(graphs: Path, **relay_options: object) -> Iterator[tuple[str, object]]:
-    """A relay with the page, on a free loopback port, in a thread of its own: yields ``http://127.0.0.1:PORT``
-    and the ``Relay`` (its rooms may be read, not changed, from the test's thread)."""
+def relay_serving_page(graphs: Path, **relay_options: object) -> Iterator[ServedPage]:
+    """A relay (``Relay(**relay_options)``) with the page, on a free loopback port, in a thread of its own."""
     from server import Relay
 
     loop = asyncio.new_event_loop()
@@ -73,7 +88,7 @@ def relay_serving_page(graphs: Path, **relay_options: object) -> Iterator[tuple[
     thread.start()
     assert ready.wait(30), "the relay did not start"
     try:
-        yield f"http://127.0.0.1:{started['port']}", started["relay"]
+        yield ServedPage(f"http://127.0.0.1:{started['port']}", started["relay"], loop)
     finally:
         loop.call_soon_threadsafe(started["stop"].set)
         thread.join(10)

@@ -9,6 +9,7 @@ import * as wire from "./wire.js";
 configureRuntime(self.location.href);
 
 const now = () => (performance.timeOrigin + performance.now()) / 1000; // wall clock, s
+const RECONNECT_FOR = 60; // s a lost relay is retried, as client.py's --reconnect-timeout
 const MAX_BACKLOG = 4; // microphone frames (53 ms) that may wait for the encoder, as call/sender.py's 60 ms
 let manifest = null, models = null, decoderSession = null;
 const encoderSessions = {}; // bandwidth → the promise of its graph's session, loaded on first use
@@ -97,18 +98,63 @@ class Call {
     this.started = now();
     this.playbackQueued = 0;
     this.encoding = Promise.resolve();
-    const protocols = ["encodec-stream"];
-    if (token) protocols.push("bearer." + btoa(token).replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", ""));
-    this.ws = new WebSocket(`${url}/${encodeURIComponent(room)}`, protocols);
+    this.address = `${url}/${encodeURIComponent(room)}`;
+    this.protocols = ["encodec-stream"];
+    if (token) this.protocols.push("bearer." + btoa(token).replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", ""));
+    this.leaving = false;
+    this.lostAt = null; // when a working connection was lost (s), while it is being retried
+    this.reconnects = 0;
+    this.retries = 0;
+    this.connect();
+  }
+
+  /** Opens the websocket. A handshake that fails at the start ends the call (a browser is not told why:
+   * HTTP 401, 404, 503… look the same); a connection lost later is retried with backoff for
+   * `RECONNECT_FOR` seconds, and the stream goes on where it was (same HEADER; what the microphone gave
+   * meanwhile is not sent late), as the Python client does. */
+  connect() {
+    if (this.leaving) return;
+    this.ws = new WebSocket(this.address, this.protocols);
     this.ws.binaryType = "arraybuffer";
-    this.ws.onopen = () => (this.state = "connected");
-    this.ws.onclose = (event) => {
-      this.state = event.code === 1000 ? "left" : "disconnected";
-      if (event.code !== 1000 && !this.error) this.error = event.reason || `connection closed (${event.code})`;
+    let opened = false;
+    this.ws.onopen = () => {
+      opened = true;
+      this.state = "connected";
+      this.error = null;
+      if (this.lostAt !== null) this.reconnects++;
+      this.lostAt = null;
+      this.retries = 0;
+      this.peers.clear(); // the relay names who is there, and resends the streams in progress
+      this.streams.clear();
+      this.source = null;
+      if (this.startTimeUs !== null) this.send(this.header());
     };
-    // A browser does not tell why a handshake failed (HTTP 401, 404, 503…), only that it did.
-    this.ws.onerror = () => (this.error ||= "the relay refused the room or token, or could not be reached");
+    this.ws.onclose = (event) => {
+      if (this.leaving) return void (this.state = "left");
+      if (!opened && this.lostAt === null) {
+        this.state = "disconnected";
+        this.error ||= "the relay refused the room or token, or could not be reached";
+        return;
+      }
+      this.lostAt ??= now();
+      if (now() - this.lostAt > RECONNECT_FOR) {
+        this.state = "disconnected";
+        this.error = `lost the relay ${RECONNECT_FOR} s ago (${event.reason || `close code ${event.code}`})`;
+        return;
+      }
+      this.state = "reconnecting";
+      this.error = event.reason || `connection lost (close code ${event.code})`;
+      setTimeout(() => this.connect(), Math.min(8, 0.25 * 2 ** Math.min(5, this.retries++)) * 1000);
+    };
     this.ws.onmessage = (event) => this.receive(new Uint8Array(event.data));
+  }
+
+  header() {
+    return wire.encodeHeader({
+      fingerprint: fingerprintBytes(), sampleRate: manifest.sample_rate, channels: manifest.channels,
+      samplesPerFrame: manifest.samples_per_frame, codebookNbits: manifest.codebook_nbits,
+      maxCodebooks: manifest.max_codebooks, streamId: this.streamId, startTimeUs: this.startTimeUs,
+    });
   }
 
   send(message) {
@@ -132,11 +178,7 @@ class Call {
       if (this.ws.readyState !== WebSocket.OPEN) return;
       if (this.startTimeUs === null) {
         this.startTimeUs = Math.round(now() * 1e6 - 1e6 * samples.length / manifest.sample_rate);
-        this.send(wire.encodeHeader({
-          fingerprint: fingerprintBytes(), sampleRate: manifest.sample_rate, channels: manifest.channels,
-          samplesPerFrame: manifest.samples_per_frame, codebookNbits: manifest.codebook_nbits,
-          maxCodebooks: manifest.max_codebooks, streamId: this.streamId, startTimeUs: this.startTimeUs,
-        }));
+        this.send(this.header());
       }
       const t0 = performance.now();
       const codes = await this.encoder.encode(samples, this.bandwidth);
@@ -193,6 +235,7 @@ class Call {
   }
 
   leave() {
+    this.leaving = true;
     this.send(wire.encodeEnd(this.index, this.index * manifest.samples_per_frame));
     this.ws.close(1000);
   }
@@ -201,7 +244,7 @@ class Call {
     const seconds = Math.max(1e-3, now() - this.started);
     const c = this.counters;
     return {
-      state: this.state, error: this.error, peers: [...this.peers],
+      state: this.state, error: this.error, peers: [...this.peers], reconnects: this.reconnects,
       upKbps: (8 * c.upBytes) / seconds / 1000, downKbps: (8 * c.downBytes) / seconds / 1000,
       level: this.level, sentFrames: this.index, droppedFrames: c.droppedFrames, codebooks: this.codebooks ?? null, muted: this.muted, problems: c.problems,
       encodeMsPerFrame: c.encoded ? c.encodeMs / c.encoded : null,
