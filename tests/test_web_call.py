@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 from scipy.signal import fftconvolve
+from websockets.sync.client import connect
+
+from call import wire
 
 from tests.web_page import chromium, console_errors, install_web_packages, relay_serving_page, web_graphs  # noqa: F401
 
@@ -133,7 +136,8 @@ def test_browser_and_python_peers_hold_a_call(tmp_path, web_graphs):
 def test_page_joins_with_its_token_says_when_refused_and_reconnects(web_graphs):
     """The token box opens a room that needs one (the token rides as a websocket subprotocol); a wrong
     token is refused, said on the page, and the page is ready to join again; a connection the relay drops
-    mid-call is reconnected and the page's stream goes on (same stream id, next frame index)."""
+    mid-call is reconnected and the page's stream goes on (same stream id, next frame index); a peer whose
+    HEADER names another model is refused and said."""
     install_web_packages()
     with relay_serving_page(web_graphs[2], room_tokens={"locked": "s3cret"}) as served, chromium() as browser:
         relay = served.relay
@@ -157,6 +161,12 @@ def test_page_joins_with_its_token_says_when_refused_and_reconnects(web_graphs):
                          30, "the page's stream to go on")
                 (again,) = relay.rooms["locked"].values()
                 assert again.id != first.id and again.stream.header == first.stream.header, "the same stream, continued"
+                stranger = wire.StreamHeader(fingerprint=b"another!", sample_rate=24000, channels=1, samples_per_frame=320,
+                                             codebook_nbits=10, max_codebooks=32, stream_id=5)
+                with connect(served.url.replace("http", "ws", 1) + "/locked", additional_headers={"Authorization": "Bearer s3cret"}) as peer:
+                    peer.send(stranger.encode())  # a peer with another model: refused, counted, said
+                    wait_for(lambda: page.evaluate("window.callStats.problems") == 1, 10, "the page to refuse the stranger")
+                assert "another model" in page.inner_text("#down") and page.evaluate("window.callStats.streams") == []
                 page.click("#leave")
             else:
                 assert "refused" in page.inner_text("#error")

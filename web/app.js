@@ -80,7 +80,7 @@ async function refresh() {
   if (s.state === "disconnected" && timer) await stop();
   $("level").style.width = `${Math.min(100, 300 * s.level)}%`;
   $("up").textContent = `${s.upKbps.toFixed(1)} kbps, ${s.sentFrames} frames${s.droppedFrames ? `, ${s.droppedFrames} dropped (CPU busy)` : ""}`;
-  $("down").textContent = `${s.downKbps.toFixed(1)} kbps${s.problems ? `, ${s.problems} bad messages dropped` : ""}`;
+  $("down").textContent = `${s.downKbps.toFixed(1)} kbps${s.problems ? `, ${s.problems} bad messages dropped (last: ${s.lastProblem})` : ""}`;
   $("codec").textContent = `encode ${ms(s.encodeMsPerFrame)}, decode ${ms(s.decodeMsPerFrame)} a 13.3 ms frame`;
   $("peers").textContent = s.peers.length ? s.peers.map((p) => `#${p}`).join(", ") : "nobody else yet";
   $("streams").replaceChildren(...s.streams.map((stream) => {

@@ -32,6 +32,16 @@ function encoderSession(bandwidth) {
 
 const fingerprintBytes = () => Uint8Array.from(manifest.fingerprint.match(/../g), (h) => parseInt(h, 16));
 
+/** A stream is opened only for a HEADER that is exactly what our model implies (as call/receiver.py). */
+function checkHeader(header, peer) {
+  const ours = { sampleRate: manifest.sample_rate, channels: manifest.channels, samplesPerFrame: manifest.samples_per_frame,
+                 codebookNbits: manifest.codebook_nbits, maxCodebooks: manifest.max_codebooks };
+  if (header.fingerprint.join() !== fingerprintBytes().join()) throw new wire.ProtocolError(`peer ${peer} runs another model`);
+  for (const [field, value] of Object.entries(ours)) {
+    if (header[field] !== value) throw new wire.ProtocolError(`peer ${peer}'s ${field} is ${header[field]}, ours ${value}`);
+  }
+}
+
 /** A remote peer's stream: its header, jitter buffer, concealer and decoder. */
 class RemoteStream {
   constructor(peer, header) {
@@ -204,7 +214,7 @@ class Call {
       const stream = this.streams.get(this.source);
       if (message[0] === wire.HEADER) {
         const header = wire.decodeHeader(message);
-        if (header.fingerprint.join() !== fingerprintBytes().join()) throw new wire.ProtocolError(`peer ${this.source} runs another model`);
+        checkHeader(header, this.source);
         if (!stream || stream.header.streamId !== header.streamId) this.streams.set(this.source, new RemoteStream(this.source, header));
       } else if (!stream) {
         throw new wire.ProtocolError("audio or END before the stream HEADER");
@@ -216,6 +226,7 @@ class Call {
       }
     } catch (error) {
       this.counters.problems++; // a bad message from a peer is dropped and counted, never fatal
+      this.lastProblem = error.message;
     }
   }
 
@@ -246,7 +257,7 @@ class Call {
     return {
       state: this.state, error: this.error, peers: [...this.peers], reconnects: this.reconnects,
       upKbps: (8 * c.upBytes) / seconds / 1000, downKbps: (8 * c.downBytes) / seconds / 1000,
-      level: this.level, sentFrames: this.index, droppedFrames: c.droppedFrames, codebooks: this.codebooks ?? null, muted: this.muted, problems: c.problems,
+      level: this.level, sentFrames: this.index, droppedFrames: c.droppedFrames, lastProblem: this.lastProblem ?? null, codebooks: this.codebooks ?? null, muted: this.muted, problems: c.problems,
       encodeMsPerFrame: c.encoded ? c.encodeMs / c.encoded : null,
       decodeMsPerFrame: c.decodedFrames ? c.decodeMs / c.decodedFrames : null,
       streams: [...this.streams.values()].map((s) => ({
