@@ -20,7 +20,6 @@ from scipy.signal import fftconvolve
 from websockets.sync.client import connect
 
 from call import wire
-
 from tests.web_page import chromium, console_errors, install_web_packages, relay_serving_page, web_graphs  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
