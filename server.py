@@ -52,8 +52,8 @@ import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Callable, Iterable
 from pathlib import Path
+from typing import Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -67,6 +67,7 @@ from call.relay_log import log_event
 from call.relay_metrics import metrics_route
 from call.relay_workers import run_workers
 from call.rooms import ROOM_RULE, is_room_name
+from call.web_routes import WebRoutes, select_subprotocol
 
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
@@ -78,9 +79,10 @@ Route = Callable[[ServerConnection, Request], "Response | None"]
 
 class Redact(logging.Filter):
     """Scrubs secrets from the websockets layer's own lines: at DEBUG it logs each request line
-    (with its query string) and each header (``Authorization`` included)."""
+    (with its query string) and each header (``Authorization`` included, and the subprotocols in
+    which a web page offers its token: ``call/web_routes.py``)."""
 
-    SECRETS = re.compile(r"(?i)((?:proxy-)?authorization:\s*|cookie:\s*|/[^\s?]*\?)\S.*?(?=\s+HTTP/|$)")
+    SECRETS = re.compile(r"(?i)((?:proxy-)?authorization:\s*|cookie:\s*|sec-websocket-protocol:\s*|/[^\s?]*\?)\S.*?(?=\s+HTTP/|$)")
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -494,11 +496,15 @@ class Relay:
         return sum(len(p.queue) for room in self.rooms.values() for p in room.values())
 
     def start(self, host: str | None, port: int, tls: ssl.SSLContext | None = None,
-              ping_interval: float = 5.0, ping_timeout: float = 10.0, reuse_port: bool = False) -> serve:
+              ping_interval: float = 5.0, ping_timeout: float = 10.0, reuse_port: bool = False,
+              web: WebRoutes | None = None) -> serve:
         """The websockets server for this relay (use as ``async with``); ``reuse_port``: processes
-        share the port (SO_REUSEPORT), the kernel spreading connections over them."""
+        share the port (SO_REUSEPORT), the kernel spreading connections over them; ``web`` also
+        serves the browser peer's page over plain HTTP on the same port."""
         return serve(
-            self.handle, host, port, ssl=tls, process_request=self.check_request,
+            self.handle, host, port, ssl=tls,
+            process_request=web.before(self.check_request) if web else self.check_request,
+            select_subprotocol=select_subprotocol if web else None,
             compression=None,  # codes are incompressible; deflate would only cost memory
             max_size=self.limits.hard_max_message, max_queue=self.limits.receive_queue, write_limit=4096,
             ping_interval=ping_interval, ping_timeout=ping_timeout, logger=websockets_log,
@@ -538,7 +544,7 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
 
 
 async def run(relay: Relay, host: str, port: int, tls: ssl.SSLContext | None,
-              metrics_port: int | None = None, reuse_port: bool = False) -> None:
+              metrics_port: int | None = None, reuse_port: bool = False, web: WebRoutes | None = None) -> None:
     """Serve until SIGINT/SIGTERM, then close every connection cleanly (1001, going away).
     ``metrics_port``: 0 answers ``/metrics`` on the relay's port, another its own listener."""
     stop = asyncio.Event()
@@ -551,10 +557,10 @@ async def run(relay: Relay, host: str, port: int, tls: ssl.SSLContext | None,
     if metrics_port == 0:
         relay.routes.append(metrics_route(relay))
     metrics = metrics_listener(relay, host, metrics_port) if metrics_port else contextlib.nullcontext()
-    async with relay.start(host, port, tls, reuse_port=reuse_port) as server, metrics:
+    async with relay.start(host, port, tls, reuse_port=reuse_port, web=web) as server, metrics:
         bound = [s.getsockname() for s in server.sockets]
         log_event("listening", addresses=[f"{a[0]}:{a[1]}" for a in bound], tls=tls is not None,
-                  auth=relay.token is not None, room_tokens=len(relay.room_tokens),
+                  web=web is not None, auth=relay.token is not None, room_tokens=len(relay.room_tokens),
                   cluster=relay.cluster.servers if relay.cluster is not None else None)
         await stop.wait()
         log_event("shutting_down", peers=sum(len(r) for r in relay.rooms.values()))
@@ -657,6 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # its index: --metrics PORT + index
     parser.add_argument("--tls-cert", help="PEM certificate chain, to serve wss://")
     parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    parser.add_argument("--web", metavar="GRAPHS", help="also serve the browser peer (web/) over HTTP on the same port, "
+                        "with the graphs exported into GRAPHS by 'python -m call.web_bundle' (see docs/WEB.md)")
     return parser
 
 
@@ -686,9 +694,13 @@ def main(argv: list[str] | None = None) -> None:
         args.metrics += args.worker
     websockets_log.setLevel(logging.WARNING)  # our JSON lines say it all
     relay = relay_from_args(args)
+    try:
+        web = WebRoutes(Path(args.web)) if args.web else None
+    except FileNotFoundError as error:
+        raise SystemExit(f"--web: {error}") from None
     with asyncio.Runner(loop_factory=event_loop_factory(args.loop)) as runner:
         runner.run(run(relay, args.host, args.port, tls_context(args.tls_cert, args.tls_key), args.metrics,
-                       args.reuse_port))
+                       args.reuse_port, web))
 
 
 if __name__ == "__main__":

@@ -2,11 +2,15 @@
 # System libraries the Python packages load at run time, installed only where missing:
 #   libopus0     — the Opus baseline of the latency benchmark and its tests (opuslib loads it).
 #   nats-server  — the message bus of a relay cluster (server.py --cluster); its tests start one.
+#   chromium, npm — the browser peer (web/): its tests drive Debian's Chromium with Playwright, and npm
+#                   installs onnxruntime-web from web/package-lock.json (the tests and scripts/serve_web.py run npm ci).
 # Microphone and speaker additionally need PortAudio: apt-get install libportaudio2.
 set -euo pipefail
 missing=()
 ldconfig -p | grep -q 'libopus\.so\.0' || missing+=(libopus0)
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v npm >/dev/null || missing+=(npm)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
   echo "Please install: ${missing[*]} (Debian/Ubuntu: sudo apt-get install ${missing[*]})" >&2
