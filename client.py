@@ -77,6 +77,9 @@ class Options:
     status: bool = True
     start: str | None = None
     """Start mode of the encoder/decoder; default: exact for files, immediate for devices."""
+    dtx: bool | None = None
+    """Discontinuous transmission (``call.dtx``): comfort noise instead of frames in pauses.
+    ``None``: on for the microphone, off for a file (which arrives whole, exactly)."""
     output_format: str = "pcm16"
     """Sample format of ``output``: ``pcm16`` or ``float`` (see ``call.recording.OUTPUT_FORMATS``)."""
     output_rate: int | None = None
@@ -113,7 +116,8 @@ class Client:
         self.encode_pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
         self.decode_pool = ThreadPoolExecutor(1, thread_name_prefix="decode")
         self.sender = Sender(model, self.encode_pool, options.bandwidth, start, options.frames_per_packet,
-                             options.search_width, live=not self.send_file, engine=options.engine) if sends else None
+                             options.search_width, live=not self.send_file, engine=options.engine,
+                             dtx=not self.send_file if options.dtx is None else options.dtx) if sends else None
         self.receiver = Receiver(model, self.decode_pool, start, engine=options.engine) if receives else None
         self.arrived = asyncio.Event()
         self.up = Meter()
@@ -289,6 +293,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-rate", type=number_option(int, 1000, 384000), metavar="HZ",
                         help="sample rate of --output in Hz (default: the model's; resampled as it is written)")
     parser.add_argument("--no-pace", action="store_true", help="send --input as fast as possible")
+    parser.add_argument("--no-dtx", action="store_true",
+                        help="send every frame of the microphone's pauses too, instead of comfort noise "
+                             "(peers older than DTX need it)")
     parser.add_argument("--frames-per-packet", type=number_option(int, 1, wire.MAX_FRAMES_PER_PACKET), default=1, metavar="N",
                         help="latency/overhead trade (default 1)")
     parser.add_argument("--search-width", type=search_width_option,
@@ -353,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                       frames_per_packet=args.frames_per_packet, search_width=args.search_width, input_device=device(args.input_device),
                       output_device=device(args.output_device), status=not args.quiet, start=args.start,
                       output_format=args.output_format, output_rate=args.output_rate,
-                      connect_timeout=patience.first, reconnect_timeout=patience.again, engine=args.engine)
+                      connect_timeout=patience.first, reconnect_timeout=patience.again, engine=args.engine,
+                      dtx=False if args.no_dtx else None)
     try:
         model = load_model(args.model)
     except (OSError, ValueError) as error:

@@ -171,6 +171,9 @@ class CallSpec:
     """A what-if, not the shipped defaults: ``{"jitter_initial": s, "jitter_min": s, "output_margin": s}``
     replace the jitter buffer's 80 ms start and 20 ms floor and the client's half frame queued at the
     sound card beyond one block, to show what the codec allows with a tighter playout policy."""
+    dtx: bool = False
+    """Comfort noise in pauses (``call.dtx``), as a call from a microphone does by default. Off for
+    the latency rows: every frame then travels, and every frame's delay is measured."""
 
 
 class DelayedOutbox:
@@ -277,7 +280,7 @@ def _peer(spec: CallSpec, url: str, room: str, audio: np.ndarray, barrier) -> di
 
     async def call() -> dict:
         client = Client(Options(server=url, room=room, status=False, bandwidth=spec.bandwidth,
-                                frames_per_packet=spec.frames_per_packet, start="immediate"), model)
+                                frames_per_packet=spec.frames_per_packet, start="immediate", dtx=spec.dtx), model)
         collect = instrument(client, spec, devices)
         barrier.wait(30)
         task = asyncio.create_task(client.run())

@@ -28,8 +28,9 @@ from streaming import StartMode
 from streaming.onnx_engine import engine_decoder
 
 from . import wire
+from .comfort_noise import ComfortNoiseSource
 from .concealment import Concealer, GainSchedule
-from .jitter import STRETCH, JitterBuffer
+from .jitter import STRETCH, Entry, JitterBuffer
 from .meter import Meter
 from .model_header import stream_header_for
 from .timing import Observer
@@ -75,6 +76,7 @@ class PeerStream:
         self.jitter = JitterBuffer(header.frame_rate)
         self.concealer = Concealer()
         self.gains = GainSchedule(header.samples_per_frame)
+        self.comfort = ComfortNoiseSource(header.samples_per_frame, header.channels, seed=header.stream_id)
         self.decoder = streaming_decoder(model, start, engine)
         self.observer: Optional[Observer] = None
         self.first_index: int | None = None
@@ -94,6 +96,8 @@ class PeerStream:
                 raise wire.ProtocolError(f"code beyond the {self.codebook_size}-entry codebooks")
             self.jitter.put(parsed.index, parsed.frames, now)
             self.note("received", parsed.index, len(parsed.frames), now)
+        elif isinstance(parsed, wire.ComfortNoise):
+            self.jitter.put_comfort(parsed, now)
         elif isinstance(parsed, wire.EndOfStream):
             self.end = parsed
             self.jitter.end(parsed.n_frames)
@@ -103,22 +107,29 @@ class PeerStream:
         if self.observer is not None and first != STRETCH:
             self.observer(event, self.header.stream_id, first, count, time.monotonic() if now is None else now)
 
-    def note_entries(self, event: str, entries: list[tuple[int, np.ndarray | None]]) -> None:
+    def note_entries(self, event: str, entries: list[Entry]) -> None:
         if self.observer is not None:
             for index, codes in entries:
                 self.note("lost" if codes is None and event == "playout" else event, index)
 
-    def decode(self, entries: list[tuple[int, np.ndarray | None]]) -> np.ndarray:
+    def decode(self, entries: list[Entry]) -> np.ndarray:
         """Decode frames in order (``None`` = lost, concealed); runs on the model's thread.
 
         Consecutive frames with the same number of codebooks go through the decoder in one
-        call: fewer calls, same result.
+        call: fewer calls, same result. A frame of a pause is comfort noise and leaves the decoder
+        alone: after the hangover's quiet frames its state suits the next onset as it is.
         """
         if self.first_index is None:
             self.first_index = next((i for i, _ in entries if i != STRETCH), None)
         out: list[np.ndarray] = []
         run: list[np.ndarray] = []
         for _, codes in entries:
+            if isinstance(codes, wire.ComfortNoise):
+                if run:
+                    out.append(self._push(run))
+                    run = []
+                out.append(self.comfort.frame(codes))
+                continue
             decoded, gain = self.concealer.next(codes)
             if run and len(run[0]) != len(decoded):
                 out.append(self._push(run))
@@ -127,13 +138,12 @@ class PeerStream:
             run.append(decoded)
         if run:
             out.append(self._push(run))
-        audio = np.concatenate(out, axis=-1) if out else np.zeros((self.header.channels, 0), np.float32)
-        return self.gains.apply(audio)
+        return np.concatenate(out, axis=-1) if out else np.zeros((self.header.channels, 0), np.float32)
 
     def _push(self, frames: list[np.ndarray]) -> np.ndarray:
         codes = torch.from_numpy(np.stack(frames, axis=1))[None]
         self.pushed_frames += len(frames)
-        return self.decoder.push(codes)[0].numpy()
+        return self.gains.apply(self.decoder.push(codes)[0].numpy().copy())  # scaled in place: not the decoder's buffer
 
     def flush(self) -> np.ndarray:
         """The decoder's last samples (the stream is over)."""
@@ -204,6 +214,8 @@ class Receiver:
             self._count("out_of_order")
         except wire.ModelMismatchError as error:
             self._count("other_model", error)
+        except wire.VersionError as error:
+            self._count("other_version", RuntimeError(f"peer {self.source}'s stream refused: {error}"))
         except StreamRefused as error:
             self._count(error.problem, error)
         except wire.ProtocolError:

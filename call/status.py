@@ -73,6 +73,10 @@ class CallStatus:
                 f"{8 * up.bytes / seconds / 1000:.2f} kbps at the application layer "
                 f"({8 * up.bytes / seconds / 1000 / nominal:.3f}x nominal {nominal:g} kbps), "
                 f"{8 * framed / seconds / 1000:.2f} kbps with websocket framing")
+            dtx = self.sender.dtx
+            if dtx is not None:
+                lines.append(f"DTX: {dtx.sent} of {self.sender.next_index} frames sent, "
+                             f"{dtx.comfort_messages} comfort-noise messages in the pauses")
         if self.receiver is not None:
             down = self.receiver.meter
             if down.messages:
@@ -81,7 +85,7 @@ class CallStatus:
             for stream in self.receiver.streams.values():
                 s = stream.jitter.stats
                 lines.append(f"received stream {stream.header.stream_id:08x}: {s.received} frames, "
-                             f"{s.lost} lost, {s.late} late, {s.duplicate} duplicate")
+                             f"{s.lost} lost, {s.late} late, {s.duplicate} duplicate, {s.comfort} of comfort noise")
             if self.receiver.problems:
                 lines.append(f"dropped messages: {self.receiver.problems}")
         return "\n".join(lines)
