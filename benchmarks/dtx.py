@@ -119,16 +119,18 @@ def measure(model, audio: np.ndarray, spans: list[tuple[int, int]], bandwidth: f
     for dtx, (messages, decoded, stream) in runs.items():
         key = "dtx" if dtx else "no_dtx"
         comfort = sum(1 for m in messages if m[0] == wire.COMFORT_NOISE)
-        result[key] = {
+        result[key] = entry = {
             "messages": len(messages), "comfort_messages": comfort, "bytes": sum(map(len, messages)),
             "kbps_app": round(8 * sum(map(len, messages)) / seconds / 1000, 3),
-            "stoi_speech": round(float(np.mean([stoi(audio[s:e], decoded[s:e]) for s, e in spans])), 4),
+            "stoi_per_file": [stoi(audio[s:e], decoded[s:e]) for s, e in spans],
             "comfort_frames": stream.jitter.stats.comfort, "lost_frames": stream.jitter.stats.lost,
         }
+        entry["stoi_speech"] = round(float(np.mean(entry["stoi_per_file"])), 4)
     on, off = result["dtx"], result["no_dtx"]
     result["messages_saved"] = round(1 - on["messages"] / off["messages"], 3)
     result["bytes_saved"] = round(1 - on["bytes"] / off["bytes"], 3)
     result["stoi_drop"] = round(off["stoi_speech"] - on["stoi_speech"], 4)
+    result["stoi_drop_per_file"] = [round(a - b, 4) for a, b in zip(off.pop("stoi_per_file"), on.pop("stoi_per_file"))]
     sent = sent_frame_indices(runs[True][0], header.codebook_nbits, header.max_codebooks)
     result["speech_energy_withheld"] = round(withheld_energy(runs[False][1], spans, sent, header.samples_per_frame), 5)
     return result

@@ -5,7 +5,10 @@ Half of a conversation is silence; one-frame packets cost 75 messages a second w
 and the relay forwards each of them to every listener. The decision is an energy detector against
 a floor that follows the background (it falls at once to a quieter frame and rises slowly, so
 speech does not pull it up within a sentence), with a hangover: a word's quiet ending is sent, and
-a pause must outlast ``hangover`` before transmission stops (DESIGN.md: about 200 ms). An onset
+a pause must outlast ``hangover`` before transmission stops. Measured with ``benchmarks/dtx.py`` on
+the evaluation speech with 55 % pauses: 9 dB over the floor and 200 ms cost 0.014 of speech STOI
+(quiet syllables and breaths inside sentences went as comfort noise); 6 dB and 300 ms cost 0.005
+and still save 44 % of the bytes and messages. An onset
 cannot be foreseen without lookahead, so speech resumes on the first frame over the threshold,
 and the ``preroll`` frames before it, encoded all along, go out with it: a soft consonant under
 the threshold is not clipped, at the cost of those frames arriving one frame late (within the
@@ -45,7 +48,7 @@ class VoiceActivity:
     still count as voice; the detector starts in speech, so a stream's first frames always go out.
     """
 
-    def __init__(self, frame_rate: float, threshold: float = 9.0, hangover: float = 0.2,
+    def __init__(self, frame_rate: float, threshold: float = 6.0, hangover: float = 0.3,
                  floor_rise: float = 3.0) -> None:
         self.threshold = threshold
         self.hangover = max(0, round(hangover * frame_rate))
@@ -91,7 +94,7 @@ class Dtx:
     ``(k + 1) * hop`` of that audio, which the encoder has always seen before it emits frame ``k``.
     """
 
-    def __init__(self, sample_rate: int, hop: int, threshold: float = 9.0, hangover: float = 0.2,
+    def __init__(self, sample_rate: int, hop: int, threshold: float = 6.0, hangover: float = 0.3,
                  update: float = 0.2, preroll: int = 1, smoothing: float = 0.2) -> None:
         frame_rate = sample_rate / hop
         self.hop = hop
