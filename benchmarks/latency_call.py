@@ -39,6 +39,8 @@ from typing import Callable
 
 import numpy as np
 
+from benchmarks.latency_floor import playback_phase
+
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("input", "encode", "packetize", "network", "jitter", "decode", "output", "lookahead")
 EVENTS = ("input", "encoded", "packet", "received", "playout", "decoded")
@@ -611,7 +613,9 @@ def call_result(spec: CallSpec, outs: list[dict]) -> dict:
             "device_late_at_block": [o["late_at_block"] for o in outs],
             "senders": [{key: o.get(key) for key in ("dropped_samples", "sheds", "shed_log", "input_overflows",
                                                      "rate", "hop")} for o in outs],
-            "jitter_traces": [o.get("jitter_trace", []) for o in outs]}
+            "jitter_traces": [o.get("jitter_trace", []) for o in outs],
+            "phases": [playback_phase(a["source_t0"], b["sink_log"][0][0], spec.block, a["rate"]) if b["sink_log"] else 0.0
+                       for a, b in (outs, outs[::-1])]}
 
 
 def frame_latencies(sender: dict, receiver: dict, spec: CallSpec) -> dict:
