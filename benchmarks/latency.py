@@ -402,6 +402,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with --cpu-load: seconds into the measured call the load starts (default %(default)s)")
     parser.add_argument("--load-until", type=float, default=13.0,
                         help="with --cpu-load: seconds into the measured call the load stops (default %(default)s)")
+    parser.add_argument("--netem", action="store_true",
+                        help="only calls over emulated networks (benchmarks/latency_netem.py): netem.md, netem.json")
     parser.add_argument("--dry", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rewrite", metavar="DIR", help="only rewrite the Markdown and plots from DIR/latency.json "
                         "(with --cpu-load: from DIR/cpu_load.json)")
@@ -425,6 +427,10 @@ def main(argv: list[str] | None = None) -> dict:
         return report
     if args.cpu_load is not None:
         return cpu_load_main(args)
+    if args.netem:
+        from benchmarks.latency_netem import netem_main
+
+        return netem_main(args)
     from benchmarks import latency_report
     from benchmarks.latency_quality import evaluate, load_speech, summarize
 

@@ -173,6 +173,8 @@ class CallSpec:
     """A what-if, not the shipped defaults: ``{"jitter_initial": s, "jitter_min": s, "output_margin": s}``
     replace the jitter buffer's 80 ms start and 20 ms floor and the client's half frame queued at the
     sound card beyond one block, to show what the codec allows with a tighter playout policy."""
+    netem: dict = field(default_factory=dict)
+    """Conditions of the relay → client links (``benchmarks.netem.Conditions`` fields); empty: plain loopback."""
     dtx: bool = False
     """Comfort noise in pauses (``call.dtx``), as a call from a microphone does by default. Off for
     the latency rows: every frame then travels, and every frame's delay is measured."""
@@ -394,6 +396,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_port(port: int, process: subprocess.Popen, close: Callable[[], None], name: str) -> None:
+    """Return once ``process`` accepts connections on ``port``; ``close`` it and raise if it does not
+    within 20 s or exits."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                close()
+                raise RuntimeError(f"{name} did not start")
+            time.sleep(0.05)
+
+
 class RelayProcess:
     """``python server.py`` on a free loopback port, as a user starts it."""
 
@@ -402,16 +419,7 @@ class RelayProcess:
         self.url = f"ws://127.0.0.1:{self.port}"
         self.process = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(self.port)]
                                         + (extra or []), cwd=ROOT, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.close()
-                    raise RuntimeError("the relay (server.py) did not start")
-                time.sleep(0.05)
+        wait_for_port(self.port, self.process, self.close, "the relay (server.py)")
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -572,6 +580,12 @@ def run_call(spec: CallSpec, audio_a: np.ndarray, audio_b: np.ndarray, relay_url
     if relay_url is None:
         owned = RelayProcess()
         relay_url = owned.url
+    netem = None
+    if spec.netem:
+        from benchmarks.netem import Conditions, NetemProcess
+
+        netem = NetemProcess(relay_url, Conditions(**spec.netem))
+        relay_url = netem.url
     room = f"bench-{os.getpid()}-{time.monotonic_ns() % 10**9}"
     peers = [context.Process(target=peer_main, args=(asdict(spec), relay_url, room, audio, barrier, results),
                              daemon=True) for audio in (audio_a, audio_b)]
@@ -592,6 +606,8 @@ def run_call(spec: CallSpec, audio_a: np.ndarray, audio_b: np.ndarray, relay_url
         for p in peers:
             if p.is_alive():
                 p.kill()
+        if netem is not None:
+            netem.close()
         if owned is not None:
             owned.close()
     errors = [o["error"] for o in outs if "error" in o]
