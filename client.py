@@ -131,7 +131,18 @@ class Client:
                                    options.output_format) if options.output else None
         if self.receiver:
             self.connection.on_connect = self.receiver.new_connection
+            self.receiver.send = self._send_control
+            if self.sender:
+                self.receiver.on_rate = self._rate_requested
         self.status = CallStatus(self.connection, self.sender, self.receiver, self.frame_period, options.bandwidth)
+
+    def _send_control(self, message: bytes) -> None:
+        """A receiver's request to a sender (``call.rate``): through the outbox, without waiting."""
+        asyncio.get_running_loop().create_task(self.connection.outbox.put(message))
+
+    def _rate_requested(self, source: int | None, request: wire.RateRequest, now: float) -> None:
+        if request.stream_id == self.sender.header.stream_id:
+            self.sender.limit_rate(source, request.kbps, now)
 
     def _arrived(self, message: bytes | str, now: float) -> None:
         self.receiver.handle(message, now)

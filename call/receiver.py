@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from .comfort_noise import ComfortNoiseSource
 from .concealment import Concealer, GainSchedule
 from .jitter import STRETCH, Entry, JitterBuffer
 from .meter import Meter
+from .rate import RateAdvisor
 from .model_header import stream_header_for
 from .timing import Observer
 
@@ -77,6 +78,7 @@ class PeerStream:
         self.concealer = Concealer()
         self.gains = GainSchedule(header.samples_per_frame)
         self.comfort = ComfortNoiseSource(header.samples_per_frame, header.channels, seed=header.stream_id)
+        self.advisor = RateAdvisor(header.stream_id)
         self.decoder = streaming_decoder(model, start, engine)
         self.observer: Optional[Observer] = None
         self.first_index: int | None = None
@@ -91,6 +93,7 @@ class PeerStream:
         """Check a message against the stream and file it; raises :class:`wire.ProtocolError`."""
         parsed = self.state.accept(message)
         self.last_heard = now
+        self.advisor.arrived(message)
         if isinstance(parsed, wire.AudioPacket):
             if any(int(codes.max(initial=0)) >= self.codebook_size for codes in parsed.frames):
                 raise wire.ProtocolError(f"code beyond the {self.codebook_size}-entry codebooks")
@@ -190,6 +193,10 @@ class Receiver:
         self.problems: dict[str, int] = {}
         self.observer: Optional[Observer] = None
         """Timing hook handed to every stream this receiver opens (see :data:`Observer`)."""
+        self.on_rate: Optional[Callable[[int | None, wire.RateRequest, float], None]] = None
+        """Called with (source, request, now) for each ``RATE`` a peer sends (``call.rate``)."""
+        self.send: Optional[Callable[[bytes], None]] = None
+        """Where this receiver's own ``RATE`` requests go (the connection); ``None``: nowhere."""
 
     # ---------------------------------------------------------------- messages
 
@@ -204,6 +211,9 @@ class Receiver:
             kind = wire.message_kind(message)
             if kind in (wire.LEFT, wire.JOINED):
                 self._presence(*wire.parse_presence(message))
+            elif kind == wire.RATE:
+                if self.on_rate is not None:
+                    self.on_rate(self.source, wire.RateRequest.decode(message), now)
             elif kind == wire.HEADER:
                 self._open(wire.StreamHeader.decode(message), now).accept(message, now)
             elif self.source in self.current:
@@ -326,6 +336,12 @@ class Receiver:
 
     # ------------------------------------------------------------------ output
 
+    def _advise(self, stream: PeerStream, now: float) -> None:
+        """Ask the stream's sender for the rate our link carries, when the link calls for it."""
+        request = stream.advisor.advise(stream.jitter.stats, now)
+        if request is not None and self.send is not None:
+            self.send(request.encode())
+
     async def drain(self, now: float) -> None:
         """Decode every frame whose turn has come (file mode); finish ended streams."""
         self._expire(now)
@@ -335,6 +351,7 @@ class Receiver:
                 entries = stream.jitter.pop(now)
                 if entries:
                     stream.note_entries("playout", entries)
+                    self._advise(stream, now)
                     stream.chunks.append(await loop.run_in_executor(self.executor, stream.decode, entries))
                     stream.note_entries("decoded", entries)
                 if stream.jitter.finished and not stream.done:
@@ -363,6 +380,7 @@ class Receiver:
                 continue  # still filling the buffer before the first frame: nothing to play
             try:
                 stream.note_entries("playout", [entry])
+                self._advise(stream, now)
                 audio = await loop.run_in_executor(self.executor, stream.decode, [entry])
                 stream.note_entries("decoded", [entry])
             except Exception as error:

@@ -36,6 +36,7 @@ from streaming.onnx_engine import engine_encoder
 from . import wire
 from .dtx import Dtx, Verdict
 from .model_header import stream_header_for
+from .rate import Mode, RateLimit, best_mode
 from .search_width import default_search_width
 from .timing import Observer
 
@@ -145,8 +146,33 @@ class Sender:
         """Samples a live block may hold: more piled up while the encoder was late, and is dropped."""
         self.dropped_samples = 0
         self.hop = config.hop_length
+        self.config, self.mode = config, Mode(bandwidth, frames_per_packet)
+        self.rate_limit = RateLimit()
+        """Receivers' requests (``call.rate``): the mode follows the slowest of them."""
         self.search_width = getattr(self.encoder, "search_width", 1)
         self.budget = EncodeBudget(config.hop_length / config.sampling_rate)
+
+    def limit_rate(self, source: int | None, kbps: float, now: float) -> None:
+        """A receiver (``source``) can take ``kbps``: the mode changes from the next frame encoded."""
+        self.rate_limit.request(source, kbps, now)
+        self._follow_rate(now)
+
+    def _follow_rate(self, now: float) -> None:
+        """Send in the mode the requests in force allow: the call's own when none is."""
+        if not hasattr(self.encoder, "set_bandwidth"):
+            return  # a baseline codec without bandwidths
+        limit = self.rate_limit.limit(now)
+        config = self.config
+        mode = self.mode if limit is None else best_mode(
+            limit, [b for b in config.target_bandwidths if b <= self.mode.bandwidth],
+            config.num_quantizers_for_bandwidth, config.codebook_nbits, config.frame_rate)
+        self.encoder.set_bandwidth(mode.bandwidth)
+        self.frames_per_packet = max(mode.frames_per_packet, self.mode.frames_per_packet)
+
+    @property
+    def bandwidth(self) -> float:
+        """The bandwidth the encoder sends at now."""
+        return getattr(self.encoder, "bandwidth", self.mode.bandwidth)
 
     def _note(self, event: str, first: int, count: int) -> None:
         if self.observer is not None and count:
@@ -162,6 +188,8 @@ class Sender:
             if self.observer is not None:  # the first frame starting after the gap (see the module's docstring)
                 self.observer("dropped", self.header.stream_id, -(-self.n_samples // self.hop), dropped, arrived)
         self.n_samples += block.shape[-1]
+        if self.rate_limit.limit(self.clock()) is None and self.bandwidth != self.mode.bandwidth:
+            self._follow_rate(self.clock())  # every request expired: back to the call's own mode
         if self.dtx is not None:
             self.dtx.listen(block)
         audio = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))[None]
@@ -195,7 +223,7 @@ class Sender:
                 if not self._frames:
                     self._first = i
                 self._frames.append(codes_i)
-                if len(self._frames) == self.frames_per_packet:
+                if len(self._frames) >= self.frames_per_packet:
                     messages += self._flush()
             if verdict.comfort is not None:
                 messages += self._flush() + [verdict.comfort.encode()]

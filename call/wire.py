@@ -39,6 +39,7 @@ ROUTED = 0x03
 LEFT = 0x04
 JOINED = 0x05
 COMFORT_NOISE = 0x06
+RATE = 0x07
 
 AUDIO_FLAG = 0x80
 MULTI_FLAG = 0x40
@@ -352,6 +353,29 @@ class ComfortNoise:
         return cls(data[1] << 8 | data[2], tuple(-float(level) for level in data[3:]))
 
 
+@dataclass(frozen=True)
+class RateRequest:
+    """A receiver asks the sender of stream ``stream_id`` to send at most ``kbps`` (what its link
+    carries, websocket framing included). It travels through the relay like any message, to every
+    peer of the room; only the stream's sender acts on it. Tenths of a kbps on the wire."""
+
+    stream_id: int
+    kbps: float
+
+    def encode(self) -> bytes:
+        return bytes([RATE]) + write_varint(self.stream_id) + write_varint(max(1, round(10 * self.kbps)))
+
+    @classmethod
+    def decode(cls, data: bytes) -> "RateRequest":
+        if not data or data[0] != RATE:
+            raise ProtocolError("not a RATE message")
+        stream_id, pos = read_varint(data, 1, 5)
+        tenths, pos = read_varint(data, pos, 4)
+        if pos != len(data) or tenths == 0:
+            raise ProtocolError("malformed RATE message")
+        return cls(stream_id, tenths / 10)
+
+
 def route(source: int, message: bytes) -> bytes:
     """Server → client envelope naming the peer whose messages follow.
 
@@ -398,7 +422,7 @@ def message_kind(data: bytes) -> int:
         raise ProtocolError("empty message")
     if data[0] & AUDIO_FLAG:
         return AUDIO_FLAG
-    if data[0] not in (HEADER, END, ROUTED, LEFT, JOINED, COMFORT_NOISE):
+    if data[0] not in (HEADER, END, ROUTED, LEFT, JOINED, COMFORT_NOISE, RATE):
         raise ProtocolError(f"unknown message type 0x{data[0]:02x}")
     return data[0]
 
@@ -417,7 +441,7 @@ def unwrap_index(wire_index: int, reference: int) -> int:
 
 # -------------------------------------------------------------------- stream state
 
-Message = Union[StreamHeader, AudioPacket, EndOfStream, ComfortNoise]
+Message = Union[StreamHeader, AudioPacket, EndOfStream, ComfortNoise, RateRequest]
 
 REORDER_WINDOW = 150
 """Frames (2 s at 75 Hz) a packet may lag the newest one before it counts as stale, and an ``END``
@@ -459,6 +483,8 @@ class StreamValidator:
 
     def _accept(self, data: bytes, unpack: bool) -> Message | None:
         kind = message_kind(data)
+        if kind == RATE:  # about another peer's stream: not part of this one, allowed at any time
+            return RateRequest.decode(data)
         if kind == HEADER:
             header = StreamHeader.decode(data)
             if header != self.header:  # a new stream; a resent identical one continues
