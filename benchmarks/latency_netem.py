@@ -19,12 +19,15 @@ import time
 from pathlib import Path
 
 CONDITIONS = {
-    "loopback": {},
-    "delay 20 ms": {"delay": 0.02},
-    "jitter 20 ms p99": {"jitter": 0.02},
-    "reconnect every 4 s (0.3 s cut)": {"outage_every": 4.0, "outage_for": 0.3},
-    "cap 12 kbps": {"rate_kbps": 12.0},
+    "loopback": ({}, {}),
+    "loopback, DTX": ({}, {"dtx": True}),
+    "delay 20 ms": ({"delay": 0.02}, {}),
+    "jitter 20 ms p99": ({"jitter": 0.02}, {}),
+    "reconnect every 4 s (0.3 s cut)": ({"outage_every": 4.0, "outage_for": 0.3}, {}),
+    "cap 12 -> 3 -> 12 kbps (at 6 and 12 s)": ({"rate_schedule": "0:12,6:3,12:12"}, {}),
 }
+"""Name: (``benchmarks.netem.Conditions`` fields, other ``CallSpec`` fields). With DTX only the frames
+sent are timed; the cap's times count from the first connection (the warm-up starts about then)."""
 
 
 def counts(summary: dict) -> dict:
@@ -37,7 +40,8 @@ def counts(summary: dict) -> dict:
 
 def netem_line(condition: str, codec: str, summary: dict) -> str:
     e, c = summary["end_to_end"], summary["netem_counts"]
-    return (f"{condition:32s} {codec:10s} p50 {e['p50']:6.1f} ms  p99 {e['p99']:6.1f} ms  floor {summary['floor_ms']:5.1f} ms"
+    return (f"{condition:40s} {codec:10s} p50 {e['p50']:6.1f} ms  p99 {e['p99']:6.1f} ms  floor {summary['floor_ms']:5.1f} ms"
+            f"  {sum(summary['kbps']) / 2:.1f} kbps up"
             f"  late {c['late']} ({c['late_pct']:.1f} %)  concealed {c['lost']} ({c['lost_pct']:.1f} %)"
             f"  stretched {c['stretched']}")
 
@@ -53,10 +57,12 @@ def netem_main(args: argparse.Namespace) -> dict:
     report = {"command": " ".join([Path(sys.argv[0]).name] + (args.argv if args.argv is not None else sys.argv[1:])), "model": model_spec,
               "model_note": note, "machine": machine(), "seconds": args.seconds, "warmup": args.warmup, "rows": []}
     started = time.monotonic()
-    for condition, netem in CONDITIONS.items():
+    for condition, (netem, extra) in CONDITIONS.items():
         for codec in codecs:
+            if extra.get("dtx") and codec != model_spec:
+                continue  # the Opus baseline has no DTX here
             spec = CallSpec(label=f"{codec}, {condition}", model=codec, seconds=args.seconds, warmup=args.warmup,
-                            netem=netem)
+                            netem=netem, **extra)
             progress(f"{spec.label} ({spec.warmup:g} s warm-up + {spec.seconds:g} s)")
             summary = summarize_call(run_call(spec, talker_a, talker_b))
             summary.pop("samples_ms")
@@ -79,11 +85,11 @@ def markdown(report: dict) -> str:
              "10 ms blocks, shipped playout. `benchmarks/netem.py` sits on the relay → client links. "
              "Late: frames that came after their turn; concealed: frames played as lost; stretched: ticks "
              "with nothing to play. Floor: `benchmarks/latency_floor.py` (the network not included).", "",
-             "| condition | codec | p50 ms | p99 ms | floor ms | late | concealed | stretched |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| condition | codec | p50 ms | p99 ms | floor ms | kbps sent | late | concealed | stretched |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
         e, c = row["end_to_end"], row["netem_counts"]
         lines.append(f"| {row['condition']} | {row['spec']['model']} | {e['p50']:.1f} | {e['p99']:.1f} | "
-                     f"{row['floor_ms']:.1f} | {c['late']} ({c['late_pct']:.1f} %) | {c['lost']} ({c['lost_pct']:.1f} %) "
+                     f"{row['floor_ms']:.1f} | {sum(row['kbps']) / 2:.2f} | {c['late']} ({c['late_pct']:.1f} %) | {c['lost']} ({c['lost_pct']:.1f} %) "
                      f"| {c['stretched']} |")
     return "\n".join(lines) + "\n"

@@ -23,7 +23,7 @@ import math
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,22 @@ class Conditions:
     outage_every: float | None = None
     outage_for: float = 0.0
     queue_bytes: int = 8192
+    rate_schedule: str | None = None
+    """``"0:12,6:3,12:12"``: the cap (kbps) from each time on, seconds after the first client
+    connected; replaces ``rate_kbps`` while the proxy runs."""
+
+    def rates(self) -> list[tuple[float, float]]:
+        """``(from, kbps)`` of :attr:`rate_schedule`, in order; raises ``ValueError`` for a bad one."""
+        if not self.rate_schedule:
+            return []
+        steps = []
+        for part in self.rate_schedule.split(","):
+            since, _, kbps = part.partition(":")
+            steps.append((float(since), float(kbps)))
+        if [s for s, _ in steps] != sorted(s for s, _ in steps) or any(k <= 0 or s < 0 for s, k in steps):
+            raise ValueError(f"rate schedule must be FROM:KBPS,... with times in order and rates > 0, "
+                             f"got {self.rate_schedule!r}")
+        return steps
 
     def check(self) -> None:
         """Refuse what no link can be, with the option's name."""
@@ -52,6 +68,10 @@ class Conditions:
             raise ValueError("outages must be shorter than the time between them")
         if self.queue_bytes < 1:
             raise ValueError("queue_bytes must be >= 1")
+        try:
+            self.rates()
+        except ValueError as error:
+            raise ValueError(f"rate schedule must be FROM:KBPS,...: {error}") from None
 
     def in_outage(self, since_start: float) -> bool:
         """Whether the link is cut ``since_start`` seconds after the proxy started."""
@@ -100,6 +120,13 @@ class NetemProxy:
         asyncio.create_task(self._outages())
         return await asyncio.start_server(self._client, host, port)
 
+    async def _follow_schedule(self) -> None:
+        """Change the cap at the times of the rate schedule, counted from now (the first client)."""
+        start = time.monotonic()
+        for since, kbps in self.conditions.rates():
+            await asyncio.sleep(max(0.0, start + since - time.monotonic()))
+            self.conditions = replace(self.conditions, rate_kbps=kbps)
+
     async def _outages(self) -> None:
         while True:
             await asyncio.sleep(0.01)
@@ -119,6 +146,8 @@ class NetemProxy:
             writer.transport.abort()
             return
         self.connections.update((writer, up_writer))
+        if not self._links and self.conditions.rate_schedule:
+            asyncio.create_task(self._follow_schedule())
         self._links += 1
         link = LinkSchedule(self.conditions, self.seed + self._links)
         await asyncio.gather(self._pass(reader, up_writer), self._through(up_reader, writer, link),
@@ -212,10 +241,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--outage-every", type=float, default=None, help="seconds between cuts")
     parser.add_argument("--outage-for", type=positive_or_zero, default=0.0, help="seconds each cut lasts")
     parser.add_argument("--queue-bytes", type=int, default=8192, help="bytes in flight before the proxy stops reading")
+    parser.add_argument("--rate-schedule", help="FROM:KBPS,... caps from seconds after the first client on")
     args = parser.parse_args(argv)
     try:
         args.conditions = Conditions(args.delay, args.jitter, args.rate_kbps, args.outage_every, args.outage_for,
-                                     args.queue_bytes)
+                                     args.queue_bytes, args.rate_schedule)
         args.conditions.check()
     except ValueError as error:
         parser.error(str(error))

@@ -43,6 +43,9 @@ def test_outages_come_every_period_and_last_their_duration():
     (["--outage-every", "1", "--outage-for", "2"], "outages must be shorter"),
     (["--queue-bytes", "0"], "queue_bytes must be >= 1"),
     (["--upstream", "nohost"], "--upstream must be HOST:PORT"),
+    (["--rate-schedule", "0:12,x"], "rate schedule must be FROM:KBPS"),
+    (["--rate-schedule", "5:12,1:3"], "times in order"),
+    (["--rate-schedule", "0:0"], "rates > 0"),
 ])
 def test_bad_options_are_usage_errors(argv, message, capsys):
     base = ["--listen", "9", "--upstream", "127.0.0.1:1"]
@@ -77,3 +80,7 @@ async def test_the_proxy_passes_bytes_both_ways_and_cuts_them_in_an_outage():
     finally:
         server.close()
         upstream.close()
+
+
+def test_a_rate_schedule_reads_in_order():
+    assert Conditions(rate_schedule="0:12,6:3,12:12").rates() == [(0.0, 12.0), (6.0, 3.0), (12.0, 12.0)]

@@ -134,3 +134,12 @@ def test_adaptation_follows_a_cap_from_12_to_3_kbps_and_back():
     print(f"\ndown after {first_down - 3.0:.2f} s, fitting 3 kbps {100 * sum(fits) / len(fits):.0f} % of 5-9 s, "
           f"back after {back - 9.0:.2f} s, "
           f"longest stall {1000 * longest * PERIOD:.0f} ms, {drops} packets dropped")
+
+
+def test_rates_at_three_layers():
+    from call.meter import CLIENT_FRAMING, Meter
+
+    meter = Meter()
+    for k in range(76):  # one-frame packets at 6 kbps, 75 a second (76 over the second from the first to the last)
+        meter.add(bytes(12), now=k / 75)
+    assert meter.layers(CLIENT_FRAMING) == "7.3/10.9/42.6 kbps"  # what the issue measured, and IP on top
