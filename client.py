@@ -80,6 +80,9 @@ class Options:
     status: bool = True
     start: str | None = None
     """Start mode of the encoder/decoder; default: exact for files, immediate for devices."""
+    dtx: bool | None = None
+    """Discontinuous transmission (``call.dtx``): comfort noise instead of frames in pauses.
+    ``None``: on for the microphone, off for a file (which arrives whole, exactly)."""
     output_format: str = "pcm16"
     """Sample format of ``output``: ``pcm16`` or ``float`` (see ``call.recording.OUTPUT_FORMATS``)."""
     output_rate: int | None = None
@@ -120,7 +123,8 @@ class Client:
         self.encode_pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
         self.decode_pool = ThreadPoolExecutor(1, thread_name_prefix="decode")
         self.sender = Sender(model, self.encode_pool, options.bandwidth, start, options.frames_per_packet,
-                             options.search_width, live=not self.send_file, engine=options.engine) if sends else None
+                             options.search_width, live=not self.send_file, engine=options.engine,
+                             dtx=not self.send_file if options.dtx is None else options.dtx) if sends else None
         self.receiver = Receiver(model, self.decode_pool, start, engine=options.engine) if receives else None
         self.arrived = asyncio.Event()
         self.up = Meter()
@@ -134,7 +138,18 @@ class Client:
                                    options.output_format) if options.output else None
         if self.receiver:
             self.connection.on_connect = self.receiver.new_connection
+            self.receiver.send = self._send_control
+            if self.sender:
+                self.receiver.on_rate = self._rate_requested
         self.status = CallStatus(self.connection, self.sender, self.receiver, self.frame_period, options.bandwidth)
+
+    def _send_control(self, message: bytes) -> None:
+        """A receiver's request to a sender (``call.rate``): through the outbox, without waiting."""
+        asyncio.get_running_loop().create_task(self.connection.outbox.put(message))
+
+    def _rate_requested(self, source: int | None, request: wire.RateRequest, now: float) -> None:
+        if request.stream_id == self.sender.header.stream_id:
+            self.sender.limit_rate(source, request.kbps, now)
 
     def _arrived(self, message: bytes | str, now: float) -> None:
         self.receiver.handle(message, now)
@@ -297,6 +312,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-rate", type=number_option(int, 1000, 384000), metavar="HZ",
                         help="sample rate of --output in Hz (default: the model's; resampled as it is written)")
     parser.add_argument("--no-pace", action="store_true", help="send --input as fast as possible")
+    parser.add_argument("--no-dtx", action="store_true",
+                        help="send every frame of the microphone's pauses too, instead of comfort noise "
+                             "(peers older than DTX need it)")
     parser.add_argument("--frames-per-packet", type=number_option(int, 1, wire.MAX_FRAMES_PER_PACKET), default=1, metavar="N",
                         help="latency/overhead trade (default 1)")
     parser.add_argument("--search-width", type=search_width_option,
@@ -367,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
                       frames_per_packet=args.frames_per_packet, search_width=args.search_width, input_device=device(args.input_device),
                       output_device=device(args.output_device), status=not args.quiet, start=args.start,
                       output_format=args.output_format, output_rate=args.output_rate,
-                      connect_timeout=patience.first, reconnect_timeout=patience.again, engine=args.engine)
+                      connect_timeout=patience.first, reconnect_timeout=patience.again, engine=args.engine,
+                      dtx=False if args.no_dtx else None)
     try:
         model = load_model(args.model)
     except (OSError, ValueError) as error:

@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from benchmarks.latency_call import STAGES, UNTRAINED, CallSpec, CpuLoad, run_call  # noqa: E402
+from benchmarks.latency_floor import call_floor_ms  # noqa: E402
 
 DEFAULT_AUDIO = "/work/shared/audio/speech"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -66,19 +67,21 @@ def percentiles(values: list[float]) -> dict[str, float]:
 def summarize_call(result: dict) -> dict:
     """Both directions pooled: end-to-end and per-stage statistics."""
     pooled = {key: sum((d[key] for d in result["directions"]), []) for key in ("end_to_end",) + STAGES}
-    return {"spec": result["spec"], "end_to_end": percentiles(pooled["end_to_end"]),
-            "stages": {s: percentiles(pooled[s]) for s in STAGES},
+    stages = {s: percentiles(pooled[s]) for s in STAGES}
+    return {"spec": result["spec"], "end_to_end": percentiles(pooled["end_to_end"]), "stages": stages,
             "directions_end_to_end": [percentiles(d["end_to_end"]) for d in result["directions"]],
             "samples_ms": np.round(1000 * np.asarray(pooled["end_to_end"]), 1).tolist(),
             "frames": len(pooled["end_to_end"]), "lost": sum(d["lost"] for d in result["directions"]),
             "kbps": result["kbps"], "jitter_stats": result["jitter_stats"],
-            "device_late_max_ms": result["device_late_max_ms"]}
+            "device_late_max_ms": result["device_late_max_ms"],
+            "floor_ms": call_floor_ms(result["spec"], stages, result.get("phases", [0.0]),
+                                      result["senders"][0]["rate"], result["senders"][0]["hop"])}
 
 
-def p_line(label: str, stats: dict) -> str:
+def p_line(label: str, stats: dict, floor_ms: float = float("nan")) -> str:
     """``end-to-end p50 X ms …  [label]``: the numbers first, so the first one after "p50" is the figure."""
     return (f"end-to-end p50 {stats['p50']:.1f} ms  p90 {stats['p90']:.1f} ms  p99 {stats['p99']:.1f} ms  "
-            f"max {stats['max']:.1f} ms  n={stats['n']}  [{label}]")
+            f"max {stats['max']:.1f} ms  floor {floor_ms:.1f} ms  n={stats['n']}  [{label}]")
 
 
 # ------------------------------------------------------------------------ the calls
@@ -145,12 +148,12 @@ def run_calls(args: argparse.Namespace, model: str, files) -> list[dict]:
         summary["group"] = group
         results.append(summary)
         if group == "headline" and spec.model == model:  # ours, on each engine: its stages
-            print(p_line(spec.label, summary["end_to_end"]), flush=True)
+            print(p_line(spec.label, summary["end_to_end"], summary["floor_ms"]), flush=True)
             for stage in STAGES:
                 s = summary["stages"][stage]
                 print(f"  {stage:10s} median {s['p50']:6.1f} ms  p99 {s['p99']:6.1f}  mean {s['mean']:6.1f}", flush=True)
         else:
-            print(p_line(spec.label, summary["end_to_end"]), flush=True)
+            print(p_line(spec.label, summary["end_to_end"], summary["floor_ms"]), flush=True)
     return results
 
 
@@ -159,7 +162,8 @@ def fake_result(spec: CallSpec) -> dict:  # --dry: exercise the reporting withou
     d = {s: list(rng.uniform(0, 0.01, 50)) for s in STAGES}
     d["end_to_end"] = list(np.sum([d[s] for s in STAGES], axis=0))
     d["lost"] = 0
-    return {"spec": vars(spec), "directions": [d, d], "kbps": [6, 6], "jitter_stats": [], "device_late_max_ms": []}
+    return {"spec": vars(spec), "directions": [d, d], "kbps": [6, 6], "jitter_stats": [], "device_late_max_ms": [],
+            "senders": [{"rate": 24000, "hop": 320}] * 2, "phases": [0.0, 0.0]}
 
 
 # --------------------------------------------------------------------- CPU load
@@ -409,6 +413,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with --cpu-load: seconds into the measured call the load starts (default %(default)s)")
     parser.add_argument("--load-until", type=float, default=13.0,
                         help="with --cpu-load: seconds into the measured call the load stops (default %(default)s)")
+    parser.add_argument("--netem", action="store_true",
+                        help="only calls over emulated networks (benchmarks/latency_netem.py): netem.md, netem.json")
     parser.add_argument("--dry", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rewrite", metavar="DIR", help="only rewrite the Markdown and plots from DIR/latency.json "
                         "(with --cpu-load: from DIR/cpu_load.json)")
@@ -432,6 +438,10 @@ def main(argv: list[str] | None = None) -> dict:
         return report
     if args.cpu_load is not None:
         return cpu_load_main(args)
+    if args.netem:
+        from benchmarks.latency_netem import netem_main
+
+        return netem_main(args)
     from benchmarks import latency_report
     from benchmarks.latency_quality import evaluate, load_speech, summarize
 

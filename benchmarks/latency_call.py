@@ -39,6 +39,8 @@ from typing import Callable
 
 import numpy as np
 
+from benchmarks.latency_floor import playback_phase
+
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("input", "encode", "packetize", "network", "jitter", "decode", "output", "lookahead")
 EVENTS = ("input", "encoded", "packet", "received", "playout", "decoded")
@@ -173,6 +175,11 @@ class CallSpec:
     sound card beyond one block, to show what the codec allows with a tighter playout policy."""
     engine: str = "torch"
     """Streaming engine of both peers' encoder and decoder (``client.py --engine``); Opus ignores it."""
+    netem: dict = field(default_factory=dict)
+    """Conditions of the relay → client links (``benchmarks.netem.Conditions`` fields); empty: plain loopback."""
+    dtx: bool = False
+    """Comfort noise in pauses (``call.dtx``), as a call from a microphone does by default. Off for
+    the latency rows: every frame then travels, and every frame's delay is measured."""
 
 
 class DelayedOutbox:
@@ -279,7 +286,8 @@ def _peer(spec: CallSpec, url: str, room: str, audio: np.ndarray, barrier) -> di
 
     async def call() -> dict:
         client = Client(Options(server=url, room=room, status=False, bandwidth=spec.bandwidth,
-                                frames_per_packet=spec.frames_per_packet, start="immediate", engine=spec.engine), model)
+                                frames_per_packet=spec.frames_per_packet, start="immediate", engine=spec.engine,
+                                dtx=spec.dtx), model)
         collect = instrument(client, spec, devices)
         barrier.wait(30)
         task = asyncio.create_task(client.run())
@@ -391,6 +399,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_port(port: int, process: subprocess.Popen, close: Callable[[], None], name: str) -> None:
+    """Return once ``process`` accepts connections on ``port``; ``close`` it and raise if it does not
+    within 20 s or exits."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                close()
+                raise RuntimeError(f"{name} did not start")
+            time.sleep(0.05)
+
+
 class RelayProcess:
     """``python server.py`` on a free loopback port, as a user starts it."""
 
@@ -399,16 +422,7 @@ class RelayProcess:
         self.url = f"ws://127.0.0.1:{self.port}"
         self.process = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(self.port)]
                                         + (extra or []), cwd=ROOT, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.close()
-                    raise RuntimeError("the relay (server.py) did not start")
-                time.sleep(0.05)
+        wait_for_port(self.port, self.process, self.close, "the relay (server.py)")
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -569,6 +583,12 @@ def run_call(spec: CallSpec, audio_a: np.ndarray, audio_b: np.ndarray, relay_url
     if relay_url is None:
         owned = RelayProcess()
         relay_url = owned.url
+    netem = None
+    if spec.netem:
+        from benchmarks.netem import Conditions, NetemProcess
+
+        netem = NetemProcess(relay_url, Conditions(**spec.netem))
+        relay_url = netem.url
     room = f"bench-{os.getpid()}-{time.monotonic_ns() % 10**9}"
     peers = [context.Process(target=peer_main, args=(asdict(spec), relay_url, room, audio, barrier, results),
                              daemon=True) for audio in (audio_a, audio_b)]
@@ -589,6 +609,8 @@ def run_call(spec: CallSpec, audio_a: np.ndarray, audio_b: np.ndarray, relay_url
         for p in peers:
             if p.is_alive():
                 p.kill()
+        if netem is not None:
+            netem.close()
         if owned is not None:
             owned.close()
     errors = [o["error"] for o in outs if "error" in o]
@@ -610,7 +632,9 @@ def call_result(spec: CallSpec, outs: list[dict]) -> dict:
             "device_late_at_block": [o["late_at_block"] for o in outs],
             "senders": [{key: o.get(key) for key in ("dropped_samples", "sheds", "shed_log", "input_overflows",
                                                      "rate", "hop")} for o in outs],
-            "jitter_traces": [o.get("jitter_trace", []) for o in outs]}
+            "jitter_traces": [o.get("jitter_trace", []) for o in outs],
+            "phases": [playback_phase(a["source_t0"], b["sink_log"][0][0], spec.block, a["rate"]) if b["sink_log"] else 0.0
+                       for a, b in (outs, outs[::-1])]}
 
 
 def frame_latencies(sender: dict, receiver: dict, spec: CallSpec) -> dict:

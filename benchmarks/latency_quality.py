@@ -4,8 +4,9 @@ Every file of ``--audio`` (any rate, mono) is resampled to 24 kHz, coded, decode
 16 kHz and compared with the original at 16 kHz. Our codec runs offline (``model.encode`` /
 ``decode`` with the codebook search a call uses at that bitrate: the streaming path reproduces it
 exactly, see tests/test_streaming.py and tests/test_search.py); Opus runs
-frame by frame through :mod:`benchmarks.opus_codec` (CBR, VoIP) and its output is shifted by its
-lookahead so that it lines up with the input.
+frame by frame through :mod:`benchmarks.opus_codec` (CBR, VoIP, as the call carries it, and VBR at
+20 ms, as users and WebRTC run it) and its output is shifted by its lookahead so that it lines up
+with the input.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def evaluate(model_name: str, model, files: list[tuple[str, np.ndarray]], bandwi
 
     rows = []
     supported = [b for b in bandwidths if b in model.config.target_bandwidths]
-    opus = [OpusCodec(frame_ms) for frame_ms in opus_frames_ms]
+    opus = [OpusCodec(frame_ms) for frame_ms in opus_frames_ms] + [OpusCodec(20.0, vbr=True)] * bool(opus_frames_ms)
     for n, (name, reference) in enumerate(files):
         progress(f"quality: {name} ({n + 1}/{len(files)})")
         audio_24k = resample(reference, EVAL_RATE, CODEC_RATE)

@@ -18,13 +18,13 @@ def fmt(value: float, digits: int = 1) -> str:
 
 
 def call_table(calls: list[dict]) -> list[str]:
-    lines = ["| call | e2e p50 | p90 | p99 | max | " + " | ".join(f"{s} (mean)" for s in STAGES)
+    lines = ["| call | e2e p50 | floor | p90 | p99 | max | " + " | ".join(f"{s} (mean)" for s in STAGES)
              + " | frames | lost | wire kbps |",
-             "|---" * (8 + len(STAGES)) + "|"]
+             "|---" * (9 + len(STAGES)) + "|"]
     for c in calls:
         e = c["end_to_end"]
         stages = " | ".join(fmt(c["stages"][s]["mean"]) for s in STAGES)
-        lines.append(f"| {c['spec']['label']} | **{fmt(e['p50'])}** | {fmt(e['p90'])} | {fmt(e['p99'])} | "
+        lines.append(f"| {c['spec']['label']} | **{fmt(e['p50'])}** | {fmt(c.get('floor_ms'))} | {fmt(e['p90'])} | {fmt(e['p99'])} | "
                      f"{fmt(e['max'])} | {stages} | {c['frames']} | {c['lost']} | {fmt(np.mean(c['kbps']), 2)} |")
     return lines
 
@@ -56,7 +56,10 @@ def markdown(report: dict) -> str:
             "codec's lookahead. Stage means add up to the end-to-end mean. Source and sink share one clock "
             "(no drift), so once the jitter buffer has settled every frame has the same end-to-end delay: "
             "percentiles move only when the jitter buffer stretches or skips. \"wire kbps\" counts every "
-            "byte the sender's client sent (headers included) at the application layer.", "",
+            "byte the sender's client sent (headers included) at the application layer. \"floor\" is the "
+            "least the call's configuration allows (capture and playback block alignment at the phase the "
+            "clocks ran at, the medians of encode, network and decode, the lookahead; "
+            "`benchmarks/latency_floor.py`): what lies above it is playout policy.", "",
             f"## Headline: {head['spec']['label']}", ""] + stage_table(head)
     if head.get("directions_end_to_end"):
         a, b = head["directions_end_to_end"]

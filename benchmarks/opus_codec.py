@@ -4,8 +4,11 @@
 channels, samples per frame, …) and ``streaming_encoder`` / ``streaming_decoder`` factories. Each
 Opus packet travels as one frame of our wire format with 8-bit "codes" (one byte each), so a
 one-frame packet costs the same 2-byte header as ours, and the same relay, jitter buffer and
-playout carry it. Opus runs in constant bitrate (CBR), ``OPUS_APPLICATION_VOIP``, so that its
-bitrate matches ours exactly and every packet of a stream has the same size.
+playout carry it. In a call Opus runs in constant bitrate (CBR), ``OPUS_APPLICATION_VOIP``, so that
+its bitrate matches ours exactly and every packet of a stream has the same size. Users (and WebRTC)
+run it in its default variable bitrate (VBR), which scores higher at the same average rate: the
+quality benchmark measures both (``OpusCodec(vbr=True)``: offline round trips only, since VBR packets
+of one push differ in size).
 
 Needs the system library libopus (Debian: ``apt-get install libopus0``) and ``pip install opuslib``.
 """
@@ -49,6 +52,7 @@ class OpusConfig:
     audio_channels: int = 1
     codebook_nbits: int = 8
     target_bandwidths: tuple[float, ...] = (6.0, 12.0, 24.0, 32.0)
+    vbr: bool = False
 
     @property
     def hop_length(self) -> int:
@@ -74,7 +78,7 @@ def make_encoder(config: OpusConfig, bandwidth_kbps: float):
     opuslib = opuslib_module()
     encoder = opuslib.Encoder(config.sampling_rate, config.audio_channels, opuslib.APPLICATION_VOIP)
     encoder.bitrate = int(max(bandwidth_kbps, MIN_BITRATE_KBPS) * 1000)
-    encoder.vbr = 0  # CBR: the bitrate is exactly the one asked, every packet the same size
+    encoder.vbr = int(config.vbr)  # CBR: the bitrate is exactly the one asked, every packet the same size
     return encoder
 
 
@@ -139,9 +143,9 @@ class OpusStreamingDecoder:
 class OpusCodec:
     """A "model" for ``client.Client`` / the ``call`` package: Opus at ``frame_ms`` ms frames."""
 
-    def __init__(self, frame_ms: float = 20.0, sampling_rate: int = 24000) -> None:
-        self.config = OpusConfig(frame_ms=frame_ms, sampling_rate=sampling_rate)
-        self.name = f"opus-{frame_ms:g}ms"
+    def __init__(self, frame_ms: float = 20.0, sampling_rate: int = 24000, vbr: bool = False) -> None:
+        self.config = OpusConfig(frame_ms=frame_ms, sampling_rate=sampling_rate, vbr=vbr)
+        self.name = f"opus-{frame_ms:g}ms" + ("-vbr" if vbr else "")
 
     def fingerprint(self) -> bytes:
         return self.config.fingerprint()
@@ -150,6 +154,8 @@ class OpusCodec:
         return self
 
     def streaming_encoder(self, bandwidth: float, start: object = None) -> OpusStreamingEncoder:
+        if self.config.vbr:
+            raise ValueError("the call pipeline carries Opus in CBR: VBR packets of one push differ in size")
         return OpusStreamingEncoder(self.config, bandwidth)
 
     def streaming_decoder(self, start: object = None) -> OpusStreamingDecoder:
@@ -165,12 +171,11 @@ class OpusCodec:
 
         The output is shifted by the lookahead so that it lines up with the input sample for sample.
         """
-        encoder = self.streaming_encoder(bandwidth)
+        encoder = OpusStreamingEncoder(self.config, bandwidth)
         decoder = self.streaming_decoder()
-        lookahead = encoder.lookahead
-        padded = np.concatenate([audio, np.zeros(lookahead + self.config.hop_length, np.float32)])
-        codes = encoder.push(torch.from_numpy(padded[None, None].astype(np.float32)))
-        decoded = decoder.push(codes)[0, 0].numpy()
-        seconds = codes.shape[-1] * self.config.hop_length / self.config.sampling_rate
-        kbps = 8 * codes.shape[1] * codes.shape[-1] / seconds / 1000
+        lookahead, hop = encoder.lookahead, self.config.hop_length
+        padded = np.concatenate([audio, np.zeros(lookahead + hop, np.float32)])
+        frames = [encoder._encode(padded[None, i * hop : (i + 1) * hop]) for i in range(len(padded) // hop)]
+        decoded = np.concatenate([decoder.push(torch.from_numpy(f)[None, :, None])[0, 0].numpy() for f in frames])
+        kbps = 8 * sum(len(f) for f in frames) / (len(frames) * hop / self.config.sampling_rate) / 1000
         return decoded[lookahead : lookahead + len(audio)], kbps

@@ -37,8 +37,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .wire import ComfortNoise
+
 STRETCH = -1
 """Index :meth:`JitterBuffer.playout` returns for a tick with no frame to play."""
+
+Entry = tuple[int, "np.ndarray | ComfortNoise | None"]
+"""A frame taken out: its index and its codes, ``None`` when lost, or the comfort noise of a pause."""
 
 
 @dataclass
@@ -53,11 +58,22 @@ class JitterStats:
     skipped: int = 0
     resyncs: int = 0
     """Jumps too far ahead to fill: the buffer moved to the new frame instead (see ``max_jump``)."""
+    comfort: int = 0
+    """Frames of a pause the sender did not send (``call.dtx``), played as comfort noise."""
 
     @property
     def loss_rate(self) -> float:
         expected = self.received + self.lost
         return self.lost / expected if expected else 0.0
+
+
+@dataclass
+class Pause:
+    """Frames from ``noise.index`` on that the sender did not send, up to ``resumed`` (the first
+    frame to have come after them; ``None``: none yet)."""
+
+    noise: ComfortNoise
+    resumed: int | None = None
 
 
 class JitterBuffer:
@@ -69,7 +85,7 @@ class JitterBuffer:
 
     def __init__(self, frame_rate: float, initial_delay: float = 0.08, min_delay: float = 0.02,
                  max_delay: float = 0.5, window: int = 200, level_window: float = 0.5,
-                 max_jump: float = 2.0, forget: float = 1.0) -> None:
+                 max_jump: float = 2.0, forget: float = 1.0, max_pauses: int = 16) -> None:
         self.frame_period = 1.0 / frame_rate
         self._recent = max(20, round(forget * frame_rate))
         """Transits that, all within a narrower spread than the window's, make the older ones forgotten."""
@@ -89,15 +105,20 @@ class JitterBuffer:
         self.end_index: int | None = None
         self.stats = JitterStats()
         self._started_at: float | None = None
+        self._pauses: deque[Pause] = deque(maxlen=max_pauses)  # the sender's pauses not yet played out
 
     # ----------------------------------------------------------------- filling
 
-    def put(self, index: int, frames: tuple[np.ndarray, ...], now: float) -> None:
-        """Store the frames of a packet whose first frame is ``index``."""
+    def _arrive(self, index: int, now: float) -> None:
+        """What any message placed at frame ``index`` does to the timeline before it is filed."""
         if self.next_index is not None and self.end_index is None and index - self.next_index > self.max_jump:
             self._resync(index, now)
         if self._transits and now - index * self.frame_period < min(self._transits) - self.max_delay:
             self._transits.clear()  # a frame from the future: the old timeline would make everything late
+
+    def put(self, index: int, frames: tuple[np.ndarray, ...], now: float) -> None:
+        """Store the frames of a packet whose first frame is ``index``."""
+        self._arrive(index, now)
         self._packet_frames.append(len(frames))
         for offset, codes in enumerate(frames):
             i = index + offset
@@ -110,11 +131,47 @@ class JitterBuffer:
             else:
                 self._frames[i] = codes
                 self.stats.received += 1
+                self._ends_pause(i)
                 # Relative transit: constant for perfectly regular arrivals.
                 self._transits.append(now - i * self.frame_period)
                 if self.next_index is None:
                     self.next_index, self._started_at = i, now
         self._forget_passed_stall()
+
+    def put_comfort(self, noise: ComfortNoise, now: float) -> None:
+        """The sender fell silent at ``noise.index`` (or updates its background): every frame from
+        there that has not come when its turn comes is comfort noise, until audio resumes. It times
+        the timeline like a frame, since it was sent when frame ``noise.index`` was encoded."""
+        self._arrive(noise.index, now)
+        if self.end_index is not None and noise.index >= self.end_index:
+            return
+        last = self._pauses[-1] if self._pauses else None
+        if last is not None and last.resumed is None and noise.index >= last.noise.index:
+            last.noise = ComfortNoise(last.noise.index, noise.band_db)  # the same pause, a new background
+        elif last is None or last.resumed is not None and noise.index >= last.resumed:
+            self._pauses.append(Pause(noise))
+        else:
+            return  # older than the pause known: nothing to add
+        self._transits.append(now - noise.index * self.frame_period)
+        if self.next_index is None:
+            self.next_index, self._started_at = noise.index, now
+
+    def _pause_at(self, index: int) -> Pause | None:
+        """The latest pause that started at or before frame ``index``."""
+        return next((pause for pause in reversed(self._pauses) if pause.noise.index <= index), None)
+
+    def _ends_pause(self, index: int) -> None:
+        """Frame ``index`` came: the pause it lies in, if any, ended at it at the latest."""
+        pause = self._pause_at(index)
+        if pause is not None and (pause.resumed is None or index < pause.resumed):
+            pause.resumed = index
+
+    def _comfort_for(self, index: int) -> ComfortNoise | None:
+        """The comfort noise frame ``index`` plays if it has not come: that of the pause it lies in."""
+        while self._pauses and self._pauses[0].resumed is not None and self._pauses[0].resumed <= index:
+            self._pauses.popleft()  # over and played out
+        pause = self._pause_at(index)
+        return pause.noise if pause is not None and (pause.resumed is None or index < pause.resumed) else None
 
     def _forget_passed_stall(self) -> None:
         """Drop the transits before the most recent ``forget`` seconds of packets when those
@@ -140,6 +197,7 @@ class JitterBuffer:
         self._frames.clear()
         self._transits.clear()
         self.next_index, self._started_at = None, None
+        self._pauses.clear()
 
     def end(self, n_frames: int) -> None:
         """The sender sent ``n_frames`` frames in all: frames from there on never come."""
@@ -182,6 +240,14 @@ class JitterBuffer:
         """Frames held and not yet taken out."""
         return len(self._frames)
 
+    def _due(self, index: int, now: float) -> bool:
+        """Frame ``index`` would have come by now on the fastest path the stream has shown. Comfort
+        noise is played from then on: in a pause playout keeps the pace speech had, neither
+        running ahead of the sender nor drifting later by waiting for the target delay."""
+        if self.end_index is not None:
+            return True
+        return bool(self._transits) and now >= index * self.frame_period + min(self._transits)
+
     def _overdue(self, index: int, now: float) -> bool:
         """A missing frame is lost once it is later than the earliest arrivals by the target."""
         if self.end_index is not None:
@@ -193,23 +259,30 @@ class JitterBuffer:
 
     # ----------------------------------------------------------------- draining
 
-    def pop(self, now: float) -> list[tuple[int, np.ndarray | None]]:
-        """Every frame whose turn has come, in order; ``None`` stands for a lost frame."""
-        out: list[tuple[int, np.ndarray | None]] = []
+    def pop(self, now: float) -> list[Entry]:
+        """Every frame whose turn has come, in order; ``None`` stands for a lost frame, a
+        :class:`ComfortNoise` for a frame of a pause."""
+        out: list[Entry] = []
         while self.next_index is not None and not self.finished:
             i = self.next_index
-            codes = self._frames.pop(i, None)
-            if codes is None:
+            entry: np.ndarray | ComfortNoise | None = self._frames.pop(i, None)
+            if entry is None and (comfort := self._comfort_for(i)) is not None:
+                if not self._frames and not self._overdue(i, now):
+                    break  # (a file sink has time: the first frame after the pause may come with the frame before it)
+                self.stats.comfort += 1
+                entry = comfort
+            elif entry is None:
                 if not self._frames and self.end_index is None or not self._overdue(i, now):
                     break
                 self.stats.lost += 1
-            out.append((i, codes))
+            out.append((i, entry))
             self.next_index = i + 1
         return out
 
-    def playout(self, now: float) -> tuple[int, np.ndarray | None]:
-        """One sound-card tick: ``(index, codes)``, ``(index, None)`` for a lost frame, or
-        ``(STRETCH, None)`` when nothing can be played yet."""
+    def playout(self, now: float) -> Entry:
+        """One sound-card tick: ``(index, codes)``, ``(index, None)`` for a lost frame,
+        ``(index, ComfortNoise)`` for a frame of a pause, or ``(STRETCH, None)`` when nothing can be
+        played yet (``(STRETCH, ComfortNoise)`` in a pause)."""
         if self.next_index is None or self.finished:
             return STRETCH, None
         if self._started_at is not None and now < self._started_at + self.target_delay:
@@ -217,6 +290,14 @@ class JitterBuffer:
         self._started_at = None
         i = self.next_index
         excess = self._excess_level()  # frames of delay the last level window did not need
+        comfort = self._comfort_for(i) if i not in self._frames else None
+        if comfort is not None:
+            if not self._frames and not self._due(i, now):
+                self.stats.stretched += 1
+                return STRETCH, comfort
+            self.stats.comfort += 1
+            self.next_index = i + 1
+            return i, comfort
         if i not in self._frames:
             if self._frames and self._overdue(i, now) or self.end_index is not None:
                 self.stats.lost += 1

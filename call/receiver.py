@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -28,9 +28,11 @@ from streaming import StartMode
 from streaming.onnx_engine import engine_decoder
 
 from . import wire
+from .comfort_noise import ComfortNoiseSource
 from .concealment import Concealer, GainSchedule
-from .jitter import STRETCH, JitterBuffer
+from .jitter import STRETCH, Entry, JitterBuffer
 from .meter import Meter
+from .rate import RateAdvisor
 from .model_header import stream_header_for
 from .timing import Observer
 
@@ -75,6 +77,8 @@ class PeerStream:
         self.jitter = JitterBuffer(header.frame_rate)
         self.concealer = Concealer()
         self.gains = GainSchedule(header.samples_per_frame)
+        self.comfort = ComfortNoiseSource(header.samples_per_frame, header.channels, seed=header.stream_id)
+        self.advisor = RateAdvisor(header.stream_id)
         self.decoder = streaming_decoder(model, start, engine)
         self.observer: Optional[Observer] = None
         self.first_index: int | None = None
@@ -89,11 +93,14 @@ class PeerStream:
         """Check a message against the stream and file it; raises :class:`wire.ProtocolError`."""
         parsed = self.state.accept(message)
         self.last_heard = now
+        self.advisor.arrived(message)
         if isinstance(parsed, wire.AudioPacket):
             if any(int(codes.max(initial=0)) >= self.codebook_size for codes in parsed.frames):
                 raise wire.ProtocolError(f"code beyond the {self.codebook_size}-entry codebooks")
             self.jitter.put(parsed.index, parsed.frames, now)
             self.note("received", parsed.index, len(parsed.frames), now)
+        elif isinstance(parsed, wire.ComfortNoise):
+            self.jitter.put_comfort(parsed, now)
         elif isinstance(parsed, wire.EndOfStream):
             self.end = parsed
             self.jitter.end(parsed.n_frames)
@@ -103,22 +110,29 @@ class PeerStream:
         if self.observer is not None and first != STRETCH:
             self.observer(event, self.header.stream_id, first, count, time.monotonic() if now is None else now)
 
-    def note_entries(self, event: str, entries: list[tuple[int, np.ndarray | None]]) -> None:
+    def note_entries(self, event: str, entries: list[Entry]) -> None:
         if self.observer is not None:
             for index, codes in entries:
                 self.note("lost" if codes is None and event == "playout" else event, index)
 
-    def decode(self, entries: list[tuple[int, np.ndarray | None]]) -> np.ndarray:
+    def decode(self, entries: list[Entry]) -> np.ndarray:
         """Decode frames in order (``None`` = lost, concealed); runs on the model's thread.
 
         Consecutive frames with the same number of codebooks go through the decoder in one
-        call: fewer calls, same result.
+        call: fewer calls, same result. A frame of a pause is comfort noise and leaves the decoder
+        alone: after the hangover's quiet frames its state suits the next onset as it is.
         """
         if self.first_index is None:
             self.first_index = next((i for i, _ in entries if i != STRETCH), None)
         out: list[np.ndarray] = []
         run: list[np.ndarray] = []
         for _, codes in entries:
+            if isinstance(codes, wire.ComfortNoise):
+                if run:
+                    out.append(self._push(run))
+                    run = []
+                out.append(self.comfort.frame(codes))
+                continue
             decoded, gain = self.concealer.next(codes)
             if run and len(run[0]) != len(decoded):
                 out.append(self._push(run))
@@ -127,13 +141,12 @@ class PeerStream:
             run.append(decoded)
         if run:
             out.append(self._push(run))
-        audio = np.concatenate(out, axis=-1) if out else np.zeros((self.header.channels, 0), np.float32)
-        return self.gains.apply(audio)
+        return np.concatenate(out, axis=-1) if out else np.zeros((self.header.channels, 0), np.float32)
 
     def _push(self, frames: list[np.ndarray]) -> np.ndarray:
         codes = torch.from_numpy(np.stack(frames, axis=1))[None]
         self.pushed_frames += len(frames)
-        return self.decoder.push(codes)[0].numpy()
+        return self.gains.apply(self.decoder.push(codes)[0].numpy().copy())  # scaled in place: not the decoder's buffer
 
     def flush(self) -> np.ndarray:
         """The decoder's last samples (the stream is over)."""
@@ -180,6 +193,10 @@ class Receiver:
         self.problems: dict[str, int] = {}
         self.observer: Optional[Observer] = None
         """Timing hook handed to every stream this receiver opens (see :data:`Observer`)."""
+        self.on_rate: Optional[Callable[[int | None, wire.RateRequest, float], None]] = None
+        """Called with (source, request, now) for each ``RATE`` a peer sends (``call.rate``)."""
+        self.send: Optional[Callable[[bytes], None]] = None
+        """Where this receiver's own ``RATE`` requests go (the connection); ``None``: nowhere."""
 
     # ---------------------------------------------------------------- messages
 
@@ -194,6 +211,9 @@ class Receiver:
             kind = wire.message_kind(message)
             if kind in (wire.LEFT, wire.JOINED):
                 self._presence(*wire.parse_presence(message))
+            elif kind == wire.RATE:
+                if self.on_rate is not None:
+                    self.on_rate(self.source, wire.RateRequest.decode(message), now)
             elif kind == wire.HEADER:
                 self._open(wire.StreamHeader.decode(message), now).accept(message, now)
             elif self.source in self.current:
@@ -204,6 +224,8 @@ class Receiver:
             self._count("out_of_order")
         except wire.ModelMismatchError as error:
             self._count("other_model", error)
+        except wire.VersionError as error:
+            self._count("other_version", RuntimeError(f"peer {self.source}'s stream refused: {error}"))
         except StreamRefused as error:
             self._count(error.problem, error)
         except wire.ProtocolError:
@@ -314,6 +336,12 @@ class Receiver:
 
     # ------------------------------------------------------------------ output
 
+    def _advise(self, stream: PeerStream, now: float) -> None:
+        """Ask the stream's sender for the rate our link carries, when the link calls for it."""
+        request = stream.advisor.advise(stream.jitter.stats, now)
+        if request is not None and self.send is not None:
+            self.send(request.encode())
+
     async def drain(self, now: float) -> None:
         """Decode every frame whose turn has come (file mode); finish ended streams."""
         self._expire(now)
@@ -323,6 +351,7 @@ class Receiver:
                 entries = stream.jitter.pop(now)
                 if entries:
                     stream.note_entries("playout", entries)
+                    self._advise(stream, now)
                     stream.chunks.append(await loop.run_in_executor(self.executor, stream.decode, entries))
                     stream.note_entries("decoded", entries)
                 if stream.jitter.finished and not stream.done:
@@ -351,6 +380,7 @@ class Receiver:
                 continue  # still filling the buffer before the first frame: nothing to play
             try:
                 stream.note_entries("playout", [entry])
+                self._advise(stream, now)
                 audio = await loop.run_in_executor(self.executor, stream.decode, [entry])
                 stream.note_entries("decoded", [entry])
             except Exception as error:

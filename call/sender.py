@@ -20,6 +20,7 @@ later in the captured audio than ``first_frame * hop_length`` says (the gap fall
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
@@ -33,7 +34,9 @@ from streaming import StartMode
 from streaming.onnx_engine import engine_encoder
 
 from . import wire
+from .dtx import Dtx, Verdict
 from .model_header import stream_header_for
+from .rate import Mode, RateLimit, best_mode
 from .search_width import default_search_width
 from .timing import Observer
 
@@ -113,33 +116,63 @@ class Sender:
     """Encodes one outgoing stream: audio blocks in, ``HEADER``/audio/``END`` messages out.
 
     ``live``: audio from a device, where latency beats completeness (see the module's docstring).
-    ``clock`` times the encoder (tests drive it).
+    ``dtx``: send nothing but comfort noise in pauses (``call.dtx``; the stream's ``HEADER`` says
+    protocol version 2, which peers older than DTX refuse). ``clock`` times the encoder (tests drive it).
     """
 
     def __init__(self, model: torch.nn.Module, executor: Executor, bandwidth: float = 6.0,
                  start: StartMode | str = StartMode.IMMEDIATE, frames_per_packet: int = 1,
                  search_width: int | None = None, live: bool = False, max_backlog: float = 0.06, engine: str = "torch",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 dtx: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
         if not 1 <= frames_per_packet <= wire.MAX_FRAMES_PER_PACKET:
             raise ValueError(f"frames per packet must be 1..{wire.MAX_FRAMES_PER_PACKET}")
         width = default_search_width(bandwidth) if search_width is None else search_width
         self.encoder = streaming_encoder(model, bandwidth, start, width, engine)
         self.header = stream_header_for(
             model, stream_id=secrets.randbits(31), start_time_us=time.time_ns() // 1000)
+        config = model.config
+        self.dtx = Dtx(config.sampling_rate, config.hop_length) if dtx else None
+        if dtx:
+            self.header = dataclasses.replace(self.header, version=wire.DTX_VERSION)
         self.executor = executor
         self.frames_per_packet = frames_per_packet
         self.n_samples = 0
-        self.next_index = 0  # of the next frame to put in a packet
-        self._frames: list[np.ndarray] = []
+        self.next_index = 0  # of the next frame out of the encoder
+        self._frames: list[np.ndarray] = []  # consecutive frames waiting for a packet, from ``_first``
+        self._first = 0
         self.observer: Optional[Observer] = None
-        config = model.config
         self.live, self.clock = live, clock
         self.max_backlog = round(max_backlog * config.sampling_rate)
         """Samples a live block may hold: more piled up while the encoder was late, and is dropped."""
         self.dropped_samples = 0
         self.hop = config.hop_length
+        self.config, self.mode = config, Mode(bandwidth, frames_per_packet)
+        self.rate_limit = RateLimit()
+        """Receivers' requests (``call.rate``): the mode follows the slowest of them."""
         self.search_width = getattr(self.encoder, "search_width", 1)
         self.budget = EncodeBudget(config.hop_length / config.sampling_rate)
+
+    def limit_rate(self, source: int | None, kbps: float, now: float) -> None:
+        """A receiver (``source``) can take ``kbps``: the mode changes from the next frame encoded."""
+        self.rate_limit.request(source, kbps, now)
+        self._follow_rate(now)
+
+    def _follow_rate(self, now: float) -> None:
+        """Send in the mode the requests in force allow: the call's own when none is."""
+        if not hasattr(self.encoder, "set_bandwidth"):
+            return  # a baseline codec without bandwidths
+        limit = self.rate_limit.limit(now)
+        config = self.config
+        mode = self.mode if limit is None else best_mode(
+            limit, [b for b in config.target_bandwidths if b <= self.mode.bandwidth],
+            config.num_quantizers_for_bandwidth, config.codebook_nbits, config.frame_rate)
+        self.encoder.set_bandwidth(mode.bandwidth)
+        self.frames_per_packet = max(mode.frames_per_packet, self.mode.frames_per_packet)
+
+    @property
+    def bandwidth(self) -> float:
+        """The bandwidth the encoder sends at now."""
+        return getattr(self.encoder, "bandwidth", self.mode.bandwidth)
 
     def _note(self, event: str, first: int, count: int) -> None:
         if self.observer is not None and count:
@@ -155,6 +188,10 @@ class Sender:
             if self.observer is not None:  # the first frame starting after the gap (see the module's docstring)
                 self.observer("dropped", self.header.stream_id, -(-self.n_samples // self.hop), dropped, arrived)
         self.n_samples += block.shape[-1]
+        if self.rate_limit.limit(self.clock()) is None and self.bandwidth != self.mode.bandwidth:
+            self._follow_rate(self.clock())  # every request expired: back to the call's own mode
+        if self.dtx is not None:
+            self.dtx.listen(block)
         audio = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))[None]
         started = self.clock()
         codes = await asyncio.get_running_loop().run_in_executor(self.executor, self.encoder.push, audio)
@@ -162,7 +199,7 @@ class Sender:
             shed = self.budget.note(self.clock() - started, codes.shape[-1])
             self.encoder.search_width = 1 if shed else self.search_width
         if self.observer is not None and codes.shape[-1]:
-            first = self.next_index + len(self._frames)
+            first = self.next_index
             self.observer("input", self.header.stream_id, first, codes.shape[-1], arrived)
             self._note("encoded", first, codes.shape[-1])
         return self._packets(codes, final=False)
@@ -174,13 +211,29 @@ class Sender:
         return messages + [wire.EndOfStream(self.next_index, self.n_samples).encode()]
 
     def _packets(self, codes: torch.Tensor, final: bool) -> list[bytes]:
-        self._frames.extend(codes[0].T.numpy())
-        messages = []
-        while len(self._frames) >= self.frames_per_packet or final and self._frames:
-            frames = self._frames[: self.frames_per_packet]
-            del self._frames[: self.frames_per_packet]
-            packet = wire.AudioPacket(self.next_index, tuple(frames))
-            messages.append(packet.encode(self.header.codebook_nbits))
-            self._note("packet", self.next_index, len(frames))
-            self.next_index += len(frames)
-        return messages
+        """The messages that the newly encoded frames complete: packets of ``frames_per_packet``
+        consecutive frames (fewer at the end or before a pause), and, with DTX, comfort noise."""
+        messages: list[bytes] = []
+        for frame in codes[0].T.numpy():
+            index, self.next_index = self.next_index, self.next_index + 1
+            verdict = self.dtx.step(index, frame) if self.dtx is not None else Verdict([(index, frame)])
+            for i, codes_i in verdict.send:
+                if self._frames and i != self._first + len(self._frames):
+                    messages += self._flush()
+                if not self._frames:
+                    self._first = i
+                self._frames.append(codes_i)
+                if len(self._frames) >= self.frames_per_packet:
+                    messages += self._flush()
+            if verdict.comfort is not None:
+                messages += self._flush() + [verdict.comfort.encode()]
+        return messages + self._flush() if final else messages
+
+    def _flush(self) -> list[bytes]:
+        """The frames waiting, as one packet (none if none wait)."""
+        if not self._frames:
+            return []
+        packet = wire.AudioPacket(self._first, tuple(self._frames))
+        self._note("packet", self._first, len(self._frames))
+        self._frames = []
+        return [packet.encode(self.header.codebook_nbits)]

@@ -6,6 +6,7 @@ import asyncio
 import sys
 
 from .connection import Connection
+from .meter import CLIENT_FRAMING, RELAY_FRAMING, TCP_IP_BYTES
 from .receiver import Receiver
 from .sender import Sender
 
@@ -32,13 +33,13 @@ class CallStatus:
         return "CPU busy: " + ", ".join(notes) if notes else None
 
     def line(self) -> str:
-        parts = [f"up {self.connection.meter.kbps():.1f} kbps"]
+        parts = [f"up {self.connection.meter.layers(CLIENT_FRAMING)} (app/ws/IP)"]
         cpu = self.cpu_note()
         if cpu:
             parts.append(cpu)
         rtt = self.connection.rtt
         if self.receiver is not None:
-            parts.append(f"down {self.receiver.meter.kbps():.1f} kbps")
+            parts.append(f"down {self.receiver.meter.layers(RELAY_FRAMING)}")
             for stream in self.receiver.streams.values():
                 jitter = stream.jitter
                 delay = jitter.target_delay + self.frame_period + (rtt or 0) / 2
@@ -66,13 +67,19 @@ class CallStatus:
         up = self.connection.meter
         if self.sender is not None and self.sender.next_index:
             seconds = self.sender.next_index * self.frame_period
-            framed = up.bytes + 6 * up.messages  # 2-byte frame header + 4-byte mask
+            framed = up.bytes + CLIENT_FRAMING * up.messages
+            ip = framed + TCP_IP_BYTES * up.messages
             nominal = self.bandwidth
             lines.append(
                 f"sent {up.messages} messages, {up.bytes} bytes for {seconds:.2f} s of audio: "
                 f"{8 * up.bytes / seconds / 1000:.2f} kbps at the application layer "
                 f"({8 * up.bytes / seconds / 1000 / nominal:.3f}x nominal {nominal:g} kbps), "
-                f"{8 * framed / seconds / 1000:.2f} kbps with websocket framing")
+                f"{8 * framed / seconds / 1000:.2f} kbps with websocket framing, "
+                f"~{8 * ip / seconds / 1000:.1f} kbps with TCP/IP headers")
+            dtx = self.sender.dtx
+            if dtx is not None:
+                lines.append(f"DTX: {dtx.sent} of {self.sender.next_index} frames sent, "
+                             f"{dtx.comfort_messages} comfort-noise messages in the pauses")
         if self.receiver is not None:
             down = self.receiver.meter
             if down.messages:
@@ -81,7 +88,7 @@ class CallStatus:
             for stream in self.receiver.streams.values():
                 s = stream.jitter.stats
                 lines.append(f"received stream {stream.header.stream_id:08x}: {s.received} frames, "
-                             f"{s.lost} lost, {s.late} late, {s.duplicate} duplicate")
+                             f"{s.lost} lost, {s.late} late, {s.duplicate} duplicate, {s.comfort} of comfort noise")
             if self.receiver.problems:
                 lines.append(f"dropped messages: {self.receiver.problems}")
         return "\n".join(lines)

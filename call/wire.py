@@ -20,7 +20,15 @@ from typing import BinaryIO, Iterable, Iterator, Union, cast
 import numpy as np
 
 VERSION = 1
-"""Protocol version carried by every ``HEADER``; a receiver refuses other versions."""
+"""Protocol version of a stream without comfort noise: what every build since the first reads."""
+
+DTX_VERSION = 2
+"""Protocol version of a stream that may hold ``COMFORT_NOISE`` messages (discontinuous
+transmission). A build that speaks only version 1 refuses its ``HEADER`` by the version byte, so
+an old peer plays nothing of such a stream rather than misreading its silences as lost frames."""
+
+SUPPORTED_VERSIONS = (VERSION, DTX_VERSION)
+"""Versions this build decodes (looked up at each decode, so a test can play an older build)."""
 
 FILE_MAGIC = b"ECS1"
 """First bytes of a compressed stream file (the digit is the file layout's version)."""
@@ -30,6 +38,8 @@ END = 0x02
 ROUTED = 0x03
 LEFT = 0x04
 JOINED = 0x05
+COMFORT_NOISE = 0x06
+RATE = 0x07
 
 AUDIO_FLAG = 0x80
 MULTI_FLAG = 0x40
@@ -45,6 +55,11 @@ FINGERPRINT_SIZE = 8
 
 class ProtocolError(ValueError):
     """A message that does not follow this format (truncated, malformed, out of range)."""
+
+
+class VersionError(ProtocolError):
+    """A stream of a protocol version this build does not speak: refused as a whole, with a
+    message that says which side must change."""
 
 
 # --------------------------------------------------------------------------- varints
@@ -176,8 +191,9 @@ class StreamHeader:
     def decode(cls, data: bytes) -> "StreamHeader":
         if len(data) < 2 or data[0] != HEADER:
             raise ProtocolError("not a HEADER message")
-        if data[1] != VERSION:
-            raise ProtocolError(f"unsupported protocol version {data[1]} (this build speaks {VERSION})")
+        if data[1] not in SUPPORTED_VERSIONS:
+            raise VersionError(f"unsupported protocol version {data[1]} (this build speaks "
+                               f"{', '.join(map(str, SUPPORTED_VERSIONS))})")
         pos = 2 + FINGERPRINT_SIZE
         if len(data) < pos:
             raise ProtocolError("truncated HEADER")
@@ -195,7 +211,7 @@ class StreamHeader:
         if pos != len(data):
             raise ProtocolError("trailing bytes after HEADER")
         header = cls(fingerprint, sample_rate, channels, samples_per_frame, nbits,
-                     max_codebooks, stream_id, start_time_us)
+                     max_codebooks, stream_id, start_time_us, data[1])
         header.validate()
         return header
 
@@ -300,6 +316,66 @@ class EndOfStream:
         return cls(n_frames, n_samples)
 
 
+MAX_NOISE_BANDS = 16
+NOISE_FLOOR_DB = 127
+"""A band byte holds the band's power in dB below full scale, 0..127; 127 stands for nothing."""
+
+
+@dataclass(frozen=True)
+class ComfortNoise:
+    """The sender fell silent from frame ``index`` on: play noise of this spectrum until audio
+    resumes or the next ``COMFORT_NOISE`` updates it.
+
+    ``band_db`` is the background's power, in dB relative to full scale, in equal-width bands
+    from 0 Hz to half the sample rate (a coarse spectrum, as RFC 3389's comfort noise carries):
+    the power of white noise that has this band's spectral density. Whole decibels on the wire.
+    """
+
+    index: int
+    band_db: tuple[float, ...]
+
+    def encode(self) -> bytes:
+        if not 1 <= len(self.band_db) <= MAX_NOISE_BANDS:
+            raise ValueError(f"comfort noise has 1..{MAX_NOISE_BANDS} bands, got {len(self.band_db)}")
+        wire_index = self.index % INDEX_MODULUS
+        levels = [min(NOISE_FLOOR_DB, max(0, round(-db))) for db in self.band_db]
+        return bytes([COMFORT_NOISE, wire_index >> 8, wire_index & 0xFF, *levels])
+
+    @classmethod
+    def decode(cls, data: bytes) -> "ComfortNoise":
+        """Parse the message; ``index`` is the 14-bit wire value (see :func:`unwrap_index`)."""
+        if not data or data[0] != COMFORT_NOISE:
+            raise ProtocolError("not a COMFORT_NOISE message")
+        if not 4 <= len(data) <= 3 + MAX_NOISE_BANDS:
+            raise ProtocolError(f"COMFORT_NOISE needs 1..{MAX_NOISE_BANDS} bands, got {len(data) - 3} bytes")
+        if data[1] >> 6 or max(data[3:]) > NOISE_FLOOR_DB:
+            raise ProtocolError("COMFORT_NOISE field out of range")
+        return cls(data[1] << 8 | data[2], tuple(-float(level) for level in data[3:]))
+
+
+@dataclass(frozen=True)
+class RateRequest:
+    """A receiver asks the sender of stream ``stream_id`` to send at most ``kbps`` (what its link
+    carries, websocket framing included). It travels through the relay like any message, to every
+    peer of the room; only the stream's sender acts on it. Tenths of a kbps on the wire."""
+
+    stream_id: int
+    kbps: float
+
+    def encode(self) -> bytes:
+        return bytes([RATE]) + write_varint(self.stream_id) + write_varint(max(1, round(10 * self.kbps)))
+
+    @classmethod
+    def decode(cls, data: bytes) -> "RateRequest":
+        if not data or data[0] != RATE:
+            raise ProtocolError("not a RATE message")
+        stream_id, pos = read_varint(data, 1, 5)
+        tenths, pos = read_varint(data, pos, 4)
+        if pos != len(data) or tenths == 0:
+            raise ProtocolError("malformed RATE message")
+        return cls(stream_id, tenths / 10)
+
+
 def route(source: int, message: bytes) -> bytes:
     """Server → client envelope naming the peer whose messages follow.
 
@@ -346,7 +422,7 @@ def message_kind(data: bytes) -> int:
         raise ProtocolError("empty message")
     if data[0] & AUDIO_FLAG:
         return AUDIO_FLAG
-    if data[0] not in (HEADER, END, ROUTED, LEFT, JOINED):
+    if data[0] not in (HEADER, END, ROUTED, LEFT, JOINED, COMFORT_NOISE, RATE):
         raise ProtocolError(f"unknown message type 0x{data[0]:02x}")
     return data[0]
 
@@ -365,7 +441,7 @@ def unwrap_index(wire_index: int, reference: int) -> int:
 
 # -------------------------------------------------------------------- stream state
 
-Message = Union[StreamHeader, AudioPacket, EndOfStream]
+Message = Union[StreamHeader, AudioPacket, EndOfStream, ComfortNoise, RateRequest]
 
 REORDER_WINDOW = 150
 """Frames (2 s at 75 Hz) a packet may lag the newest one before it counts as stale, and an ``END``
@@ -385,8 +461,8 @@ class OutOfOrderError(ProtocolError):
 class StreamValidator:
     """One sender's stream as seen by a relay or a receiver: typed, checked messages.
 
-    Turns raw messages into :class:`StreamHeader`, :class:`AudioPacket` (with its full,
-    unwrapped frame index) and :class:`EndOfStream`, and raises :class:`ProtocolError`
+    Turns raw messages into :class:`StreamHeader`, :class:`AudioPacket` and :class:`ComfortNoise`
+    (with their full, unwrapped frame index) and :class:`EndOfStream`, and raises :class:`ProtocolError`
     for malformed input and :class:`OutOfOrderError` for misplaced input, so that both
     the server and the client count and drop bad packets the same way.
     """
@@ -407,6 +483,8 @@ class StreamValidator:
 
     def _accept(self, data: bytes, unpack: bool) -> Message | None:
         kind = message_kind(data)
+        if kind == RATE:  # about another peer's stream: not part of this one, allowed at any time
+            return RateRequest.decode(data)
         if kind == HEADER:
             header = StreamHeader.decode(data)
             if header != self.header:  # a new stream; a resent identical one continues
@@ -426,6 +504,11 @@ class StreamValidator:
                                     f"the newest sent: implausible")
             self.ended = True
             return end
+        if kind == COMFORT_NOISE:
+            if self.header.version < DTX_VERSION:
+                raise ProtocolError(f"COMFORT_NOISE in a version-{self.header.version} stream")
+            noise = ComfortNoise.decode(data)
+            return ComfortNoise(self._place(noise.index, 1), noise.band_db)
         if kind != AUDIO_FLAG:
             raise ProtocolError("server-only message type from a sender")
         nbits, max_codebooks = self.header.codebook_nbits, self.header.max_codebooks
@@ -435,12 +518,19 @@ class StreamValidator:
         else:
             wire_index, counts, _ = AudioPacket.layout(data, nbits, max_codebooks)
             n_frames = len(counts)
+        index = self._place(wire_index, n_frames)
+        return AudioPacket(index, packet.frames) if unpack else None
+
+    def _place(self, wire_index: int, n_frames: int) -> int:
+        """The full index of a message covering ``n_frames`` frames from ``wire_index``; the stream's
+        newest frame moves past it. A silence counts like audio here: an ``END`` after a long
+        silence lies just beyond its last ``COMFORT_NOISE``, not far beyond the last audio."""
         # The first packet seen fixes the high bits: a receiver may join mid-stream.
         index = wire_index if self.newest < 0 else unwrap_index(wire_index, self.newest)
         if index < 0 or index < self.newest - REORDER_WINDOW:
             raise OutOfOrderError(f"stale packet (frame {index}, newest {self.newest})")
         self.newest = max(self.newest, index + n_frames - 1)
-        return AudioPacket(index, packet.frames) if unpack else None
+        return index
 
 
 # ----------------------------------------------------------------------- file format

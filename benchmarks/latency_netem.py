@@ -1,0 +1,95 @@
+"""Calls over emulated networks: ``python benchmarks/latency.py --netem`` runs this.
+
+Each condition (``CONDITIONS``) puts :mod:`benchmarks.netem` between the relay and the clients
+(the relay → client direction, so a call's path crosses it once) and runs the same measured call
+as the rest of the benchmark, for our model and Opus (20 and 10 ms frames) with the same playout:
+end-to-end p50/p99 beside the floor of the configuration (``benchmarks/latency_floor.py``, with the
+network stage's median, emulated delay included: the distance to it is what jitter and the jitter
+buffer cost),
+frames late (arrived after their turn), concealed (played as lost) and stretched (ticks with nothing
+to play). Results in ``netem.md`` and ``netem.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+CONDITIONS = {
+    "loopback": ({}, {}),
+    "loopback, DTX": ({}, {"dtx": True}),
+    "delay 20 ms": ({"delay": 0.02}, {}),
+    "jitter 20 ms p99": ({"jitter": 0.02}, {}),
+    "reconnect every 4 s (0.3 s cut)": ({"outage_every": 4.0, "outage_for": 0.3}, {}),
+    "cap 12 -> 3 -> 12 kbps (at 6 and 12 s)": ({"rate_schedule": "0:12,6:3,12:12"}, {}),
+}
+"""Name: (``benchmarks.netem.Conditions`` fields, other ``CallSpec`` fields). With DTX only the frames
+sent are timed; the cap's times count from the first connection (the warm-up starts about then)."""
+
+
+def counts(summary: dict) -> dict:
+    """Receivers' jitter-buffer counters of a call, both directions added."""
+    stats = summary["jitter_stats"]
+    total = {key: sum(s[key] for peer in stats for s in peer) for key in ("received", "late", "lost", "stretched")}
+    frames = max(1, total["received"] + total["lost"])
+    return {**total, "late_pct": 100 * total["late"] / frames, "lost_pct": 100 * total["lost"] / frames}
+
+
+def netem_line(condition: str, codec: str, summary: dict) -> str:
+    e, c = summary["end_to_end"], summary["netem_counts"]
+    return (f"{condition:40s} {codec:10s} p50 {e['p50']:6.1f} ms  p99 {e['p99']:6.1f} ms  floor {summary['floor_ms']:5.1f} ms"
+            f"  {sum(summary['kbps']) / 2:.1f} kbps up"
+            f"  late {c['late']} ({c['late_pct']:.1f} %)  concealed {c['lost']} ({c['lost_pct']:.1f} %)"
+            f"  stretched {c['stretched']}")
+
+
+def netem_main(args: argparse.Namespace) -> dict:
+    from benchmarks.latency import machine, progress, resolve_model, speech_pair, summarize_call
+    from benchmarks.latency_call import CallSpec, run_call
+    from benchmarks.latency_quality import load_speech
+
+    model_spec, note = resolve_model(args.model)
+    talker_a, talker_b = speech_pair(load_speech(args.audio, limit=None))
+    codecs = [model_spec] + ([] if args.no_opus else ["opus-20ms", "opus-10ms"])
+    report = {"command": " ".join([Path(sys.argv[0]).name] + (args.argv if args.argv is not None else sys.argv[1:])), "model": model_spec,
+              "model_note": note, "machine": machine(), "seconds": args.seconds, "warmup": args.warmup, "rows": []}
+    started = time.monotonic()
+    for condition, (netem, extra) in CONDITIONS.items():
+        for codec in codecs:
+            if extra.get("dtx") and codec != model_spec:
+                continue  # the Opus baseline has no DTX here
+            spec = CallSpec(label=f"{codec}, {condition}", model=codec, seconds=args.seconds, warmup=args.warmup,
+                            netem=netem, **extra)
+            progress(f"{spec.label} ({spec.warmup:g} s warm-up + {spec.seconds:g} s)")
+            summary = summarize_call(run_call(spec, talker_a, talker_b))
+            summary.pop("samples_ms")
+            summary["condition"], summary["netem_counts"] = condition, counts(summary)
+            report["rows"].append(summary)
+            print(netem_line(condition, codec, summary), flush=True)
+    report["elapsed_s"] = time.monotonic() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "netem.json").write_text(json.dumps(report, indent=1))
+    (args.out / "netem.md").write_text(markdown(report))
+    progress(f"wrote {args.out}/netem.json and netem.md")
+    return report
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Calls over emulated networks", "",
+             f"Command: `python benchmarks/{report['command']}` — {report['machine']['date_utc']}, load average "
+             f"{report['machine']['loadavg']} at the start (a shared machine: compare rows of one run). Each call: "
+             f"{report['warmup']:g} s warm-up, {report['seconds']:g} s measured, both directions pooled, 6 kbps, "
+             "10 ms blocks, shipped playout. `benchmarks/netem.py` sits on the relay → client links. "
+             "Late: frames that came after their turn; concealed: frames played as lost; stretched: ticks "
+             "with nothing to play. Floor: `benchmarks/latency_floor.py` (the network not included).", "",
+             "| condition | codec | p50 ms | p99 ms | floor ms | kbps sent | late | concealed | stretched |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        e, c = row["end_to_end"], row["netem_counts"]
+        lines.append(f"| {row['condition']} | {row['spec']['model']} | {e['p50']:.1f} | {e['p99']:.1f} | "
+                     f"{row['floor_ms']:.1f} | {sum(row['kbps']) / 2:.2f} | {c['late']} ({c['late_pct']:.1f} %) | {c['lost']} ({c['lost_pct']:.1f} %) "
+                     f"| {c['stretched']} |")
+    return "\n".join(lines) + "\n"

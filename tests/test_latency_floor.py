@@ -1,0 +1,37 @@
+"""The latency floor of a call's configuration (benchmarks/latency_floor.py), against cases worked by hand."""
+
+import pytest
+
+from benchmarks.latency_floor import call_floor_ms, floor_samples, playback_phase
+
+
+def test_frame_aligned_blocks_in_phase_cost_two_frames():
+    # Frame k is captured by sample 320 (k + 1), ready 120 samples later; the callback at 320 (k + 2)
+    # is the first to find it: 640 samples (26.7 ms) after its first sample.
+    assert floor_samples(320, 320, processing=120, phase=0) == 640
+
+
+def test_a_playback_clock_just_after_the_audio_is_ready_costs_one_frame_and_the_processing():
+    assert floor_samples(320, 320, processing=120, phase=120) == 320 + 120
+    assert floor_samples(320, 320, processing=120, phase=121) == 320 + 121
+
+
+def test_ten_ms_blocks_wait_for_the_block_that_completes_a_frame():
+    # Blocks of 240 end at 480, 720, 960 for frames ending at 320, 640, 960; +120 and rounded up to
+    # the next callback: 720, 960, 1200, minus the frames' starts 0, 320, 640: the worst is 720.
+    assert floor_samples(320, 240, processing=120, phase=0) == 720
+
+
+def test_frames_per_packet_wait_for_the_packets_last_frame():
+    assert floor_samples(320, 320, processing=120, phase=0, frames_per_packet=2) == 960
+
+
+def test_call_floor_adds_the_lookahead_and_averages_the_directions():
+    stages = {"encode": {"p50": 3.0}, "network": {"p50": 1.0}, "decode": {"p50": 1.0}, "lookahead": {"p50": 6.5}}
+    spec = {"block": 240, "frames_per_packet": 1}
+    # 5 ms = 120 samples of processing, as above: 30 ms, in both directions.
+    assert call_floor_ms(spec, stages, [0.0, 0.0], 24000, 320) == pytest.approx(36.5)
+
+
+def test_playback_phase_is_the_sink_clock_modulo_a_block():
+    assert playback_phase(10.0, 10.0 + 3 * 0.01 + 100 / 24000, 240, 24000) == pytest.approx(100)

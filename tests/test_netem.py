@@ -1,0 +1,86 @@
+"""The benchmark's network emulator: its schedule on given times, its options, and the proxy on loopback."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from benchmarks import netem
+from benchmarks.netem import Conditions, LinkSchedule, NetemProxy
+
+
+def test_delay_and_order():
+    link = LinkSchedule(Conditions(delay=0.05))
+    assert [link.deliver_at(t, 10) for t in (0.0, 0.01, 0.02)] == pytest.approx([0.05, 0.06, 0.07])
+
+
+def test_a_bandwidth_cap_serialises_chunks_one_after_another():
+    link = LinkSchedule(Conditions(rate_kbps=8.0))  # 1000 bytes a second
+    assert link.deliver_at(0.0, 100) == pytest.approx(0.1)
+    assert link.deliver_at(0.0, 100) == pytest.approx(0.2)  # queued behind the first
+    assert link.deliver_at(1.0, 100) == pytest.approx(1.1)  # the link was idle again
+
+
+def test_jitter_has_the_asked_99th_percentile_and_keeps_order():
+    link = LinkSchedule(Conditions(delay=0.01, jitter=0.02), seed=3)
+    sent = np.arange(20000) * 0.0133
+    out = np.array([link.deliver_at(t, 12) for t in sent])
+    assert np.all(np.diff(out) >= 0)  # TCP: in order, a late chunk holds up the next
+    extra = np.array([LinkSchedule(Conditions(jitter=0.02), seed=s).deliver_at(0.0, 12) for s in range(4000)])
+    assert np.percentile(extra, 99) == pytest.approx(0.02, rel=0.15)
+
+
+def test_outages_come_every_period_and_last_their_duration():
+    link = Conditions(outage_every=5.0, outage_for=0.5)
+    assert [link.in_outage(t) for t in (0.0, 4.4, 4.6, 5.1, 9.6)] == [False, False, True, False, True]
+    assert not Conditions().in_outage(100.0)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--delay", "-1"], "must be >= 0"),
+    (["--jitter", "x"], "invalid positive_or_zero value"),
+    (["--rate-kbps", "0"], "rate must be > 0"),
+    (["--outage-every", "1", "--outage-for", "2"], "outages must be shorter"),
+    (["--queue-bytes", "0"], "queue_bytes must be >= 1"),
+    (["--upstream", "nohost"], "--upstream must be HOST:PORT"),
+    (["--rate-schedule", "0:12,x"], "rate schedule must be FROM:KBPS"),
+    (["--rate-schedule", "5:12,1:3"], "times in order"),
+    (["--rate-schedule", "0:0"], "rates > 0"),
+])
+def test_bad_options_are_usage_errors(argv, message, capsys):
+    base = ["--listen", "9", "--upstream", "127.0.0.1:1"]
+    with pytest.raises(SystemExit) as exit_:
+        netem.parse_args(base + argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+async def test_the_proxy_passes_bytes_both_ways_and_cuts_them_in_an_outage():
+    async def echo(reader, writer):
+        while data := await reader.read(100):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    upstream = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = upstream.sockets[0].getsockname()[1]
+    proxy = NetemProxy(("127.0.0.1", port), Conditions(delay=0.001))
+    server = await proxy.serve("127.0.0.1", 0)
+    url_port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", url_port)
+        writer.write(b"hello")
+        assert await asyncio.wait_for(reader.readexactly(5), 10) == b"hello"
+        proxy.set_conditions(Conditions(outage_every=0.2, outage_for=0.1))
+        async with asyncio.timeout(10):
+            while await reader.read(100):
+                pass  # the cut ends the stream
+        assert proxy.cuts >= 1
+        writer.close()
+    finally:
+        server.close()
+        upstream.close()
+
+
+def test_a_rate_schedule_reads_in_order():
+    assert Conditions(rate_schedule="0:12,6:3,12:12").rates() == [(0.0, 12.0), (6.0, 3.0), (12.0, 12.0)]
