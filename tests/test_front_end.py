@@ -91,9 +91,17 @@ def test_noise_suppression_lowers_the_noise_and_keeps_the_words(codec):
     assert sent >= noisy - 0.05  # measured -0.029 over 6 s
 
 
-def test_stages_follow_the_command_line():
-    from client import Client, Options  # noqa: F401 (the client wires what the flags say)
+def test_a_microphone_gets_the_front_end_and_a_file_does_not():
+    from client import Client, Options
+    from tests.models import small_model
 
+    model = small_model()
     args = parse_args(["--room", "r", "--no-aec", "--no-agc"])
     assert (args.no_aec, args.no_ns, args.no_agc) == (True, False, True)
-    assert Stages(echo=False, gain=False).names() == "NS" and not Stages(False, False, False).any
+    live = Client(Options(server="ws://127.0.0.1:9", room="r"), model)
+    assert live.front_end is not None and live.front_end.stages == Stages()
+    assert "mic " in live.status.line()  # the status line shows the input level from the start
+    only_ns = Client(Options(server="ws://127.0.0.1:9", room="r", front_end=Stages(echo=False, gain=False)), model)
+    assert only_ns.front_end.stages.names() == "NS"
+    assert Client(Options(server="ws://127.0.0.1:9", room="r", input="speech.wav"), model).front_end is None
+    assert Client(Options(server="ws://127.0.0.1:9", room="r", front_end=Stages(False, False, False)), model).front_end is None
