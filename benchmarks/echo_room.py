@@ -337,6 +337,7 @@ class Results:
     erle_curve: list = field(default_factory=list)
     erle_after_1s: float = 0.0
     erle_after_1s_coded: float = 0.0
+    erle_after_1s_after_near_turn: float = 0.0
     double_talk_stoi: float = 0.0
     double_talk_stoi_no_echo: float = 0.0
     double_talk_stoi_no_front_end: float = 0.0
@@ -353,6 +354,16 @@ def far_end_only(room: Room, stages: Stages, seconds: float) -> tuple[Capture, n
     far = talker(FAR_TALKER, seconds)
     silent = np.zeros_like(far)
     return asyncio.run(call_in_room(Scene(far, silent, silent), room, stages)), far
+
+
+def far_end_after_near_turn(room: Room, stages: Stages, near_seconds: float, far_seconds: float) -> tuple[Capture, int]:
+    """A conversation's turn: the near end talks alone for ``near_seconds`` (the gain controller
+    settles on its voice), then only the far end talks, in a quiet room. Returns the call and the
+    sample where the far end starts."""
+    voice, far = talker(NEAR_TALKER, near_seconds), talker(FAR_TALKER, far_seconds)
+    near = np.concatenate([voice, np.zeros(len(far))])
+    scene = Scene(np.concatenate([np.zeros(len(voice)), far]), near, np.zeros_like(near))
+    return asyncio.run(call_in_room(scene, room, stages)), len(voice)
 
 
 def double_talk(room: Room, stages: Stages | None, far_only: float, both: float, echo: bool = True,
@@ -383,6 +394,8 @@ def measure(room: Room, stages: Stages, far_only: float = 3.0, both: float = 6.0
     results.erle_after_1s = erle_after(echo.heard, echo.sent, 1.0)
     results.erle_after_1s_coded = erle_after(echo.heard, codec(echo.sent), 1.0)
     results.front_end_ms_per_10ms = echo.front_end_ms
+    turn, start = far_end_after_near_turn(quiet, stages, far_only, far_only + 1.0)
+    results.erle_after_1s_after_near_turn = erle_after(turn.heard[start:], turn.sent[start:], 1.0)
     talk = slice(round(far_only * RATE), None)
     with_echo, near = double_talk(room, stages, far_only, both)
     no_echo, _ = double_talk(room, stages, far_only, both, far_end=False)
@@ -424,7 +437,8 @@ def report(results: Results) -> str:
     return "\n".join([
         f"room {r.room}, front end {r.stages}",
         f"ERLE, far end only: {r.erle_after_1s:.1f} dB after 1 s ({r.erle_after_1s_coded:.1f} dB after the codec); "
-        "curve: " + " ".join(f"{e:.0f}" for _, e in r.erle_curve),
+        "curve: " + " ".join(f"{e:.0f}" for _, e in r.erle_curve) + "; after the near end talked first: "
+        f"{r.erle_after_1s_after_near_turn:.1f} dB",
         f"near-end STOI in double talk, 6 kbps: {r.double_talk_stoi:.3f} (no echo: {r.double_talk_stoi_no_echo:.3f}, "
         f"loss {r.double_talk_stoi_no_echo - r.double_talk_stoi:.3f}; no front end: {r.double_talk_stoi_no_front_end:.3f}; "
         f"far end heard in headphones: {r.double_talk_stoi_headphones:.3f})",
