@@ -474,6 +474,8 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"echo_room_{'_'.join(sorted(names)) or 'off'}"
+    if (room.delay, room.decay) != (Room.delay, Room.decay):  # the middle room keeps the short name
+        stem = stem.with_name(f"{stem.name}_{room.delay * 1000:.0f}ms_{room.decay * 1000:.0f}ms")
     stem.with_suffix(".json").write_text(json.dumps(asdict(results), indent=1))
     stem.with_suffix(".md").write_text(f"    python benchmarks/echo_room.py {' '.join(argv if argv is not None else sys.argv[1:])}\n\n"
                                        + "\n".join(f"* {line}" for line in text.splitlines()) + "\n")
