@@ -123,12 +123,17 @@ class Scene:
 
 
 class FarEnd:
-    """Stands in for the receiver: one codec frame of the far end's voice a playout tick (silence after)."""
+    """Stands in for the receiver: one codec frame of the far end's voice a playout tick (silence
+    after); no stream at all (``None``, nothing to play) for the first ``absent`` ticks."""
 
-    def __init__(self, voice: np.ndarray, hop: int) -> None:
+    def __init__(self, voice: np.ndarray, hop: int, absent: int = 0) -> None:
         self.voice, self.hop, self.position = voice.astype(np.float32), hop, 0
+        self.absent, self.nothing = absent, 0
 
-    async def tick(self, now: float) -> np.ndarray:
+    async def tick(self, now: float) -> np.ndarray | None:
+        if self.nothing < self.absent:
+            self.nothing += 1
+            return None
         frame = np.zeros((1, self.hop), dtype=np.float32)
         part = self.voice[self.position : self.position + self.hop]
         frame[0, : len(part)] = part
@@ -219,9 +224,11 @@ async def _settle(condition, limit: int = 10_000) -> None:
     raise RuntimeError("the client did not take the sound card's block")
 
 
-async def call_in_room(scene: Scene, room: Room, stages: Stages | None, hop: int = 320) -> Capture:
+async def call_in_room(scene: Scene, room: Room, stages: Stages | None, hop: int = 320,
+                       far_end_joins: float = 0.0) -> Capture:
     """Run the client's speaker and microphone paths in ``room`` through ``scene``; ``stages``
-    ``None``: no front end (what a file sender does)."""
+    ``None``: no front end (what a file sender does). Before ``far_end_joins`` seconds the client
+    has no stream to play (``scene.far`` is played from then on)."""
     card = RoomSoundCard(scene, room.impulse_response(RATE))
     front_end = FrontEnd(RATE, 1, stages) if stages is not None else None
     cost = [0.0]
@@ -236,7 +243,8 @@ async def call_in_room(scene: Scene, room: Room, stages: Stages | None, hop: int
         front_end.process = timed
     sent: list[np.ndarray] = []
     with mock.patch.dict(sys.modules, {"sounddevice": card}):
-        player = asyncio.create_task(play(FarEnd(scene.far, hop), RATE, 1, None, hop / RATE / 2, front_end))
+        far_end = FarEnd(scene.far, hop, absent=round(far_end_joins * RATE / BLOCK))
+        player = asyncio.create_task(play(far_end, RATE, 1, None, hop / RATE / 2, front_end))
 
         async def send() -> None:
             async for block in microphone_blocks(RATE, 1, None, hop, front_end):
@@ -246,8 +254,10 @@ async def call_in_room(scene: Scene, room: Room, stages: Stages | None, hop: int
             await _settle(lambda: card.speaker is not None and card.microphone is not None)
             speaker = card.speaker.callback.__self__
             while not card.done:
+                nothing = far_end.nothing
                 card.step()
-                await _settle(lambda: speaker.queued_seconds >= speaker.block_seconds + hop / RATE / 2
+                await _settle(lambda: (speaker.queued_seconds >= speaker.block_seconds + hop / RATE / 2
+                                       or far_end.nothing > nothing)
                               and sum(map(len, sent)) >= card.position - (front_end.chunk - 1 if front_end else 0))
         finally:
             for task in (player, sender):
