@@ -208,11 +208,12 @@ class RoomSoundCard(types.ModuleType):
 @dataclass
 class Capture:
     """One call in the room: what the microphone heard, what the client sent, how long the
-    front end took per 10 ms of capture."""
+    front end took per 10 ms of capture, and what it told the status line at the end."""
 
     heard: np.ndarray
     sent: np.ndarray
     front_end_ms: float = float("nan")
+    status: str = ""
 
 
 async def _settle(condition, limit: int = 10_000) -> None:
@@ -266,7 +267,8 @@ async def call_in_room(scene: Scene, room: Room, stages: Stages | None, hop: int
     out = np.concatenate(sent)[: card.position]
     steps = card.position / BLOCK
     return Capture(card.microphone_heard[: card.position], np.pad(out, (0, card.position - len(out))),
-                   1000 * cost[0] / steps if front_end is not None else float("nan"))
+                   1000 * cost[0] / steps if front_end is not None else float("nan"),
+                   front_end.status() if front_end is not None else "")
 
 
 # ------------------------------------------------------------------------------ scores

@@ -53,8 +53,11 @@ def test_echo_canceller_reaches_30_db_within_a_second(delay, decay):
     room = Room(delay=delay, decay=decay, snr=float("inf"))
     call, _ = far_end_only(room, Stages(gain=False), seconds=3.0)
     erle = erle_after(call.heard, call.sent, 1.0)
-    print(f"\ndelay {delay * 1000:.0f} ms, decay {decay * 1000:.0f} ms: ERLE after 1 s {erle:.1f} dB")
+    print(f"\ndelay {delay * 1000:.0f} ms, decay {decay * 1000:.0f} ms: ERLE after 1 s {erle:.1f} dB; {call.status}")
     assert erle >= 30.0
+    # The status line says the echo is being cancelled, by about what the test measures.
+    shown = float(call.status.split("echo cancelled ")[1].split(" dB")[0])
+    assert call.status.startswith("mic -") and shown >= 25.0
 
 
 async def test_far_end_joining_later_is_cancelled_as_fast():
