@@ -102,9 +102,9 @@ class FrontEnd:
     """Capture → cleaned capture, with the played signal as the echo reference.
 
     Call :meth:`played` with every block written to the speaker and :meth:`process` with every
-    block captured, from one thread (the event loop). The cleaned capture is delayed by at most
-    one chunk less a sample (none when capture blocks are whole chunks) and is the same length
-    as the capture over a call.
+    block captured, from one thread (the event loop). Only whole chunks come out: the rest of a
+    block waits for the next (nothing when capture blocks are whole chunks). The module itself
+    delays the sound by 15 ms with every stage on (``benchmarks/echo_room.py`` measures it).
     """
 
     def __init__(self, rate: int, channels: int, stages: Stages = Stages()) -> None:
@@ -115,9 +115,8 @@ class FrontEnd:
         self._reference = _Chunker(self.chunk, channels)
         window = max(1, round(LEVEL_WINDOW / CHUNK_SECONDS))
         self._input = _Level(window)  # what the microphone gives
-        self._output = _Level(window)  # what leaves the front end
         self._far = _Level(window)  # what the speaker plays
-        self._echo_in = _Level(window)  # input and output while only the far end is loud
+        self._echo_in = _Level(window)  # input and output while the far end talks
         self._echo_out = _Level(window)
 
     def _frame(self, chunk: np.ndarray) -> object:
@@ -149,7 +148,6 @@ class FrontEnd:
     def _measure(self, chunk: np.ndarray, out: np.ndarray) -> None:
         power_in, power_out = float(np.mean((chunk / 32768.0) ** 2)), float(np.mean((out / 32768.0) ** 2))
         self._input.add(power_in)
-        self._output.add(power_out)
         if self.far_end_talking:
             self._echo_in.add(power_in)
             self._echo_out.add(power_out)
