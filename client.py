@@ -33,6 +33,7 @@ import soundfile
 
 from call import wire
 from call.connection import FOREVER, CallError, Connection, Patience, plaintext_token_warning
+from call.front_end import FrontEnd, FrontEndError, Stages
 from call.media import file_blocks, microphone_blocks, play, record
 from call.meter import Meter
 from call.outbox import Outbox
@@ -91,6 +92,8 @@ class Options:
     """Seconds to reach the relay at the start before giving up; ``None``: for ever."""
     reconnect_timeout: float | None = Patience.again
     """Seconds to get a lost connection back before giving up; ``None``: for ever."""
+    front_end: Stages = Stages()
+    """Echo cancellation, noise suppression, gain on the microphone (``call.front_end``); a file is sent as it is."""
 
     @property
     def urls(self) -> list[str]:
@@ -126,6 +129,9 @@ class Client:
                              options.search_width, live=not self.send_file, engine=options.engine,
                              dtx=not self.send_file if options.dtx is None else options.dtx) if sends else None
         self.receiver = Receiver(model, self.decode_pool, start, engine=options.engine) if receives else None
+        live_microphone = sends and not self.send_file
+        self.front_end = FrontEnd(self.rate, self.channels, options.front_end) \
+            if live_microphone and options.front_end.any else None
         self.arrived = asyncio.Event()
         self.up = Meter()
         keep = max(1, int(STALE_AFTER_GAP / (self.frame_period * options.frames_per_packet)))
@@ -141,7 +147,8 @@ class Client:
             self.receiver.send = self._send_control
             if self.sender:
                 self.receiver.on_rate = self._rate_requested
-        self.status = CallStatus(self.connection, self.sender, self.receiver, self.frame_period, options.bandwidth)
+        self.status = CallStatus(self.connection, self.sender, self.receiver, self.frame_period, options.bandwidth,
+                                 self.front_end)
 
     def _send_control(self, message: bytes) -> None:
         """A receiver's request to a sender (``call.rate``): through the outbox, without waiting."""
@@ -205,7 +212,7 @@ class Client:
             await self.connection.connected.wait()
         else:
             blocks = microphone_blocks(self.rate, self.channels, self.options.input_device,
-                                       self.model.config.hop_length)
+                                       self.model.config.hop_length, self.front_end)
         outbox = self.connection.outbox
         async for block in blocks:
             for message in await self.sender.push(block):
@@ -220,7 +227,8 @@ class Client:
                 raise CallError(f"The stream ended without its END (its sender left?): {self.options.output} "
                                 f"holds the {self.recording.seconds:.2f} s heard")
         else:
-            await play(self.receiver, self.rate, self.channels, self.options.output_device, self.output_margin)
+            await play(self.receiver, self.rate, self.channels, self.options.output_device, self.output_margin,
+                       self.front_end)
 
 
 def bandwidths(config: EncodecConfig) -> str:
@@ -338,6 +346,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--input-device", help="microphone (index or name, see --list-devices)")
     parser.add_argument("--output-device", help="speaker (index or name, see --list-devices)")
     parser.add_argument("--quiet", action="store_true", help="no status line")
+    for flag, stage in (("--no-aec", "echo cancellation (use with headphones)"), ("--no-ns", "noise suppression"),
+                        ("--no-agc", "automatic gain")):
+        parser.add_argument(flag, action="store_true", help=f"microphone without {stage} (files never get any)")
     args = parser.parse_args(argv)
     args.server = args.server or ["ws://127.0.0.1:8765"]
     if args.list_devices:
@@ -386,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                       output_device=device(args.output_device), status=not args.quiet, start=args.start,
                       output_format=args.output_format, output_rate=args.output_rate,
                       connect_timeout=patience.first, reconnect_timeout=patience.again, engine=args.engine,
-                      dtx=False if args.no_dtx else None)
+                      dtx=False if args.no_dtx else None,
+                      front_end=Stages(echo=not args.no_aec, noise=not args.no_ns, gain=not args.no_agc))
     try:
         model = load_model(args.model)
     except (OSError, ValueError) as error:
@@ -400,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     try:
         return asyncio.run(Client(options, model.eval()).run())
-    except (AudioDeviceError, CallError, EngineUnavailable) as error:
+    except (AudioDeviceError, CallError, EngineUnavailable, FrontEndError) as error:
         raise SystemExit(str(error)) from error
     except KeyboardInterrupt:
         return 130

@@ -1,7 +1,7 @@
 """Streaming speed: encoder + decoder fed 320-sample blocks, against offline encode + decode.
 
     python benchmarks/streaming_speed.py [--seconds 10] [--bandwidth 6] [--batch 1] [--threads 1] [--search-width 1]
-                                         [--engine torch|onnx|onnx-int8|both|all]
+                                         [--engine torch|onnx|onnx-int8|both|all] [--front-end]
 
 Prints × real time (compute seconds per second of audio) of streaming and of the offline model
 on the same audio in the same run, their ratio, and percentiles of the per-frame cost (the time
@@ -10,7 +10,9 @@ Also the memory floor of a batch-1 stream: each frame must read every weight of 
 (the low-rate layers take one step per frame), at the speed this machine reads memory on one thread;
 offline encoding reuses each weight across all frames and never pays it. `--engine both` streams with
 the PyTorch layers and with ONNX Runtime (``streaming.onnx_engine``) in the same run; `all` adds ONNX
-Runtime with int8 weights, which reads a quarter of the bytes and so can go below the float32 floor.
+Runtime with int8 weights, which reads a quarter of the bytes and so can go below the float32 floor. `--front-end`
+also runs the microphone's front end (``call.front_end``: AEC, NS, AGC) over the same audio, its
+own decoded sound as the echo reference, and prints its cost per frame beside the codec's.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import add_model_arguments, benchmark_audio, benchmark_model, best_of  # noqa: E402
 from streaming import StreamingDecoder, StreamingEncoder  # noqa: E402
 from streaming.onnx_engine import OnnxStreamingDecoder, OnnxStreamingEncoder  # noqa: E402
+from call.front_end import FrontEnd  # noqa: E402
 from call.search_width import search_width_option  # noqa: E402
 
 
@@ -54,6 +57,19 @@ def stream_once(model, audio: torch.Tensor, bandwidth: float, block: int, search
     decoder.flush()
     times[-1] += time.perf_counter() - began
     return np.array(times)
+
+
+def front_end_once(audio: np.ndarray, rate: int) -> float:
+    """Seconds the front end (every stage) takes over ``audio`` (``(1, n)``), fed in 10 ms
+    chunks with the same audio, 100 ms earlier, as what the speaker plays."""
+    front_end = FrontEnd(rate, 1)
+    chunk, lag = front_end.chunk, rate // 10
+    played = np.concatenate([np.zeros((1, lag), np.float32), audio], axis=-1)
+    began = time.perf_counter()
+    for start in range(0, audio.shape[-1] - chunk + 1, chunk):
+        front_end.played(played[:, start : start + chunk])
+        front_end.process(audio[:, start : start + chunk])
+    return time.perf_counter() - began
 
 
 def weights_read_per_frame(model, bandwidth: float) -> int:
@@ -104,6 +120,7 @@ def main() -> None:
     parser.add_argument("--search-width", type=search_width_option, default=1, help="codebook search width of both (default %(default)s)")
     parser.add_argument("--engine", choices=[*ENGINES, *GROUPS], default="torch",
                         help="streaming engine; both: torch and onnx, all: and onnx-int8, in the same run (default %(default)s)")
+    parser.add_argument("--front-end", action="store_true", help="also time the microphone's front end (AEC, NS, AGC)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = benchmark_model(args.model)
@@ -124,6 +141,9 @@ def main() -> None:
             for engine in engines:
                 runs[engine].append(stream_once(model, audio, args.bandwidth, args.block, args.search_width, engine))
     best = {engine: min(times, key=lambda t: t.sum()) for engine, times in runs.items()}
+    if args.front_end:
+        mono = audio[0].numpy().astype(np.float32)
+        front_end_time = min(front_end_once(mono, model.config.sampling_rate) for _ in range(args.repeats))
 
     print(
         f"{seconds:g} s of audio × {args.batch} stream(s), {args.bandwidth:g} kbps, search width {args.search_width}, "
@@ -151,6 +171,11 @@ def main() -> None:
         )
         for engine, frames in best.items():
             print(f"streaming / float32 memory floor: {frames.sum() / floor:.2f} ({engine})")
+    frames_in_audio = audio.shape[-1] / model.config.hop_length
+    if args.front_end:
+        for engine, frames in best.items():
+            print(f"front end (AEC+NS+AGC):  {1e3 * front_end_time / frames_in_audio:.3f} ms per 13.3 ms frame = "
+                  f"{front_end_time / frames.sum():.3f}× the streaming codec's time ({engine})")
     block_ms = 1e3 * args.block / model.config.sampling_rate
     for engine, frames in best.items():
         p50, p90, p99 = np.percentile(frames * 1e3, [50, 90, 99])

@@ -13,6 +13,7 @@ from typing import AsyncIterator
 
 import numpy as np
 
+from .front_end import FrontEnd
 from .receiver import Receiver
 from .recording import Recording
 
@@ -31,24 +32,30 @@ async def file_blocks(audio: np.ndarray, rate: int, pace: bool) -> AsyncIterator
 
 
 async def microphone_blocks(rate: int, channels: int, device: int | str | None,
-                            frame_samples: int) -> AsyncIterator[np.ndarray]:
-    """Blocks of the microphone, for as long as the call lasts."""
+                            frame_samples: int, front_end: FrontEnd | None = None) -> AsyncIterator[np.ndarray]:
+    """Blocks of the microphone, for as long as the call lasts; cleaned by ``front_end`` when
+    given, which then sets the capture block (its 10 ms chunk: no block waits in it)."""
     from .sound_card import Microphone  # PortAudio is loaded only when a device is opened
 
-    microphone = Microphone(rate, channels, device, frame_samples=frame_samples)
+    block = front_end.chunk if front_end is not None else frame_samples
+    microphone = Microphone(rate, channels, device, frame_samples=block)
     microphone.start()
     try:
         while True:
-            yield await microphone.read()
+            captured = await microphone.read()
+            cleaned = front_end.process(captured) if front_end is not None else captured
+            if cleaned.shape[-1]:
+                yield cleaned
     finally:
         microphone.close()
 
 
 async def play(receiver: Receiver, rate: int, channels: int, device: int | str | None,
-               output_margin: float) -> None:
+               output_margin: float, front_end: FrontEnd | None = None) -> None:
     """Speaker sink: after each callback, top the sound card's queue up to one callback's block
     plus ``output_margin``, one tick at a time. Every frame queued here is latency; the margin
-    is the time a tick has to decode before the card would run dry."""
+    is the time a tick has to decode before the card would run dry. ``front_end`` hears what is
+    played: its echo canceller's reference."""
     from .sound_card import Speaker
 
     speaker = Speaker(rate, channels, device)
@@ -62,6 +69,8 @@ async def play(receiver: Receiver, rate: int, channels: int, device: int | str |
                 if audio is None:
                     break
                 speaker.write(audio)
+                if front_end is not None:
+                    front_end.played(audio)
     finally:
         speaker.close()
 

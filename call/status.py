@@ -6,6 +6,7 @@ import asyncio
 import sys
 
 from .connection import Connection
+from .front_end import FrontEnd
 from .meter import CLIENT_FRAMING, RELAY_FRAMING, TCP_IP_BYTES
 from .receiver import Receiver
 from .sender import Sender
@@ -15,8 +16,8 @@ class CallStatus:
     """Reads the sender, the receiver and the connection; changes none of them."""
 
     def __init__(self, connection: Connection, sender: Sender | None, receiver: Receiver | None,
-                 frame_period: float, bandwidth: float) -> None:
-        self.connection, self.sender, self.receiver = connection, sender, receiver
+                 frame_period: float, bandwidth: float, front_end: FrontEnd | None = None) -> None:
+        self.connection, self.sender, self.receiver, self.front_end = connection, sender, receiver, front_end
         self.frame_period, self.bandwidth = frame_period, bandwidth
         self._dropped_seen = 0  # the sender's dropped samples at the previous line
 
@@ -34,6 +35,8 @@ class CallStatus:
 
     def line(self) -> str:
         parts = [f"up {self.connection.meter.layers(CLIENT_FRAMING)} (app/ws/IP)"]
+        if self.front_end is not None:
+            parts.append(self.front_end.status())
         cpu = self.cpu_note()
         if cpu:
             parts.append(cpu)

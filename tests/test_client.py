@@ -12,6 +12,7 @@ import pytest
 from client import CallError, Client, Options, Outbox, main
 from server import Relay
 from call.sound_card import AudioDeviceError, Ring
+from call.front_end import Stages
 from codec import load_model
 from tests.models import small_model
 
@@ -132,8 +133,10 @@ async def test_microphone_to_speaker_call(speech_model, monkeypatch, refused):
     relay = Relay()
     server = await relay.start("127.0.0.1", 0).__aenter__()
     url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    alice = Client(Options(server=url, room="call", status=False), speech_model)
-    bob = Client(Options(server=url, room="call", status=False), speech_model)
+    # The tones are no room's echo: the front end (tests/test_front_end.py) stays out of this call.
+    raw = Stages(echo=False, noise=False, gain=False)
+    alice = Client(Options(server=url, room="call", status=False, front_end=raw), speech_model)
+    bob = Client(Options(server=url, room="call", status=False, front_end=raw), speech_model)
     frame = speech_model.config.hop_length / speech_model.config.sampling_rate
     placed = [[], []]  # per listener: (frame index, where in its speaker's ring the frame's audio went)
     encoded = [[], []]  # per talker: the audio its encoder was given (a busy sender may drop some)
