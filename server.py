@@ -503,7 +503,7 @@ class Relay:
         serves the browser peer's page over plain HTTP on the same port."""
         return serve(
             self.handle, host, port, ssl=tls,
-            process_request=web.before(self.check_request) if web else self.check_request,
+            process_request=web.before(self.check_request, self.routes) if web else self.check_request,
             select_subprotocol=select_subprotocol if web else None,
             compression=None,  # codes are incompressible; deflate would only cost memory
             max_size=self.limits.hard_max_message, max_queue=self.limits.receive_queue, write_limit=4096,

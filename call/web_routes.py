@@ -20,7 +20,7 @@ import mimetypes
 import re
 from http import HTTPStatus
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
 
 from websockets.datastructures import Headers
@@ -83,10 +83,15 @@ class WebRoutes:
         kind = TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return _response(HTTPStatus.OK, kind, body)
 
-    def before(self, relay_check: Handler) -> AsyncHandler:
-        """A ``process_request`` for websockets' ``serve``: HTTP here, upgrades to ``relay_check``."""
+    def before(self, relay_check: Handler, routes: Sequence[Handler] = ()) -> AsyncHandler:
+        """A ``process_request`` for websockets' ``serve``: HTTP here, upgrades to ``relay_check``.
+        The relay's own ``routes`` (``/metrics``) answer plain HTTP before the page's files do."""
         async def process_request(connection: object, request: Request) -> Response | None:
             if request.headers.get("Upgrade", "").lower() != "websocket":
+                for route in routes:
+                    response = route(connection, request)
+                    if response is not None:
+                        return response
                 return await self.answer(request)
             bearer_from_subprotocol(request)
             return relay_check(connection, request)

@@ -16,6 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from call import wire
+from call.relay_metrics import metrics_route
 from call.web_routes import SUBPROTOCOL, WebRoutes
 from server import Relay, main as server_main
 from tests.web_page import install_web_packages
@@ -76,3 +77,13 @@ async def test_page_runtime_and_graphs_served_and_nothing_else(graphs, caplog):
 def test_web_without_graphs_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="--web: .* holds no manifest.json: export the graphs first"):
         server_main(["--port", "0", "--web", str(tmp_path)])
+
+
+async def test_metrics_and_the_page_share_the_port(graphs):
+    relay = Relay()
+    relay.routes.append(metrics_route(relay))
+    async with relay.start("127.0.0.1", 0, web=WebRoutes(graphs)) as server:
+        base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        status, kind, body = await asyncio.to_thread(get, f"{base}/metrics")
+        assert status == 200 and kind.startswith("text/plain") and b"relay_peers" in body
+        assert (await asyncio.to_thread(get, f"{base}/"))[0] == 200
