@@ -302,7 +302,7 @@ class Call {
     return {
       state: this.state, error: this.error, peers: [...this.peers], reconnects: this.reconnects,
       upKbps: (8 * c.upBytes) / seconds / 1000, downKbps: (8 * c.downBytes) / seconds / 1000,
-      level: this.level, sentFrames: this.index, bandwidth: this.sendingBandwidth(), rateLimitKbps: this.rateLimit.limit(now()), droppedFrames: c.droppedFrames, lastProblem: this.lastProblem ?? null, codebooks: this.codebooks ?? null, muted: this.muted, problems: c.problems,
+      streamId: this.streamId, level: this.level, sentFrames: this.index, bandwidth: this.sendingBandwidth(), rateLimitKbps: this.rateLimit.limit(now()), droppedFrames: c.droppedFrames, lastProblem: this.lastProblem ?? null, codebooks: this.codebooks ?? null, muted: this.muted, problems: c.problems,
       encodeMsPerFrame: c.encoded ? c.encodeMs / c.encoded : null,
       decodeMsPerFrame: c.decodedFrames ? c.decodeMs / c.decodedFrames : null,
       streams: [...this.streams.values()].map((s) => ({
