@@ -1,7 +1,10 @@
 """The page's modules that need no browser, run by Node: its wire format (``web/wire.js``) reads what
 ``call/wire.py`` writes and writes the same bytes (headers, one- and many-frame packets with a bandwidth
-switch inside one, END, the relay's envelopes) and refuses what the Python side refuses; its jitter buffer
-and concealment (``web/jitter.js``) reorder, count and conceal losses, skip a backlog and forget a stall."""
+switch inside one, END, the relay's envelopes, protocol version 2's COMFORT_NOISE, RATE) and refuses what
+the Python side refuses; its jitter buffer and concealment (``web/jitter.js``) reorder, count and conceal
+losses, skip a backlog, forget a stall and play a sender's pauses as ``call/jitter.py`` does; its comfort
+noise (``web/comfort-noise.js``) has ``call/comfort_noise.py``'s filter and level per band; its rate limit
+(``web/rate.js``) serves the slowest receiver as ``call/rate.py`` does, with one-frame packets."""
 
 from __future__ import annotations
 
@@ -13,6 +16,10 @@ import numpy as np
 import pytest
 
 from call import wire
+from call.comfort_noise import ComfortNoiseSource, noise_filter
+from call.dtx import band_powers, level_db
+from call.jitter import STRETCH, JitterBuffer
+from call.rate import packet_kbps
 from call.web_routes import WEB_ROOT
 
 NODE = shutil.which("node")
@@ -36,6 +43,12 @@ for (const [kind, message] of JSON.parse(input)) {
     } else if (kind === "end") {
       const e = wire.decodeEnd(data);
       out.push({ ...e, again: hex(wire.encodeEnd(e.nFrames, e.nSamples)) });
+    } else if (kind === "comfort") {
+      const c = wire.decodeComfortNoise(data);
+      out.push({ ...c, again: hex(wire.encodeComfortNoise(c.index, c.bandDb)) });
+    } else if (kind === "rate") {
+      const r = wire.decodeRate(data);
+      out.push({ ...r, again: hex(wire.encodeRate(r.streamId, r.kbps)) });
     } else if (kind === "routed") {
       const [source, inner] = wire.unroute(data);
       out.push({ source, inner: hex(inner) });
@@ -65,7 +78,7 @@ for (const i of order) {
     // frames 250-252 come in one packet, with 252
   } else if (i === 252) buffer.push(250, [250, 251, 252].map((f) => Int32Array.of(f)), i * period);
   else if (!lost.has(i)) buffer.push(i, [Int32Array.of(i)], i * period + stall(i));
-  const due = buffer.playout();  // one playout tick per frame time
+  const due = buffer.playout(i * period);  // one playout tick per frame time
   if (due) {
     const [codes, gain] = concealer.next(due.codes);
     played.push(due.codes === null ? -1 : due.index);
@@ -132,3 +145,135 @@ def test_page_reads_and_writes_the_python_wire_format():
     assert "non-zero padding" in got[8]["error"]
     assert "truncated packet layout" in got[9]["error"]
     assert "trailing bytes" in got[10]["error"]
+
+
+def test_page_reads_and_writes_protocol_version_2():
+    header = wire.StreamHeader(fingerprint=bytes(range(8)), sample_rate=24000, channels=1, samples_per_frame=320,
+                               codebook_nbits=10, max_codebooks=32, stream_id=7, version=wire.DTX_VERSION)
+    version_3 = bytearray(header.encode())
+    version_3[1] = 3
+    noise = wire.ComfortNoise(16384 + 9, (-40.0, -52.0, -60.0, -127.0, -70.0, -71.0, -72.0, -73.0))
+    rate = wire.RateRequest(2**31 - 5, 7.3)
+    malformed = [b"\x06", b"\x06\x00\x01", b"\x06\x40\x00\x10", b"\x06\x00\x00\x80", b"\x06\x00\x00" + bytes(17)]
+    bad_rates = [b"\x07\x05\x00", b"\x07\x05\x49\x00", b"\x07\x05"]
+    messages = [("header", header.encode()), ("header", bytes(version_3)), ("comfort", noise.encode()),
+                ("comfort", wire.ComfortNoise(3, (-50.0,) * 16).encode()), ("rate", rate.encode()),
+                ("rate", wire.RateRequest(1, 0.01).encode()), *[("comfort", m) for m in malformed],
+                *[("rate", m) for m in bad_rates]]
+    got = page_reads(messages)
+    with pytest.raises(wire.VersionError):
+        wire.StreamHeader.decode(bytes(version_3))
+    for data in malformed:  # what the page refuses, the Python side refuses too
+        with pytest.raises(wire.ProtocolError):
+            wire.ComfortNoise.decode(data)
+    for data in bad_rates:
+        with pytest.raises(wire.ProtocolError):
+            wire.RateRequest.decode(data)
+
+    assert got[0]["version"] == 2 and got[0]["again"] == header.encode().hex()
+    assert "unsupported protocol version 3 (this page speaks 1, 2)" in got[1]["error"]
+    assert got[2] == {"index": 9, "bandDb": [-40, -52, -60, -127, -70, -71, -72, -73], "again": noise.encode().hex()}
+    assert wire.ComfortNoise.decode(bytes.fromhex(got[2]["again"])) == wire.ComfortNoise(9, noise.band_db)
+    assert got[3]["bandDb"] == [-50] * 16 and got[3]["again"] == wire.ComfortNoise(3, (-50.0,) * 16).encode().hex()
+    assert got[4] == {"streamId": rate.stream_id, "kbps": 7.3, "again": rate.encode().hex()}
+    assert got[5]["kbps"] == 0.1 and wire.RateRequest.decode(bytes.fromhex(got[5]["again"])) == wire.RateRequest(1, 0.1)
+    assert all("error" in result for result in got[6:]), got[6:]
+
+
+PAUSE = """
+import { JitterBuffer } from "%s";
+const period = 1 / 75, buffer = new JitterBuffer(75, { initialDelay: period, minDelay: 0 });
+const played = [], bands = [];
+const arrivals = %s;  // [time in frames, kind, index, bands]
+let next = 0;
+for (let tick = 0; tick < 140; tick++) {
+  for (; next < arrivals.length && arrivals[next][0] <= tick; next++) {
+    const [, kind, index, band] = arrivals[next];
+    if (kind === "audio") buffer.push(index, [Int32Array.of(index)], arrivals[next][0] * period);
+    else buffer.pushComfort(index, band, arrivals[next][0] * period);
+  }
+  const due = tick ? buffer.playout((tick + 0.5) * period) : null;  // from tick 1: one frame of delay, as Python's first fill
+  played.push(due ? due.index : -1), bands.push(due?.comfort ?? null);
+}
+console.log(JSON.stringify({ played, bands, stats: buffer.stats }));
+"""
+
+
+def test_page_jitter_buffer_plays_a_pause_as_the_python_receiver_does():
+    """Speech, a pause announced at frame 30 (a new background at 45), speech again from frame 74 with the
+    frame before the onset: the page plays the same frames, the pause as comfort noise at the pace of
+    speech, as call/jitter.py, and loses nothing."""
+    arrivals = [[i, "audio", i, None] for i in range(30)]
+    arrivals += [[30, "comfort", 30, [-50] * 8], [45, "comfort", 45, [-55] * 8], [60, "comfort", 60, [-55] * 8]]
+    arrivals += [[75, "audio", 74, None]] + [[i, "audio", i, None] for i in range(75, 120)]
+    got = run_node(PAUSE % ((WEB_ROOT / "jitter.js").as_uri(), json.dumps(arrivals)))
+    python = JitterBuffer(75, initial_delay=1 / 75, min_delay=0.0)
+    expected = []
+    for tick in range(140):
+        for when, kind, index, bands in arrivals:
+            if when == tick:
+                if kind == "audio":
+                    python.put(index, (np.array([index]),), when / 75)
+                else:
+                    python.put_comfort(wire.ComfortNoise(index, tuple(map(float, bands))), when / 75)
+        index, entry = python.playout((tick + 0.5) / 75)
+        expected.append(-1 if index == STRETCH else index)
+    # Tick for tick through the pause and past the onset (later the two skip rules differ: the page's is smaller).
+    assert got["played"][:100] == expected[:100]
+    assert [i for i in got["played"] if i >= 0] == list(range(120))
+    assert got["stats"]["comfort"] == python.stats.comfort == 44 and got["stats"]["lost"] == python.stats.lost == 0
+    comfort = {i: b for i, b in zip(got["played"], got["bands"]) if b is not None and i >= 0}
+    assert sorted(comfort) == list(range(30, 74)) and comfort[40] == [-50] * 8 and comfort[50] == [-55] * 8
+
+
+COMFORT = """
+import { noiseFilter, ComfortNoiseSource } from "%s";
+const bands = %s;
+const source = new ComfortNoiseSource(320, { seed: 5 }), audio = [];
+for (let i = 0; i < 300; i++) audio.push(...source.frame(bands));
+console.log(JSON.stringify({ filter: Array.from(noiseFilter(bands)), audio }));
+"""
+
+
+def test_page_comfort_noise_has_the_python_filter_and_level_per_band():
+    bands = (-40.0, -52.0, -60.0, -127.0, -70.0, -71.0)  # 6 bands: the 32 bins split unevenly
+    got = run_node(COMFORT % ((WEB_ROOT / "comfort-noise.js").as_uri(), json.dumps(bands)))
+    assert np.allclose(got["filter"], noise_filter(bands, 32), rtol=0, atol=1e-12)
+    source = ComfortNoiseSource(320, channels=1, seed=5)
+    python = np.concatenate([source.frame(wire.ComfortNoise(0, bands))[0] for _ in range(300)])
+    page = np.asarray(got["audio"])
+
+    def levels(audio):
+        return np.array([level_db(float(p)) for p in np.mean([band_powers(audio[i * 320:(i + 1) * 320]) for i in range(300)], axis=0)])
+
+    assert np.abs(levels(page) - levels(python)).max() < 1.0  # each band (8 measured) within 1 dB
+    assert abs(level_db(float(np.mean(page**2))) - level_db(float(np.mean(python**2)))) < 0.5
+
+
+RATE_LIMIT = """
+import { RateLimit, bestBandwidth, codebooksAt } from "%s";
+const bandwidths = [1.5, 3, 6, 12, 24], asked = %s;
+const limit = new RateLimit();
+limit.request(4, 20, 0);
+limit.request(5, 9, 1);
+const slowest = limit.limit(2);
+limit.request(5, 30, 3);  // a later request raises it
+const raised = limit.limit(4);
+const expired = limit.limit(14);  // no request heard for 10 s: no limit
+console.log(JSON.stringify({ chosen: asked.map((kbps) => bestBandwidth(kbps, bandwidths, 10, 75)),
+                             codebooks: bandwidths.map((b) => codebooksAt(b, 10, 75)), slowest, raised, expired }));
+"""
+
+
+def test_page_rate_limit_serves_the_slowest_receiver_as_call_rate_does():
+    from codec.config import EncodecConfig
+
+    config = EncodecConfig()
+    bandwidths = [1.5, 3.0, 6.0, 12.0, 24.0]
+    asked = [1.0, 3.6, 4.8, 8.3, 8.5, 14.4, 20.0, 26.4, 100.0]
+    got = run_node(RATE_LIMIT % ((WEB_ROOT / "rate.js").as_uri(), json.dumps(asked)))
+    assert got["codebooks"] == [config.num_quantizers_for_bandwidth(b) for b in bandwidths]
+    fits = lambda b, kbps: packet_kbps(config.num_quantizers_for_bandwidth(b), 10, 1, 75) <= kbps  # noqa: E731
+    assert got["chosen"] == [max((b for b in bandwidths if fits(b, kbps)), default=1.5) for kbps in asked]
+    assert got["chosen"] == [1.5, 1.5, 1.5, 3, 6, 12, 12, 24, 24]  # 6 kbps costs 8.4 kbps in one-frame packets
+    assert (got["slowest"], got["raised"], got["expired"]) == (9, 20, None)

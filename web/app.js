@@ -79,13 +79,14 @@ async function refresh() {
   if (s.error) showError(s.error);
   if (s.state === "disconnected" && timer) await stop();
   $("level").style.width = `${Math.min(100, 300 * s.level)}%`;
-  $("up").textContent = `${s.upKbps.toFixed(1)} kbps, ${s.sentFrames} frames${s.droppedFrames ? `, ${s.droppedFrames} dropped (CPU busy)` : ""}`;
+  const asked = s.rateLimitKbps === null ? "" : ` (a peer asks for ≤ ${s.rateLimitKbps} kbps)`;
+  $("up").textContent = `${s.upKbps.toFixed(1)} kbps, ${s.sentFrames} frames at ${s.bandwidth} kbps${asked}${s.droppedFrames ? `, ${s.droppedFrames} dropped (CPU busy)` : ""}`;
   $("down").textContent = `${s.downKbps.toFixed(1)} kbps${s.problems ? `, ${s.problems} bad messages dropped (last: ${s.lastProblem})` : ""}`;
   $("codec").textContent = `encode ${ms(s.encodeMsPerFrame)}, decode ${ms(s.decodeMsPerFrame)} a 13.3 ms frame`;
   $("peers").textContent = s.peers.length ? s.peers.map((p) => `#${p}`).join(", ") : "nobody else yet";
   $("streams").replaceChildren(...s.streams.map((stream) => {
     const row = document.createElement("tr");
-    for (const text of [`#${stream.peer}${stream.ended ? " (ended)" : ""}`, stream.decoded, `${(100 * stream.loss).toFixed(1)} %`, `~${ms(stream.estimateMs)} (clock ${ms(stream.latencyMs)})`, ms(stream.bufferMs)]) {
+    for (const text of [`#${stream.peer}${stream.ended ? " (ended)" : ""}`, stream.decoded, stream.comfort, `${(100 * stream.loss).toFixed(1)} %`, `~${ms(stream.estimateMs)} (clock ${ms(stream.latencyMs)})`, ms(stream.bufferMs)]) {
       row.insertCell().textContent = text;
     }
     return row;

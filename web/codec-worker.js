@@ -1,9 +1,13 @@
 // The page's codec and network, off the main thread and off the audio thread: microphone frames (24 kHz,
 // from the capture worklet's port) are encoded and sent; the peers' packets are parsed, put in a jitter
-// buffer per stream, decoded on the playback worklet's demand and mixed. The main thread only draws.
+// buffer per stream, decoded on the playback worklet's demand and mixed (a sender's pauses played as comfort
+// noise); a receiver's RATE request for the page's stream caps the bandwidth it encodes at. The main thread
+// only draws.
 
 import { configureRuntime, loadSession, Encoder, Decoder } from "./codec.js";
 import { JitterBuffer, Concealer } from "./jitter.js";
+import { ComfortNoiseSource } from "./comfort-noise.js";
+import { RateLimit, bestBandwidth } from "./rate.js";
 import * as wire from "./wire.js";
 
 configureRuntime(self.location.href);
@@ -13,6 +17,7 @@ const RECONNECT_FOR = 60; // s a lost relay is retried, as client.py's --reconne
 const MAX_BACKLOG = 4; // microphone frames (53 ms) that may wait for the encoder, as call/sender.py's 60 ms
 let manifest = null, models = null, decoderSession = null;
 const encoderSessions = {}; // bandwidth → the promise of its graph's session, loaded on first use
+const loadedEncoders = new Set(); // bandwidths whose session has loaded
 let call = null;
 
 /** Loads the manifest, the decoder and the encoder of `bandwidth` (the first offered where it is not). */
@@ -27,8 +32,11 @@ async function init(folder, bandwidth) {
 
 function encoderSession(bandwidth) {
   if (!(bandwidth in manifest.bandwidths)) throw new Error(`no encoder graph for ${bandwidth} kbps`);
-  return (encoderSessions[bandwidth] ??= loadSession(`${models}/${manifest.bandwidths[bandwidth]}`));
+  return (encoderSessions[bandwidth] ??= loadSession(`${models}/${manifest.bandwidths[bandwidth]}`)
+    .then((session) => (loadedEncoders.add(bandwidth), session)));
 }
+
+const frameRate = () => manifest.sample_rate / manifest.samples_per_frame;
 
 const fingerprintBytes = () => Uint8Array.from(manifest.fingerprint.match(/../g), (h) => parseInt(h, 16));
 
@@ -50,6 +58,7 @@ class RemoteStream {
     this.jitter = new JitterBuffer(header.sampleRate / header.samplesPerFrame);
     this.concealer = new Concealer();
     this.decoder = new Decoder(manifest, decoderSession);
+    this.comfortNoise = new ComfortNoiseSource(header.samplesPerFrame, { seed: header.streamId });
     this.newest = -1;
     this.decoded = 0;
     this.latency = null; // s, from the sender's clock at the frame's capture (its HEADER's start time) to playout
@@ -67,16 +76,30 @@ class RemoteStream {
     return (this.ended || this.departed) && this.jitter.next !== null && this.jitter.next > this.jitter.newest;
   }
 
-  accept(packet) {
-    const index = this.newest < 0 ? packet.index : wire.unwrapIndex(packet.index, this.newest);
-    this.jitter.push(index, packet.frames, now());
-    this.newest = Math.max(this.newest, index + packet.frames.length - 1);
+  /** The full index of a message at the 14-bit `wire` index covering `frames` frames; the newest moves past it. */
+  place(wireIndex, frames) {
+    const index = this.newest < 0 ? wireIndex : wire.unwrapIndex(wireIndex, this.newest);
+    this.newest = Math.max(this.newest, index + frames - 1);
+    return index;
   }
 
-  /** One frame of audio for this playout tick, or null when this stream has nothing due. */
+  accept(packet) {
+    this.jitter.push(this.place(packet.index, packet.frames.length), packet.frames, now());
+  }
+
+  /** The sender is silent (version 2 streams only, as call/wire.py): its pause goes into the timeline. */
+  acceptComfort(noise) {
+    if (this.header.version < wire.DTX_VERSION) throw new wire.ProtocolError(`COMFORT_NOISE in a version-${this.header.version} stream`);
+    this.jitter.pushComfort(this.place(noise.index, 1), noise.bandDb, now());
+  }
+
+  /** `{audio, decoded}` for this playout tick (`decoded`: it went through the decoder, not a frame of a
+   * pause, which leaves the decoder and the concealer alone as call/receiver.py does), or null when this
+   * stream has nothing due. */
   async tick(queued) {
-    const due = this.jitter.playout();
+    const due = this.jitter.playout(now());
     if (due === null) return null;
+    if (due.comfort) return { audio: this.comfortNoise.frame(due.comfort), decoded: false };
     const [codes, gain] = this.concealer.next(due.codes);
     const audio = await this.decoder.decode(codes);
     if (due.codes !== null) {
@@ -85,7 +108,7 @@ class RemoteStream {
       this.latency = now() - sent + queued;
     }
     this.estimate = this.jitter.targetDelay + this.jitter.period + queued; // as the Python client's status line
-    return gain === 1 ? audio : audio.map((x) => x * gain);
+    return { audio: gain === 1 ? audio : audio.map((x) => x * gain), decoded: true };
   }
 }
 
@@ -99,6 +122,7 @@ class Call {
     this.encoder = new Encoder(manifest, encoderSession);
     this.index = 0;
     this.streamId = Math.floor(Math.random() * 2 ** 31);
+    this.rateLimit = new RateLimit(); // receivers' RATE requests for this stream
     this.startTimeUs = null;
     this.counters = { upBytes: 0, upMessages: 0, downBytes: 0, downMessages: 0, problems: 0, encodeMs: 0, decodeMs: 0, encoded: 0, decodedFrames: 0, droppedFrames: 0 };
     this.backlog = 0; // microphone frames waiting for the encoder
@@ -191,12 +215,24 @@ class Call {
         this.send(this.header());
       }
       const t0 = performance.now();
-      const codes = await this.encoder.encode(samples, this.bandwidth);
+      const codes = await this.encoder.encode(samples, this.sendingBandwidth());
       this.counters.encodeMs += performance.now() - t0;
       this.counters.encoded++;
       this.codebooks = codes.length;
       this.send(wire.encodeAudio(this.index++, codes, manifest.codebook_nbits));
     });
+  }
+
+  /** The bandwidth to encode at: the menu's, capped by the receivers' RATE requests in force (as
+   * call/sender.py's `limit_rate`); a capped bandwidth's graph is used once it has loaded. */
+  sendingBandwidth() {
+    const limit = this.rateLimit.limit(now());
+    if (limit === null) return this.bandwidth;
+    const offered = Object.keys(manifest.bandwidths).map(Number).filter((b) => b <= Number(this.bandwidth));
+    const capped = String(bestBandwidth(limit, offered, manifest.codebook_nbits, frameRate()));
+    if (loadedEncoders.has(capped)) return capped;
+    encoderSession(capped); // loads meanwhile
+    return this.bandwidth;
   }
 
   receive(data) {
@@ -211,6 +247,11 @@ class Call {
         else this.peers.delete(peer), this.streams.get(peer)?.depart();
         return;
       }
+      if (message[0] === wire.RATE) { // about one stream, from any peer at any time: only its sender acts
+        const request = wire.decodeRate(message);
+        if (request.streamId === this.streamId) this.rateLimit.request(this.source, request.kbps, now());
+        return;
+      }
       const stream = this.streams.get(this.source);
       if (message[0] === wire.HEADER) {
         const header = wire.decodeHeader(message);
@@ -221,6 +262,8 @@ class Call {
       } else if (message[0] === wire.END) {
         wire.decodeEnd(message);
         stream.ended = true;
+      } else if (message[0] === wire.COMFORT_NOISE) {
+        stream.acceptComfort(wire.decodeComfortNoise(message));
       } else {
         stream.accept(wire.decodeAudio(message, stream.header.codebookNbits, stream.header.maxCodebooks));
       }
@@ -236,11 +279,13 @@ class Call {
     for (const stream of this.streams.values()) {
       if (stream.finished) continue; // kept for the counters; a new HEADER from its peer replaces it
       const t0 = performance.now();
-      const audio = await stream.tick(this.playbackQueued);
-      if (audio === null) continue;
-      this.counters.decodeMs += performance.now() - t0;
-      this.counters.decodedFrames++;
-      for (let i = 0; i < mix.length; i++) mix[i] += audio[i];
+      const due = await stream.tick(this.playbackQueued);
+      if (due === null) continue;
+      if (due.decoded) {
+        this.counters.decodeMs += performance.now() - t0;
+        this.counters.decodedFrames++;
+      }
+      for (let i = 0; i < mix.length; i++) mix[i] += due.audio[i];
     }
     return mix;
   }
@@ -257,7 +302,7 @@ class Call {
     return {
       state: this.state, error: this.error, peers: [...this.peers], reconnects: this.reconnects,
       upKbps: (8 * c.upBytes) / seconds / 1000, downKbps: (8 * c.downBytes) / seconds / 1000,
-      level: this.level, sentFrames: this.index, droppedFrames: c.droppedFrames, lastProblem: this.lastProblem ?? null, codebooks: this.codebooks ?? null, muted: this.muted, problems: c.problems,
+      streamId: this.streamId, level: this.level, sentFrames: this.index, bandwidth: this.sendingBandwidth(), rateLimitKbps: this.rateLimit.limit(now()), droppedFrames: c.droppedFrames, lastProblem: this.lastProblem ?? null, codebooks: this.codebooks ?? null, muted: this.muted, problems: c.problems,
       encodeMsPerFrame: c.encoded ? c.encodeMs / c.encoded : null,
       decodeMsPerFrame: c.decodedFrames ? c.decodeMs / c.decodedFrames : null,
       streams: [...this.streams.values()].map((s) => ({

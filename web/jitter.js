@@ -3,7 +3,9 @@
 // stall forgotten after a calm second), a missing
 // frame declared lost once a later one is due, delay no longer needed skipped (at once for a backlog far
 // beyond the target, else after half a second whose lowest fill exceeded it), repeated codes fading out for
-// a lost frame.
+// a lost frame. A sender's pauses (COMFORT_NOISE, protocol version 2) as call/jitter.py keeps them: each
+// message timed as its frame would be, the frames of a pause not sent and played as comfort noise (counted
+// apart, never lost) at the pace speech had, until the first frame that comes after them.
 
 export class JitterBuffer {
   constructor(frameRate, { initialDelay = 0.08, minDelay = 0.02, maxDelay = 0.5, window = 200 } = {}) {
@@ -20,7 +22,9 @@ export class JitterBuffer {
     this.transits = []; // arrival time − frame time (s), the last `window`
     this.next = null; // next index to play
     this.newest = -1;
-    this.stats = { received: 0, lost: 0, late: 0, duplicate: 0, stretched: 0, skipped: 0 };
+    this.pauses = []; // {index, bandDb, resumed}: the sender's pauses not yet played out, the last `maxPauses`
+    this.maxPauses = 16;
+    this.stats = { received: 0, lost: 0, late: 0, duplicate: 0, stretched: 0, skipped: 0, comfort: 0 };
   }
 
   /** A packet's frames (codes of each) arrived at `now` (s), the first of them frame `index`. */
@@ -32,11 +36,54 @@ export class JitterBuffer {
       this.frames.set(i, codes);
       this.stats.received++;
       this.newest = Math.max(this.newest, i);
+      this._endsPause(i);
       this.transits.push(now - i * this.period);
     });
+    this._timed();
+  }
+
+  /** The sender fell silent at frame `index` (or updates its background) at `now`: every frame from there
+   * that has not come when its turn comes is comfort noise of `bandDb`, until audio resumes. */
+  pushComfort(index, bandDb, now) {
+    const last = this.pauses.at(-1);
+    if (last && last.resumed === null && index >= last.index) last.bandDb = bandDb; // the same pause, a new background
+    else if (!last || (last.resumed !== null && index >= last.resumed)) this.pauses.push({ index, bandDb, resumed: null });
+    else return; // older than the pause known: nothing to add
+    this.pauses.splice(0, this.pauses.length - this.maxPauses);
+    this.transits.push(now - index * this.period); // sent when its frame was encoded: it times the stream
+    this._timed();
+  }
+
+  /** After new transits: the window bounded, a passed stall forgotten, the target updated. Once a message:
+   * a flood of packets costs a sort each, not one a frame. */
+  _timed() {
     this.transits.splice(0, this.transits.length - this.window);
-    this._forgetPassedStall(); // once a packet: a flood of packets costs a sort each, not one a frame
+    this._forgetPassedStall();
     if (this.transits.length >= 20) this.targetDelay = Math.min(this.maxDelay, Math.max(this.minDelay, this._spread() + this.period));
+  }
+
+  /** The latest pause that started at or before frame `index`. */
+  _pauseAt(index) {
+    return this.pauses.findLast((pause) => pause.index <= index);
+  }
+
+  /** Frame `index` came: the pause it lies in, if any, ended at it at the latest. */
+  _endsPause(index) {
+    const pause = this._pauseAt(index);
+    if (pause && (pause.resumed === null || index < pause.resumed)) pause.resumed = index;
+  }
+
+  /** The band powers frame `index` plays if it has not come: those of the pause it lies in, or null. */
+  _comfortFor(index) {
+    while (this.pauses.length && this.pauses[0].resumed !== null && this.pauses[0].resumed <= index) this.pauses.shift();
+    const pause = this._pauseAt(index);
+    return pause && (pause.resumed === null || index < pause.resumed) ? pause.bandDb : null;
+  }
+
+  /** Frame `index` would have come by `now` on the fastest path the stream has shown: in a pause, playout
+   * keeps the pace speech had, neither running ahead of the sender nor drifting later. */
+  _due(index, now) {
+    return this.transits.length > 0 && now >= index * this.period + Math.min(...this.transits);
   }
 
   /** Transits' 95th percentile above their minimum (s): the jitter the target must cover. */
@@ -57,12 +104,27 @@ export class JitterBuffer {
     return this.next === null ? this.frames.size : this.newest - this.next + 1;
   }
 
-  /** One playout tick: `{index, codes}`, codes null for a lost frame or, with index -1, for a stretch (the
-   * buffer ran dry: concealment that consumes no frame, so the delay grows); null before the stream starts. */
-  playout() {
+  /** One playout tick at `now` (s): `{index, codes}`, codes null for a lost frame or, with index -1, for a
+   * stretch (the buffer ran dry: concealment that consumes no frame, so the delay grows); in a pause
+   * `{index, codes: null, comfort}` with the band powers (dB) to play, index -1 while the pause's next
+   * frame is not due yet; null before the stream starts. */
+  playout(now) {
     if (this.next === null) {
-      if (!this.frames.size || this.buffered * this.period < this.targetDelay) return null;
-      this.next = Math.min(...this.frames.keys());
+      const start = this.frames.size ? Math.min(...this.frames.keys()) : this.pauses[0]?.index;
+      if (start === undefined) return null;
+      // A stream that starts in a pause fills its target delay as one that starts with frames does.
+      const filled = this.frames.size ? this.buffered * this.period : now - start * this.period - Math.min(...this.transits);
+      if (filled < this.targetDelay) return null;
+      this.next = start;
+    }
+    const comfort = this.frames.has(this.next) ? null : this._comfortFor(this.next);
+    if (comfort !== null) {
+      if (!this.frames.size && !this._due(this.next, now)) {
+        this.stats.stretched++;
+        return { index: -1, codes: null, comfort };
+      }
+      this.stats.comfort++;
+      return { index: this.next++, codes: null, comfort };
     }
     const target = Math.ceil(this.targetDelay / this.period);
     let excess = 0;
@@ -86,8 +148,8 @@ export class JitterBuffer {
     const index = this.next++;
     const codes = this.frames.get(index) ?? null;
     this.frames.delete(index);
-    if (codes === null) this.stats.lost++;
-    else if (skipping) this.stats.skipped++;
+    if (codes === null && this._comfortFor(index) === null) this.stats.lost++;
+    else if (skipping) this.stats.skipped++; // (a frame of a pause skipped to cut the delay is no loss)
     return { index, codes };
   }
 

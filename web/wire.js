@@ -1,11 +1,16 @@
-// The wire format of docs/PROTOCOL.md (version 1), as call/wire.py writes and reads it: what the page
-// sends (HEADER, one-frame audio packets, END) and everything the relay and the Python peers send it.
+// The wire format of docs/PROTOCOL.md (versions 1 and 2), as call/wire.py writes and reads it: what the
+// page sends (HEADER, one-frame audio packets, END) and everything the relay and the Python peers send it
+// (version 2: COMFORT_NOISE in a sender's pauses; RATE, a receiver's request). The page sends neither of
+// those two yet; their encoders keep the format checked both ways against Python (tests/test_web_modules.py).
 
-export const VERSION = 1;
-export const HEADER = 0x01, END = 0x02, ROUTED = 0x03, LEFT = 0x04, JOINED = 0x05;
+export const VERSION = 1; // what the page sends: it has no DTX
+export const DTX_VERSION = 2; // a stream that may hold COMFORT_NOISE
+export const SUPPORTED_VERSIONS = [VERSION, DTX_VERSION];
+export const HEADER = 0x01, END = 0x02, ROUTED = 0x03, LEFT = 0x04, JOINED = 0x05, COMFORT_NOISE = 0x06, RATE = 0x07;
 export const AUDIO_FLAG = 0x80, MULTI_FLAG = 0x40, UNIFORM_FLAG = 0x80;
 export const INDEX_MODULUS = 1 << 14;
 export const FINGERPRINT_SIZE = 8;
+export const MAX_NOISE_BANDS = 16, NOISE_FLOOR_DB = 127;
 
 export class ProtocolError extends Error {}
 
@@ -67,10 +72,10 @@ export function unpackCodes(payload, count, nbits) {
   return codes;
 }
 
-/** The HEADER of a stream: `fingerprint` a Uint8Array(8), times in µs since the epoch. */
+/** The HEADER of a stream: `fingerprint` a Uint8Array(8), times in µs since the epoch, `version` 1 unless given. */
 export function encodeHeader(h) {
   if (h.fingerprint.length !== FINGERPRINT_SIZE) throw new RangeError("fingerprint must be 8 bytes");
-  const out = [HEADER, VERSION, ...h.fingerprint];
+  const out = [HEADER, h.version ?? VERSION, ...h.fingerprint];
   writeVarint(h.sampleRate, out);
   out.push(h.channels);
   writeVarint(h.samplesPerFrame, out);
@@ -82,7 +87,9 @@ export function encodeHeader(h) {
 
 export function decodeHeader(data) {
   if (data.length < 2 || data[0] !== HEADER) throw new ProtocolError("not a HEADER message");
-  if (data[1] !== VERSION) throw new ProtocolError(`unsupported protocol version ${data[1]} (this page speaks ${VERSION})`);
+  if (!SUPPORTED_VERSIONS.includes(data[1])) {
+    throw new ProtocolError(`unsupported protocol version ${data[1]} (this page speaks ${SUPPORTED_VERSIONS.join(", ")})`);
+  }
   let pos = 2 + FINGERPRINT_SIZE;
   if (data.length < pos) throw new ProtocolError("truncated HEADER");
   const fingerprint = data.slice(2, pos);
@@ -99,7 +106,7 @@ export function decodeHeader(data) {
   if (codebookNbits < 8 || codebookNbits > 16 || maxCodebooks < 1 || channels < 1 || !sampleRate || !samplesPerFrame) {
     throw new ProtocolError("HEADER parameters out of range");
   }
-  return { fingerprint, sampleRate, channels, samplesPerFrame, codebookNbits, maxCodebooks, streamId, startTimeUs };
+  return { fingerprint, sampleRate, channels, samplesPerFrame, codebookNbits, maxCodebooks, streamId, startTimeUs, version: data[1] };
 }
 
 /** A one-frame audio packet (M = 0): 2 bytes of header, then the codes. */
@@ -155,6 +162,38 @@ export function decodeEnd(data) {
   [nSamples, pos] = readVarint(data, pos, 8);
   if (pos !== data.length) throw new ProtocolError("trailing bytes after END");
   return { nFrames, nSamples };
+}
+
+/** COMFORT_NOISE: the sender is silent from frame `index` on; `bandDb` the background's power per band (dB full scale). */
+export function encodeComfortNoise(index, bandDb) {
+  if (bandDb.length < 1 || bandDb.length > MAX_NOISE_BANDS) throw new RangeError(`comfort noise has 1..${MAX_NOISE_BANDS} bands`);
+  const wire = index % INDEX_MODULUS;
+  // Python's round() rounds halves to even; band levels on the page come from the wire, whole already.
+  return new Uint8Array([COMFORT_NOISE, wire >> 8, wire & 0xff, ...bandDb.map((db) => Math.min(NOISE_FLOOR_DB, Math.max(0, Math.round(-db))))]);
+}
+
+/** `{index (14-bit wire value), bandDb}`, with call/wire.py's checks. */
+export function decodeComfortNoise(data) {
+  if (!data.length || data[0] !== COMFORT_NOISE) throw new ProtocolError("not a COMFORT_NOISE message");
+  if (data.length < 4 || data.length > 3 + MAX_NOISE_BANDS) {
+    throw new ProtocolError(`COMFORT_NOISE needs 1..${MAX_NOISE_BANDS} bands, got ${data.length - 3} bytes`);
+  }
+  const levels = data.subarray(3);
+  if (data[1] >> 6 || Math.max(...levels) > NOISE_FLOOR_DB) throw new ProtocolError("COMFORT_NOISE field out of range");
+  return { index: (data[1] << 8) | data[2], bandDb: Array.from(levels, (level) => -level) };
+}
+
+/** RATE: a receiver asks the sender of stream `streamId` to send at most `kbps` (tenths on the wire). */
+export function encodeRate(streamId, kbps) {
+  return new Uint8Array(writeVarint(Math.max(1, Math.round(10 * kbps)), writeVarint(streamId, [RATE])));
+}
+
+export function decodeRate(data) {
+  if (!data.length || data[0] !== RATE) throw new ProtocolError("not a RATE message");
+  const [streamId, pos] = readVarint(data, 1, 5);
+  const [tenths, end] = readVarint(data, pos, 4);
+  if (end !== data.length || tenths === 0) throw new ProtocolError("malformed RATE message");
+  return { streamId, kbps: tenths / 10 };
 }
 
 /** `[source peer, inner message]` of a ROUTED envelope. */
