@@ -3,6 +3,7 @@
     python server.py --host 0.0.0.0 --port 8765 [--token SECRET] [--room-token ROOM=SECRET …]
                      [--room-token-file FILE] [--max-connections N] [--max-rooms N]
                      [--max-peers-per-room N] [--tls-cert C --tls-key K]
+                     [--cluster nats://HOST:4222,…] [--workers N] [--metrics [PORT]] [--loop uvloop|asyncio]
 
 Peers connect to ``ws://HOST:PORT/ROOM`` with the token in an ``Authorization: Bearer …``
 header. ``--token`` opens every room; ``--room-token ROOM=SECRET`` (or a file of such lines)
@@ -30,6 +31,10 @@ Limits (``Limits``, most also flags), each refused with a reason a client can pr
 Bad input is counted and dropped; a peer that keeps sending it is closed with 1008.
 A peer that sends too fast is throttled by not reading from it (TCP pushes back).
 Logs are JSON lines on stderr.
+
+With ``--cluster`` rooms span every relay on the same NATS servers (``call/relay_cluster.py``);
+``--workers N`` runs N such relays on one port; ``--metrics`` serves Prometheus text
+(``call/relay_metrics.py``). ``docs/DEPLOY.md`` puts them behind a load balancer.
 """
 
 from __future__ import annotations

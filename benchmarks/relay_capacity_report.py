@@ -33,7 +33,8 @@ def run_suite(before: str, levels: list[int] | None, room_size: int, command: st
         print(f"== {name}", flush=True)
         runs[name] = capacity(room_size=room_size, levels=levels, **options)
     report = {"command": f"python benchmarks/latency_relay.py {command}", "loadavg": os.getloadavg(),
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs}
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs,
+              "message_costs_us": message_costs()}
     (RESULTS / "relay_capacity.json").write_text(json.dumps(report, indent=1))
     (RESULTS / "relay_capacity.md").write_text(markdown(report))
     print(markdown(report))
@@ -59,5 +60,65 @@ def markdown(report: dict) -> str:
         hop99 = split["levels"][0]["p99_ms"] - one["levels"][0]["p99_ms"]
         lines += ["", f"Cross-node hop (two nodes through NATS, no load, minus one node): "
                   f"p50 {hop50:+.2f} ms, p99 {hop99:+.2f} ms."]
+    costs = report.get("message_costs_us")
+    if costs:
+        lines += ["", "CPU µs per message of the relay's own steps, alone (no sockets; `message_costs`): "
+                  + ", ".join(f"{name.replace('_', ' ')} {value:.2f}" for name, value in costs.items()) + "."]
     lines += ["", "Every level of every run is in `relay_capacity.json`."]
     return "\n".join(lines) + "\n"
+
+
+def message_costs(messages: int = 200_000) -> dict[str, float]:
+    """CPU µs per message of the relay's per-message steps, alone in this process (no sockets):
+    what websockets' parser takes to read a client's frame, its framing of a server's message
+    against the relay's 2-byte prefix, and the relay's check of a packet (``StreamValidator.check``)."""
+    import base64
+
+    from websockets.server import ServerProtocol
+
+    from benchmarks.latency_relay import audio_packet, masked_frame, stream_header
+    from call import wire
+
+    packet = audio_packet(1)
+    protocol = ServerProtocol(max_size=4096)
+    key = base64.b64encode(os.urandom(16)).decode()
+    protocol.receive_data(f"GET /r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    protocol.send_response(protocol.accept(protocol.events_received()[0]))
+    protocol.data_to_send()
+
+    def per_message(step, count: int = messages) -> float:
+        start = time.process_time()
+        step(count)
+        return (time.process_time() - start) / count * 1e6
+
+    def parse(count: int) -> None:
+        frame = masked_frame(packet)
+        for _ in range(count):
+            protocol.receive_data(frame)
+            protocol.events_received()
+
+    def frame_websockets(count: int) -> None:
+        for _ in range(count):
+            protocol.send_binary(packet)
+            protocol.data_to_send()
+
+    def frame_prefix(count: int) -> None:
+        for _ in range(count):
+            bytes((0x82, len(packet))) + packet
+
+    def check(count: int) -> None:
+        validator = wire.StreamValidator()
+        validator.check(stream_header())
+        for index in range(count):
+            validator.check(audio_packet(index))
+
+    def make_packets(count: int) -> None:  # check() builds its packets: subtract what that costs
+        for index in range(count):
+            audio_packet(index)
+
+    costs = {"websockets_parse_client_frame": per_message(parse),
+             "websockets_frame_server_message": per_message(frame_websockets),
+             "relay_prefix_frame": per_message(frame_prefix),
+             "relay_check_packet": per_message(check) - per_message(make_packets)}
+    return {name: round(value, 2) for name, value in costs.items()}

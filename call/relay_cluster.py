@@ -150,7 +150,10 @@ class ClusterLink:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         if self.nc is not None:
-            await self.nc.close()
+            try:
+                await asyncio.wait_for(self.nc.close(), 2)  # a NATS gone mid-close must not hold the shutdown
+            except asyncio.TimeoutError:
+                log_event("cluster_close_timed_out", logging.WARNING)
 
     async def _connect(self) -> None:
         self.nc = await nats.connect(

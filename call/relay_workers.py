@@ -48,13 +48,13 @@ def without_workers(argv: list[str]) -> list[str]:
     return kept
 
 
-def embedded_nats() -> tuple[subprocess.Popen, str]:
-    """A ``nats-server`` on a free loopback port, and its URL."""
+def embedded_nats(port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """A ``nats-server`` on a loopback port (a free one unless given), once it listens, and its URL."""
     binary = nats_binary()
     if binary is None:
         raise SystemExit("--workers without --cluster starts a local nats-server, and none is installed: "
                          "apt-get install nats-server (or scripts/install-system-deps.sh), or give --cluster")
-    port = free_loopback_port()
+    port = port or free_loopback_port()
     process = subprocess.Popen([binary, "-a", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10

@@ -5,7 +5,6 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from websockets.exceptions import InvalidStatus
 from call import wire
 from call.relay_cluster import ClusterSettings, room_subject
 from call.relay_metrics import metrics_route
+from call.relay_workers import embedded_nats
 from client import Client, Options
 from server import Limits, Relay
 from tests.test_call import LENGTH, call, free_port, model, offline, speech  # noqa: F401 - fixtures
@@ -31,14 +31,6 @@ from tests.test_server import HEADER, audio, until
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ClusterSettings(heartbeat=0.2, node_timeout=1.5, reconnect_wait=0.1)
 """Quick to notice a node gone; generous enough for a busy machine (heartbeats are tiny)."""
-
-
-def start_nats(port: int) -> subprocess.Popen:
-    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
-    if not os.path.exists(binary):
-        pytest.fail("nats-server is missing: run scripts/install-system-deps.sh")
-    return subprocess.Popen([binary, "-a", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
 
 
 async def listening(port: int, timeout: float = 30.0) -> None:
@@ -54,9 +46,8 @@ async def listening(port: int, timeout: float = 30.0) -> None:
 
 @pytest.fixture
 async def nats_server():
-    port = free_port()
-    nats = types.SimpleNamespace(url=f"nats://127.0.0.1:{port}", port=port, process=start_nats(port))
-    await listening(port)
+    process, url = embedded_nats()
+    nats = types.SimpleNamespace(url=url, port=int(url.rpartition(":")[2]), process=process)
     yield nats
     nats.process.terminate()  # the one running now: a test may have restarted it
     nats.process.wait(10)
@@ -208,7 +199,7 @@ async def test_nats_stopped_local_rooms_keep_working_and_the_log_says_so(nats_se
             assert list(heard.values()) == [[HEADER.encode(), *(audio(i) for i in range(3))]]
             await eve.send(HEADER.encode())  # B's room goes on too, with nobody to tell
             # NATS is back: the nodes rejoin and a room spans them again.
-            nats_server.process = start_nats(nats_server.port)
+            nats_server.process, _ = await asyncio.to_thread(embedded_nats, nats_server.port)
             await until(lambda: a.cluster.up and b.cluster.up)
             assert "cluster_link_up" in caplog.text
             async with connect(a.url + "/x") as frank:
