@@ -96,3 +96,20 @@ def test_websocket_frames_are_split_whole_and_only_audio_may_be_dropped():
     assert frames == [audio, header, long] and rest == audio[:3]
     assert [netem.is_audio(f) for f in frames] == [True, False, True]
     assert not netem.is_audio(bytes([0x88, 2, 0x03, 0xE8]))  # a close frame
+
+
+def test_netem_report_counts_late_and_concealed_and_writes_its_files(tmp_path):
+    from benchmarks import latency_netem
+
+    stats = {"received": 95, "late": 1, "lost": 5, "stretched": 2, "duplicate": 0}
+    row = {"condition": "jitter 20 ms p99", "spec": {"model": "default"}, "floor_ms": 30.0, "kbps": [7.2, 7.2],
+           "end_to_end": {"p50": 40.0, "p99": 60.0}, "jitter_stats": [[stats], [stats]]}
+    row["netem_counts"] = latency_netem.counts(row)
+    assert row["netem_counts"]["late"] == 2 and row["netem_counts"]["lost_pct"] == pytest.approx(5.0)
+    report = {"command": "latency.py --netem", "machine": {"date_utc": "today", "loadavg": "1"}, "warmup": 3,
+              "seconds": 16, "rows": [row, {**row, "spec": {"model": "opus-20ms"}}]}
+    assert "| jitter 20 ms p99 | default | 40.0 | 60.0 | 30.0 | 7.20 | 2 (1.0 %) | 10 (5.0 %) | 4 |" \
+        in latency_netem.markdown(report)
+    pytest.importorskip("matplotlib")  # the plot needs the bench extra
+    latency_netem.write(report, tmp_path)
+    assert (tmp_path / "netem.png").stat().st_size > 1000
