@@ -111,10 +111,6 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-if __name__ == "__main__":
-    directory = Path(sys.argv[1])
-    write(json.loads((directory / "netem.json").read_text()), directory)
-
 
 def markdown(report: dict) -> str:
     lines = ["# Calls over emulated networks", "",
@@ -123,7 +119,7 @@ def markdown(report: dict) -> str:
              f"{report['warmup']:g} s warm-up, {report['seconds']:g} s measured, both directions pooled, 6 kbps, "
              "10 ms blocks, shipped playout. `benchmarks/netem.py` sits on the relay → client links. "
              "Late: frames that came after their turn; concealed: frames played as lost; stretched: ticks "
-             "with nothing to play. Floor: `benchmarks/latency_floor.py` (the network not included).", "",
+             "with nothing to play. Floor: `benchmarks/latency_floor.py`, with the network stage's median (emulated delay included).", "",
              "| condition | codec | p50 ms | p99 ms | floor ms | kbps sent | late | concealed | stretched |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
@@ -132,3 +128,8 @@ def markdown(report: dict) -> str:
                      f"{row['floor_ms']:.1f} | {sum(row['kbps']) / 2:.2f} | {c['late']} ({c['late_pct']:.1f} %) | {c['lost']} ({c['lost_pct']:.1f} %) "
                      f"| {c['stretched']} |")
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    directory = Path(sys.argv[1])
+    write(json.loads((directory / "netem.json").read_text()), directory)
