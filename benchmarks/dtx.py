@@ -148,9 +148,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 0 <= args.silence < 1:
         parser.error(f"--silence must lie in [0, 1), got {args.silence}")
+    if args.files is not None and args.files < 1:
+        parser.error(f"--files must be at least 1, got {args.files}")
     from codec import load_model
 
     model = load_model(args.model).eval()
+    if args.bandwidth not in model.config.target_bandwidths:
+        parser.error(f"--bandwidth {args.bandwidth:g}: the model offers {model.config.target_bandwidths}")
     audio, spans = conversation([a for _, a in load_speech(args.audio, args.files)], args.silence, args.background)
     result = measure(model, audio, spans, args.bandwidth)
     print(json.dumps(result, indent=1))

@@ -399,17 +399,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, process: subprocess.Popen, close: Callable[[], None], name: str) -> None:
-    """Return once ``process`` accepts connections on ``port``; ``close`` it and raise if it does not
-    within 20 s or exits."""
+def wait_for_port(port: int, name: str, process: subprocess.Popen | None = None,
+                  close: Callable[[], None] | None = None) -> None:
+    """Return once something accepts connections on ``port``; raise if nothing does within 20 s or
+    ``process`` exits (``close`` it first)."""
     deadline = time.monotonic() + 20
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return
         except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                close()
+            if time.monotonic() > deadline or process is not None and process.poll() is not None:
+                if close is not None:
+                    close()
                 raise RuntimeError(f"{name} did not start")
             time.sleep(0.05)
 
@@ -422,7 +424,7 @@ class RelayProcess:
         self.url = f"ws://127.0.0.1:{self.port}"
         self.process = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(self.port)]
                                         + (extra or []), cwd=ROOT, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port, self.process, self.close, "the relay (server.py)")
+        wait_for_port(self.port, "the relay (server.py)", self.process, self.close)
 
     def close(self) -> None:
         if self.process.poll() is None:

@@ -70,11 +70,46 @@ def netem_main(args: argparse.Namespace) -> dict:
             report["rows"].append(summary)
             print(netem_line(condition, codec, summary), flush=True)
     report["elapsed_s"] = time.monotonic() - started
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "netem.json").write_text(json.dumps(report, indent=1))
-    (args.out / "netem.md").write_text(markdown(report))
-    progress(f"wrote {args.out}/netem.json and netem.md")
+    write(report, args.out)
+    progress(f"wrote {args.out}/netem.json, netem.md and netem.png")
     return report
+
+
+def write(report: dict, out: Path) -> None:
+    """``netem.json``, ``netem.md`` and ``netem.png`` in ``out`` (``python -m benchmarks.latency_netem DIR``
+    rewrites the last two from the first)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "netem.json").write_text(json.dumps(report, indent=1))
+    (out / "netem.md").write_text(markdown(report) + "\n![p50 and p99 per condition](netem.png)\n")
+    plot(report, out / "netem.png")
+
+
+def plot(report: dict, path: Path) -> None:
+    """p50 bars with p99 marks and the floor, per condition, one colour per codec."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conditions = list(dict.fromkeys(row["condition"] for row in report["rows"]))
+    codecs = list(dict.fromkeys(row["spec"]["model"] for row in report["rows"]))
+    width = 0.8 / len(codecs)
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    for k, codec in enumerate(codecs):
+        rows = {row["condition"]: row for row in report["rows"] if row["spec"]["model"] == codec}
+        xs = [i + k * width for i, c in enumerate(conditions) if c in rows]
+        picked = [rows[c] for c in conditions if c in rows]
+        ax.bar(xs, [r["end_to_end"]["p50"] for r in picked], width, label=f"{codec} p50")
+        ax.scatter(xs, [r["end_to_end"]["p99"] for r in picked], marker="_", s=200, color="black")
+        ax.scatter(xs, [r["floor_ms"] for r in picked], marker="x", color="red", s=20)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(conditions))], conditions, rotation=15, fontsize=8)
+    ax.set_ylabel("end-to-end latency (ms); — p99, x floor")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
 
 
 def markdown(report: dict) -> str:
@@ -84,7 +119,7 @@ def markdown(report: dict) -> str:
              f"{report['warmup']:g} s warm-up, {report['seconds']:g} s measured, both directions pooled, 6 kbps, "
              "10 ms blocks, shipped playout. `benchmarks/netem.py` sits on the relay → client links. "
              "Late: frames that came after their turn; concealed: frames played as lost; stretched: ticks "
-             "with nothing to play. Floor: `benchmarks/latency_floor.py` (the network not included).", "",
+             "with nothing to play. Floor: `benchmarks/latency_floor.py`, with the network stage's median (emulated delay included).", "",
              "| condition | codec | p50 ms | p99 ms | floor ms | kbps sent | late | concealed | stretched |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
@@ -93,3 +128,8 @@ def markdown(report: dict) -> str:
                      f"{row['floor_ms']:.1f} | {sum(row['kbps']) / 2:.2f} | {c['late']} ({c['late_pct']:.1f} %) | {c['lost']} ({c['lost_pct']:.1f} %) "
                      f"| {c['stretched']} |")
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    directory = Path(sys.argv[1])
+    write(json.loads((directory / "netem.json").read_text()), directory)

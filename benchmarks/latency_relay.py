@@ -379,17 +379,9 @@ def capacity(quick: bool = False, progress=print, room_size: int = 2, budget_ms:
 
 
 def _wait_listening(port: int) -> None:
-    import socket
+    from benchmarks.latency_call import wait_for_port
 
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the relay did not start")
-            time.sleep(0.05)
+    wait_for_port(port, "the relay")
 
 
 if __name__ == "__main__":

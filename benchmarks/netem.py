@@ -5,9 +5,10 @@
 What the relay sends a client goes through a link with the given conditions: a fixed one-way
 ``delay``; ``jitter``, extra delay drawn per chunk from an exponential distribution whose 99th
 percentile is ``jitter`` (in order, as TCP delivers: a late chunk holds up the ones behind it); a
-bandwidth cap of ``rate_kbps`` (serialised one chunk after another, and a bounded ``queue_bytes``
-in flight, beyond which the proxy stops reading, so that the relay's own send queue fills and drops
-audio, as behind a real slow link); and outages: every ``outage_every`` seconds every connection is
+bandwidth cap of ``rate_kbps`` (serialised one websocket message after another, in front of a
+queue of at most ``max_queue`` seconds: an audio message that finds it full is dropped whole, as the
+relay drops the oldest audio of a slow peer; without this, TCP's buffers on loopback would hold
+seconds of audio and every frame would arrive, seconds late); and outages: every ``outage_every`` seconds every connection is
 cut and new ones refused for ``outage_for`` seconds, the loss burst of a websocket reconnect. What a
 client sends the relay passes untouched, so a call's path crosses the conditions once.
 
@@ -42,8 +43,9 @@ class Conditions:
     outage_for: float = 0.0
     queue_bytes: int = 8192
     rate_schedule: str | None = None
-    """``"0:12,6:3,12:12"``: the cap (kbps) from each time on, seconds after the first client
-    connected; replaces ``rate_kbps`` while the proxy runs."""
+    max_queue: float = 0.2
+    """``"0:12,6:3,12:12"``: the cap (kbps) from each time on, seconds after the first websocket
+    handshake through the proxy; replaces ``rate_kbps`` while the proxy runs."""
 
     def rates(self) -> list[tuple[float, float]]:
         """``(from, kbps)`` of :attr:`rate_schedule`, in order; raises ``ValueError`` for a bad one."""
@@ -68,6 +70,8 @@ class Conditions:
             raise ValueError("outages must be shorter than the time between them")
         if self.queue_bytes < 1:
             raise ValueError("queue_bytes must be >= 1")
+        if self.max_queue <= 0:
+            raise ValueError("max_queue must be > 0")
         try:
             self.rates()
         except ValueError as error:
@@ -76,6 +80,33 @@ class Conditions:
     def in_outage(self, since_start: float) -> bool:
         """Whether the link is cut ``since_start`` seconds after the proxy started."""
         return bool(self.outage_every) and since_start % self.outage_every >= self.outage_every - self.outage_for
+
+
+def split_frames(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """Whole websocket frames at the start of ``buffer`` (RFC 6455 framing) and what is left."""
+    frames, pos = [], 0
+    while len(buffer) - pos >= 2:
+        length, head = buffer[pos + 1] & 0x7F, 2
+        if length == 126:
+            if len(buffer) - pos < 4:
+                break
+            length, head = int.from_bytes(buffer[pos + 2:pos + 4], "big"), 4
+        elif length == 127:
+            if len(buffer) - pos < 10:
+                break
+            length, head = int.from_bytes(buffer[pos + 2:pos + 10], "big"), 10
+        head += 4 if buffer[pos + 1] & 0x80 else 0  # masked (a client's frame)
+        if len(buffer) - pos < head + length:
+            break
+        frames.append(buffer[pos:pos + head + length])
+        pos += head + length
+    return frames, buffer[pos:]
+
+
+def is_audio(frame: bytes) -> bool:
+    """A binary frame from the relay whose message is an audio packet: the only kind one may drop."""
+    head = 2 + {126: 2, 127: 8}.get(frame[1] & 0x7F, 0)
+    return frame[0] & 0x0F == 0x2 and not frame[1] & 0x80 and len(frame) > head and bool(frame[head] & 0x80)
 
 
 class LinkSchedule:
@@ -110,7 +141,9 @@ class NetemProxy:
         self.started = time.monotonic()
         self.connections: set[asyncio.StreamWriter] = set()
         self.cuts = 0
+        self.dropped = 0
         self._links = 0
+        self._schedule: asyncio.Task | None = None
 
     def set_conditions(self, conditions: Conditions) -> None:
         conditions.check()
@@ -121,7 +154,7 @@ class NetemProxy:
         return await asyncio.start_server(self._client, host, port)
 
     async def _follow_schedule(self) -> None:
-        """Change the cap at the times of the rate schedule, counted from now (the first client)."""
+        """Change the cap at the times of the rate schedule, counted from now (the first handshake)."""
         start = time.monotonic()
         for since, kbps in self.conditions.rates():
             await asyncio.sleep(max(0.0, start + since - time.monotonic()))
@@ -146,8 +179,6 @@ class NetemProxy:
             writer.transport.abort()
             return
         self.connections.update((writer, up_writer))
-        if not self._links and self.conditions.rate_schedule:
-            asyncio.create_task(self._follow_schedule())
         self._links += 1
         link = LinkSchedule(self.conditions, self.seed + self._links)
         await asyncio.gather(self._pass(reader, up_writer), self._through(up_reader, writer, link),
@@ -184,11 +215,27 @@ class NetemProxy:
                     room.set()
 
         sender = asyncio.create_task(deliver())
+        pending, handshake = b"", True
         try:
             while data := await reader.read(4096):
                 link.conditions = self.conditions
-                queue.put_nowait((link.deliver_at(loop.time(), len(data)), data))
-                in_flight += len(data)
+                pending += data
+                if handshake:  # the relay's HTTP answer to the websocket handshake comes first, as it is
+                    end = pending.find(b"\r\n\r\n")
+                    if end < 0:
+                        continue
+                    handshake, head, pending = False, pending[:end + 4], pending[end + 4:]
+                    if self._schedule is None and self.conditions.rate_schedule:  # the first call's start
+                        self._schedule = asyncio.create_task(self._follow_schedule())
+                    queue.put_nowait((link.deliver_at(loop.time(), len(head)), head))
+                frames, pending = split_frames(pending)
+                for frame in frames:
+                    now = loop.time()
+                    if link.conditions.rate_kbps and link.backlog(now) > link.conditions.max_queue and is_audio(frame):
+                        self.dropped += 1
+                        continue
+                    queue.put_nowait((link.deliver_at(now, len(frame)), frame))
+                    in_flight += len(frame)
                 if in_flight >= self.conditions.queue_bytes:
                     room.clear()
                     await room.wait()
@@ -210,7 +257,7 @@ class NetemProcess:
         args = [f"--{k.replace('_', '-')}={v}" for k, v in asdict(conditions).items() if v is not None]
         self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.netem", "--listen", str(self.port),
                                          "--upstream", f"{host}:{port}", *args], cwd=ROOT)
-        wait_for_port(self.port, self.process, self.close, "the network emulator")
+        wait_for_port(self.port, "the network emulator", self.process, self.close)
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -241,11 +288,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--outage-every", type=float, default=None, help="seconds between cuts")
     parser.add_argument("--outage-for", type=positive_or_zero, default=0.0, help="seconds each cut lasts")
     parser.add_argument("--queue-bytes", type=int, default=8192, help="bytes in flight before the proxy stops reading")
-    parser.add_argument("--rate-schedule", help="FROM:KBPS,... caps from seconds after the first client on")
+    parser.add_argument("--rate-schedule", help="FROM:KBPS,... caps from seconds after the first websocket handshake on")
+    parser.add_argument("--max-queue", type=float, default=0.2, help="seconds of queue at the cap before audio is dropped")
     args = parser.parse_args(argv)
     try:
         args.conditions = Conditions(args.delay, args.jitter, args.rate_kbps, args.outage_every, args.outage_for,
-                                     args.queue_bytes, args.rate_schedule)
+                                     args.queue_bytes, args.rate_schedule, args.max_queue)
         args.conditions.check()
     except ValueError as error:
         parser.error(str(error))

@@ -3,6 +3,7 @@ switches bandwidth (and frames per packet) at the next frame.
 
 The receiver's :class:`RateAdvisor` watches its stream in windows of ``window`` seconds: a window in
 which more than ``loss_limit`` of the frames came late or not at all says the link is the limit
+(unless a connection on the path was just made again: a reconnection's loss burst is no capacity)
 (a relay drops the oldest audio of a slow peer; a slow link delivers late), and the advisor asks for
 90 % of what actually arrived in it, websocket framing included. After ``probe_after`` seconds of
 clean windows it asks for twice as much; a probe that fails doubles the wait before the next one
@@ -87,7 +88,13 @@ class RateAdvisor:
         self._seen = (0, 0)  # (frames accounted, frames bad) at the window's start
         self._clean = 0.0  # seconds of clean windows since the last request
         self._probing = False
+        self._grace = 0  # windows still to pass over after a reconnection
         self.requests = 0
+
+    def restart(self, grace: int = 2) -> None:
+        """A connection on the stream's path was lost and made again: the frames lost meanwhile, and
+        the burst after, say nothing of the link's capacity. The next ``grace`` windows are not judged."""
+        self._since, self._grace = None, grace
 
     def arrived(self, message: bytes) -> None:
         self._bytes += len(message) + WS_FRAMING
@@ -105,6 +112,9 @@ class RateAdvisor:
         counted, failed = frames - self._seen[0], bad - self._seen[1]
         received_kbps = 8 * self._bytes / elapsed / 1000
         self._since, self._seen, self._bytes = now, (frames, bad), 0
+        if self._grace:
+            self._grace -= 1
+            return None
         if counted and failed / counted > self.loss_limit:
             if self._probing:
                 self._wait = min(2 * self._wait, self.probe_max)

@@ -255,6 +255,7 @@ class Receiver:
         for live in self._live():
             if live.source == peer:
                 live.departed = True
+                live.advisor.restart()
         claim = self.claims.get(stream.header.stream_id) if stream is not None else None
         if claim is not None and not stream.done:  # the claimant was the same sender, reconnected
             del self.claims[stream.header.stream_id]
@@ -266,6 +267,7 @@ class Receiver:
         new id, it takes its stream over)."""
         for stream in self._live():
             stream.departed = True
+            stream.advisor.restart()
         self.current.clear()
         self.claims.clear()
         self.source = None

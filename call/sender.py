@@ -153,20 +153,21 @@ class Sender:
         self.budget = EncodeBudget(config.hop_length / config.sampling_rate)
 
     def limit_rate(self, source: int | None, kbps: float, now: float) -> None:
-        """A receiver (``source``) can take ``kbps``: the mode changes from the next frame encoded."""
+        """A receiver (``source``) can take ``kbps``: the next push encodes in the mode that fits."""
         self.rate_limit.request(source, kbps, now)
-        self._follow_rate(now)
 
-    def _follow_rate(self, now: float) -> None:
-        """Send in the mode the requests in force allow: the call's own when none is."""
+    async def _follow_rate(self) -> None:
+        """Before a push: switch to the mode the requests in force allow (the call's own when none
+        is). The switch runs on the encoder's thread, between pushes: never during one, and an
+        engine that builds something for a new bandwidth does not hold up the event loop."""
         if not hasattr(self.encoder, "set_bandwidth"):
             return  # a baseline codec without bandwidths
-        limit = self.rate_limit.limit(now)
-        config = self.config
+        limit, config = self.rate_limit.limit(self.clock()), self.config
         mode = self.mode if limit is None else best_mode(
             limit, [b for b in config.target_bandwidths if b <= self.mode.bandwidth],
             config.num_quantizers_for_bandwidth, config.codebook_nbits, config.frame_rate)
-        self.encoder.set_bandwidth(mode.bandwidth)
+        if mode.bandwidth != self.bandwidth:
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.encoder.set_bandwidth, mode.bandwidth)
         self.frames_per_packet = max(mode.frames_per_packet, self.mode.frames_per_packet)
 
     @property
@@ -188,8 +189,7 @@ class Sender:
             if self.observer is not None:  # the first frame starting after the gap (see the module's docstring)
                 self.observer("dropped", self.header.stream_id, -(-self.n_samples // self.hop), dropped, arrived)
         self.n_samples += block.shape[-1]
-        if self.rate_limit.limit(self.clock()) is None and self.bandwidth != self.mode.bandwidth:
-            self._follow_rate(self.clock())  # every request expired: back to the call's own mode
+        await self._follow_rate()
         if self.dtx is not None:
             self.dtx.listen(block)
         audio = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))[None]

@@ -294,6 +294,17 @@ class AudioPacket:
         return wire_index, counts, len(data) - len(payload)
 
 
+def _two_varints(data: bytes, kind: int, name: str, max_bytes: tuple[int, int]) -> tuple[int, int]:
+    """The two varints of a ``kind`` message, which holds nothing else."""
+    if not data or data[0] != kind:
+        raise ProtocolError(f"not a{'n' if name[0] in 'AEIOU' else ''} {name} message")
+    first, pos = read_varint(data, 1, max_bytes[0])
+    second, pos = read_varint(data, pos, max_bytes[1])
+    if pos != len(data):
+        raise ProtocolError(f"trailing bytes after {name}")
+    return first, second
+
+
 @dataclass(frozen=True)
 class EndOfStream:
     """The sender's stream is over: ``n_frames`` frames were sent for ``n_samples`` input
@@ -307,13 +318,7 @@ class EndOfStream:
 
     @classmethod
     def decode(cls, data: bytes) -> "EndOfStream":
-        if not data or data[0] != END:
-            raise ProtocolError("not an END message")
-        n_frames, pos = read_varint(data, 1, 6)
-        n_samples, pos = read_varint(data, pos, 8)
-        if pos != len(data):
-            raise ProtocolError("trailing bytes after END")
-        return cls(n_frames, n_samples)
+        return cls(*_two_varints(data, END, "END", (6, 8)))
 
 
 MAX_NOISE_BANDS = 16
@@ -367,12 +372,9 @@ class RateRequest:
 
     @classmethod
     def decode(cls, data: bytes) -> "RateRequest":
-        if not data or data[0] != RATE:
-            raise ProtocolError("not a RATE message")
-        stream_id, pos = read_varint(data, 1, 5)
-        tenths, pos = read_varint(data, pos, 4)
-        if pos != len(data) or tenths == 0:
-            raise ProtocolError("malformed RATE message")
+        stream_id, tenths = _two_varints(data, RATE, "RATE", (5, 4))
+        if tenths == 0:
+            raise ProtocolError("a RATE of 0 kbps")
         return cls(stream_id, tenths / 10)
 
 

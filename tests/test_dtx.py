@@ -233,10 +233,13 @@ def test_dtx_gate_sends_the_preroll_frame_with_the_onset():
     assert (gate.sent, gate.withheld, gate.comfort_messages) == (3, 2, 1)
 
 
-def test_dtx_benchmark_refuses_a_bad_silence_share(capsys):
-    with pytest.raises(SystemExit):
-        dtx_benchmark.main(["--silence", "1.5"])
-    assert "--silence must lie in [0, 1)" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [(["--silence", "1.5"], "--silence must lie in [0, 1)"),
+                                           (["--files", "0"], "--files must be at least 1"),
+                                           (["--bandwidth", "5"], "--bandwidth 5: the model offers")])
+def test_dtx_benchmark_refuses_bad_options(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        dtx_benchmark.main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_client_takes_no_dtx():

@@ -278,3 +278,14 @@ def test_opus_roundtrip_is_aligned_and_at_the_asked_bitrate():
         decoded, kbps = OpusCodec(frame_ms).roundtrip(audio, 24.0)
         assert decoded.shape == audio.shape and kbps == pytest.approx(24.0, rel=0.05)
         assert np.corrcoef(audio[2000:-2000], decoded[2000:-2000])[0, 1] > 0.9
+
+
+def test_opus_vbr_roundtrip_is_aligned_and_spends_at_most_the_asked_bitrate():
+    """Users run Opus in VBR: the quality benchmark's second baseline. The call carries CBR only."""
+    t = np.arange(RATE) / RATE
+    audio = (0.3 * np.sin(2 * np.pi * 440 * t) * (t > 0.5)).astype(np.float32)  # half silence: VBR spends less
+    decoded, kbps = OpusCodec(20.0, vbr=True).roundtrip(audio, 12.0)
+    assert decoded.shape == audio.shape and kbps < 0.95 * OpusCodec(20.0).roundtrip(audio, 12.0)[1]  # CBR: 12.0
+    assert np.corrcoef(audio[14000:-2000], decoded[14000:-2000])[0, 1] > 0.9
+    with pytest.raises(ValueError, match="CBR"):
+        OpusCodec(20.0, vbr=True).streaming_encoder(6.0)

@@ -42,6 +42,7 @@ def test_outages_come_every_period_and_last_their_duration():
     (["--rate-kbps", "0"], "rate must be > 0"),
     (["--outage-every", "1", "--outage-for", "2"], "outages must be shorter"),
     (["--queue-bytes", "0"], "queue_bytes must be >= 1"),
+    (["--max-queue", "0"], "max_queue must be > 0"),
     (["--upstream", "nohost"], "--upstream must be HOST:PORT"),
     (["--rate-schedule", "0:12,x"], "rate schedule must be FROM:KBPS"),
     (["--rate-schedule", "5:12,1:3"], "times in order"),
@@ -69,8 +70,9 @@ async def test_the_proxy_passes_bytes_both_ways_and_cuts_them_in_an_outage():
     url_port = server.sockets[0].getsockname()[1]
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", url_port)
-        writer.write(b"hello")
-        assert await asyncio.wait_for(reader.readexactly(5), 10) == b"hello"
+        answer, frame = b"HTTP/1.1 101 Switching Protocols\r\n\r\n", bytes([0x82, 3, 0x80, 1, 2])
+        writer.write(answer + frame)  # echoed: the handshake's answer, then a websocket frame
+        assert await asyncio.wait_for(reader.readexactly(len(answer) + len(frame)), 10) == answer + frame
         proxy.set_conditions(Conditions(outage_every=0.2, outage_for=0.1))
         async with asyncio.timeout(10):
             while await reader.read(100):
@@ -84,3 +86,30 @@ async def test_the_proxy_passes_bytes_both_ways_and_cuts_them_in_an_outage():
 
 def test_a_rate_schedule_reads_in_order():
     assert Conditions(rate_schedule="0:12,6:3,12:12").rates() == [(0.0, 12.0), (6.0, 3.0), (12.0, 12.0)]
+
+
+def test_websocket_frames_are_split_whole_and_only_audio_may_be_dropped():
+    audio = bytes([0x82, 3, 0x80, 0x01, 0x02])  # binary, 3 bytes: an audio packet
+    header = bytes([0x82, 2, 0x01, 0x01])  # binary: a HEADER (control)
+    long = bytes([0x82, 126, 0, 200]) + bytes([0x80]) + bytes(199)  # a 200-byte audio message
+    frames, rest = netem.split_frames(audio + header + long + audio[:3])
+    assert frames == [audio, header, long] and rest == audio[:3]
+    assert [netem.is_audio(f) for f in frames] == [True, False, True]
+    assert not netem.is_audio(bytes([0x88, 2, 0x03, 0xE8]))  # a close frame
+
+
+def test_netem_report_counts_late_and_concealed_and_writes_its_files(tmp_path):
+    from benchmarks import latency_netem
+
+    stats = {"received": 95, "late": 1, "lost": 5, "stretched": 2, "duplicate": 0}
+    row = {"condition": "jitter 20 ms p99", "spec": {"model": "default"}, "floor_ms": 30.0, "kbps": [7.2, 7.2],
+           "end_to_end": {"p50": 40.0, "p99": 60.0}, "jitter_stats": [[stats], [stats]]}
+    row["netem_counts"] = latency_netem.counts(row)
+    assert row["netem_counts"]["late"] == 2 and row["netem_counts"]["lost_pct"] == pytest.approx(5.0)
+    report = {"command": "latency.py --netem", "machine": {"date_utc": "today", "loadavg": "1"}, "warmup": 3,
+              "seconds": 16, "rows": [row, {**row, "spec": {"model": "opus-20ms"}}]}
+    assert "| jitter 20 ms p99 | default | 40.0 | 60.0 | 30.0 | 7.20 | 2 (1.0 %) | 10 (5.0 %) | 4 |" \
+        in latency_netem.markdown(report)
+    pytest.importorskip("matplotlib")  # the plot needs the bench extra
+    latency_netem.write(report, tmp_path)
+    assert (tmp_path / "netem.png").stat().st_size > 1000

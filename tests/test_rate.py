@@ -84,6 +84,17 @@ def test_advisor_asks_for_what_arrived_then_probes_up_with_backoff():
     assert RateAdvisor(1).advise(stats, 0.0) is None
 
 
+def test_advisor_does_not_take_a_reconnections_loss_for_the_links_capacity():
+    advisor = RateAdvisor(stream_id=5, window=0.5)
+    stats = JitterStats()
+    advisor.advise(stats, 0.0)
+    advisor.restart()  # our connection, or the sender's, was made again
+    stats.lost = 30  # the frames of the cut, declared lost once the stream resumes
+    assert [advisor.advise(stats, t) for t in (0.6, 1.1, 1.6)] == [None] * 3  # baseline, then two windows of grace
+    stats.lost += 30
+    assert advisor.advise(stats, 2.1) is not None  # loss after the grace is the link's again
+
+
 async def adapt(model, caps, seconds):
     """A sender and a receiver through a relay queue of 16 messages and a link whose cap changes at the
     times of ``caps`` ([(from, kbps)]), one frame a tick on a virtual clock: what the sender sent in,
