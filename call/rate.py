@@ -1,5 +1,5 @@
 """Bitrate follows the link: a receiver that cannot keep up says what it can take, and the sender
-switches bandwidth (and frames per packet) at the next frame.
+switches bandwidth (and frames per packet) from the next block it encodes.
 
 The receiver's :class:`RateAdvisor` watches its stream in windows of ``window`` seconds: a window in
 which more than ``loss_limit`` of the frames came late or not at all says the link is the limit
