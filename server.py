@@ -527,14 +527,13 @@ def metrics_listener(relay: Relay, host: str, port: int) -> serve:
 
 
 def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """``uvloop``'s loop (libuv; forwards more packets a core, see ``benchmarks/latency_relay.py``) or
-    asyncio's own (``None``)."""
+    """``uvloop``'s loop (libuv) or asyncio's own (``None``)."""
     if name == "asyncio":
         return None
     try:
         import uvloop
     except ImportError:
-        raise SystemExit("--loop uvloop: uvloop is not installed (pip install uvloop), or use --loop asyncio") from None
+        raise SystemExit("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
     return uvloop.new_event_loop
 
 
@@ -662,7 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "without it, a nats-server started on a loopback port (default %(default)s)")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"],
                         default="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-                        help="event loop (default: uvloop where installed, it forwards more packets a core)")
+                        help="event loop (default: uvloop where installed: 0.9x the CPU a packet, "
+                        "benchmarks/results/relay_capacity.md)")
     parser.add_argument("--reuse-port", action="store_true",
                         help="share --port with other processes (SO_REUSEPORT); --workers sets it")
     parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # its index: --metrics PORT + index

@@ -43,6 +43,7 @@ def run_suite(before: str, levels: list[int] | None, room_size: int, command: st
 
 def markdown(report: dict) -> str:
     runs = report["runs"]
+    notes = report.get("notes", [])
     lines = [f"# Relay capacity, {report['date']}", "",
              f"`{report['command']}` — one run, each configuration ramped in turn on the same machine "
              f"(load average at the end {report['loadavg'][0]:.1f}: other work shared the 2 cores). Capacity: "
@@ -54,7 +55,8 @@ def markdown(report: dict) -> str:
         zero = run["levels"][0]
         cpu = ", ".join(f"{r['streams']}: {r['relay_cpu_us_per_packet']:.1f}" for r in run["levels"][1:])
         lines.append(f"| {name} | {run['capacity_streams']} | {zero['p50_ms']:.2f} / {zero['p99_ms']:.2f} | {cpu} |")
-    one, split = runs.get("after, one node"), runs.get("after, two nodes, rooms split")
+    one = next((run for name, run in runs.items() if name.startswith("after") and run["nodes"] == 1), None)
+    split = runs.get("after, two nodes, rooms split")
     if one and split:
         hop50 = split["levels"][0]["p50_ms"] - one["levels"][0]["p50_ms"]
         hop99 = split["levels"][0]["p99_ms"] - one["levels"][0]["p99_ms"]
@@ -64,7 +66,7 @@ def markdown(report: dict) -> str:
     if costs:
         lines += ["", "CPU µs per message of the relay's own steps, alone (no sockets; `message_costs`): "
                   + ", ".join(f"{name.replace('_', ' ')} {value:.2f}" for name, value in costs.items()) + "."]
-    lines += ["", "Every level of every run is in `relay_capacity.json`."]
+    lines += [""] + [f"* {note}" for note in notes] + ["", "Every level of every run is in `relay_capacity.json`."]
     return "\n".join(lines) + "\n"
 
 
