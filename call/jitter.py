@@ -3,7 +3,7 @@ adapts how long it waits to the jitter it measures.
 
 Packets of a call arrive unevenly (over TCP, loss shows up as late bursts). Playing each
 frame the moment it arrives would stutter; waiting a fixed long time would add latency.
-Like WebRTC's NetEq, the target delay follows the measured arrival jitter: its 99th
+Like WebRTC's NetEq, the target delay follows the measured arrival jitter: its 95th
 percentile over the last 200 packets plus a small margin (``margin``). It starts low (two
 frames: a frame reordered by one is still waited for; a jittery link shows itself within
 20 packets), grows
@@ -93,7 +93,7 @@ class JitterBuffer:
     def __init__(self, frame_rate: float, initial_delay: float | None = None, min_delay: float = 0.0,
                  max_delay: float = 0.5, window: int = 200, level_window: float = 0.5,
                  max_jump: float = 2.0, forget: float = 1.0, max_pauses: int = 16,
-                 margin: float = 0.003, percentile: float = 99.0) -> None:
+                 margin: float = 0.003, percentile: float = 95.0) -> None:
         self.frame_period = 1.0 / frame_rate
         self.margin, self.percentile = margin, percentile
         """The target: this percentile of the transits above their minimum, plus ``margin`` (the
@@ -359,6 +359,7 @@ class JitterBuffer:
         # floor those N - 1 frames are not in it. Compare the floor with the rest of the target.
         burst = max(self._packet_frames, default=1) - 1
         held = self._level_floor + burst  # frames' worth of delay at the emptiest tick
-        needed = math.ceil(self.target_delay / self.frame_period - 1e-9)  # frames it reaches into, the due one included
+        jitter = max(0.0, self.target_delay - self.margin)
+        needed = 1 + int(jitter / self.frame_period + 1e-9)  # the frame due, and the whole frames of jitter beyond it
         self._level_floor, self._level_seen = None, 0
         return max(0, held - needed)
