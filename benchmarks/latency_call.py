@@ -171,8 +171,8 @@ class CallSpec:
     """Known delays to add, for the tests: ``{"encode": s, "network": s, "decode": s}``."""
     playout: dict = field(default_factory=dict)
     """A what-if, not the shipped defaults: ``{"jitter_initial": s, "jitter_min": s, "output_margin": s}``
-    replace the jitter buffer's 80 ms start and 20 ms floor and the client's half frame queued at the
-    sound card beyond one block, to show what the codec allows with a tighter playout policy."""
+    replace the jitter buffer's start (two frames) and floor (none) and the client's half frame queued at
+    the sound card beyond one block, to show what the codec allows with a tighter playout policy."""
     engine: str = "torch"
     """Streaming engine of both peers' encoder and decoder (``client.py --engine``); Opus ignores it."""
     netem: dict = field(default_factory=dict)
@@ -243,13 +243,14 @@ def warm_up(model, bandwidth: float, seconds: float = 1.0, engine: str = "torch"
 
 def tighten_playout(playout: dict) -> None:
     """The what-if of :attr:`CallSpec.playout`: jitter buffers opened from now on in this process
-    start at ``jitter_initial`` and never aim below ``jitter_min``."""
+    start at ``jitter_initial`` and never aim below ``jitter_min`` (each where given)."""
     import functools
 
     from call import receiver
 
-    receiver.JitterBuffer = functools.partial(receiver.JitterBuffer, initial_delay=playout.get("jitter_initial", 0.08),
-                                          min_delay=playout.get("jitter_min", 0.02))
+    names = {"jitter_initial": "initial_delay", "jitter_min": "min_delay"}
+    receiver.JitterBuffer = functools.partial(receiver.JitterBuffer,
+                                              **{names[key]: value for key, value in playout.items() if key in names})
 
 
 def peer_main(spec: dict, url: str, room: str, audio: np.ndarray, barrier, results) -> None:

@@ -3,8 +3,15 @@ adapts how long it waits to the jitter it measures.
 
 Packets of a call arrive unevenly (over TCP, loss shows up as late bursts). Playing each
 frame the moment it arrives would stutter; waiting a fixed long time would add latency.
-Like WebRTC's NetEq, the target delay starts at 80 ms and then follows the 95th
-percentile of the measured arrival jitter.
+Like WebRTC's NetEq, the target delay follows the measured arrival jitter: its 95th
+percentile over the last 200 packets plus a small margin (``margin``). It starts low (two
+frames: a frame reordered by one is still waited for; a jittery link shows itself within
+20 packets), grows
+as soon as late frames come (their transits join the window) and shrinks slowly (the
+level rule below, and a stall forgotten after ``forget``). On a quiet link the target is
+then under one frame, and playout takes each frame at the first tick after it arrives:
+the floor. (Before, a fixed 80 ms start and a 20 ms floor above jitter + one frame kept
+a frame and more queued on a link that had no jitter at all.)
 
 Two ways to take frames out, for the two kinds of sink:
 
@@ -17,7 +24,7 @@ Two ways to take frames out, for the two kinds of sink:
   half second in which even the lowest fill level exceeded the target: then every frame
   of that excess is skipped together (one jump, not one frame per half second for as long
   as the excess lasts). Without this rule, the 80 ms start and every stretch would stay
-  in the call for good, though on a calm network the target soon falls to 20 ms.
+  in the call for good, though on a calm network the target soon falls to the margin.
 
 A real-time call degrades, it never queues. Playout that falls behind (ticks a busy CPU
 missed) is skipped back to within two frames of the target at the next tick. A stall (a busy
@@ -83,10 +90,14 @@ class JitterBuffer:
     time, and so that the buffer never reads a clock itself.
     """
 
-    def __init__(self, frame_rate: float, initial_delay: float = 0.08, min_delay: float = 0.02,
+    def __init__(self, frame_rate: float, initial_delay: float | None = None, min_delay: float = 0.0,
                  max_delay: float = 0.5, window: int = 200, level_window: float = 0.5,
-                 max_jump: float = 2.0, forget: float = 1.0, max_pauses: int = 16) -> None:
+                 max_jump: float = 2.0, forget: float = 1.0, max_pauses: int = 16,
+                 margin: float = 0.003, percentile: float = 95.0) -> None:
         self.frame_period = 1.0 / frame_rate
+        self.margin, self.percentile = margin, percentile
+        """The target: this percentile of the transits above their minimum, plus ``margin`` (the
+        scatter of the receiving loop's own wake-ups, which no transit shows)."""
         self._recent = max(20, round(forget * frame_rate))
         """Transits that, all within a narrower spread than the window's, make the older ones forgotten."""
         self.max_jump = max(1, round(max_jump * frame_rate))
@@ -97,7 +108,7 @@ class JitterBuffer:
         self._level_floor: int | None = None  # fewest frames held at a tick of this level window
         self._level_seen = 0  # ticks of this level window
         self.min_delay, self.max_delay = min_delay, max_delay
-        self._initial_delay = initial_delay
+        self._initial_delay = 2 * self.frame_period if initial_delay is None else initial_delay
         self._frames: dict[int, np.ndarray] = {}
         self._transits: deque[float] = deque(maxlen=window)
         self._packet_frames: deque[int] = deque(maxlen=window)  # frames per packet, recent packets
@@ -124,6 +135,7 @@ class JitterBuffer:
             i = index + offset
             if self.next_index is not None and i < self.next_index:
                 self.stats.late += 1
+                self._transits.append(now - i * self.frame_period)  # grow at once: the jitter is larger than thought
             elif i in self._frames:
                 self.stats.duplicate += 1
             elif self.end_index is not None and i >= self.end_index:
@@ -226,14 +238,14 @@ class JitterBuffer:
     def target_delay(self) -> float:
         """How long a frame may lag the earliest-arriving frames before it is given up.
 
-        The 95th percentile of relative transit above its minimum, plus one frame,
-        clamped to ``[min_delay, max_delay]``; the initial delay until there is data.
+        The ``percentile`` of relative transit above its minimum, plus ``margin``, clamped to
+        ``[min_delay, max_delay]``; the initial delay until there is data.
         """
         if len(self._transits) < 20:
             return self._initial_delay
         transits = np.fromiter(self._transits, float)
-        jitter = float(np.percentile(transits, 95) - transits.min())
-        return min(max(jitter + self.frame_period, self.min_delay), self.max_delay)
+        jitter = float(np.percentile(transits, self.percentile) - transits.min())
+        return min(max(jitter + self.margin, self.min_delay), self.max_delay)
 
     @property
     def buffered(self) -> int:
@@ -319,14 +331,15 @@ class JitterBuffer:
 
     def _late_frames(self, index: int, now: float) -> int:
         """Whole frames by which frame ``index``, played ``now``, plays later than the target
-        delay after the earliest arrivals would have it, beyond one frame of slack: delay that
+        delay after the earliest arrivals would have it, beyond the frame a frame may wait for its
+        tick and one frame of slack: delay that
         piled up while playout could not keep up (ticks missed on a busy CPU) or that a stall
         left behind once the target has come down. Skipped at once: a real-time call does not
         queue. (What is left under two frames above the target, the level rule takes.)"""
         if not self._transits:
             return 0
         delay = now - (index * self.frame_period + min(self._transits))
-        return max(0, math.floor((delay - self.target_delay) / self.frame_period - 1))
+        return max(0, math.floor((delay - self.target_delay) / self.frame_period) - 2)
 
     def _excess_level(self) -> int:
         """Track the fill level at each tick; when a level window has just closed in which the
@@ -346,6 +359,7 @@ class JitterBuffer:
         # floor those N - 1 frames are not in it. Compare the floor with the rest of the target.
         burst = max(self._packet_frames, default=1) - 1
         held = self._level_floor + burst  # frames' worth of delay at the emptiest tick
-        needed = int(self.target_delay / self.frame_period + 1e-9)  # whole frames the target covers
+        jitter = max(0.0, self.target_delay - self.margin)
+        needed = 1 + int(jitter / self.frame_period + 1e-9)  # the frame due, and the whole frames of jitter beyond it
         self._level_floor, self._level_seen = None, 0
         return max(0, held - needed)
