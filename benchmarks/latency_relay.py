@@ -262,6 +262,12 @@ def cpu_seconds(pid: int) -> float:
 # ---------------------------------------------------------------------- the ramp
 
 
+UNCAPPED = ["--max-connections", "100000", "--max-rooms", "100000"]
+"""The relay's admission caps (512 connections, 256 rooms by default) lifted: the ramp measures
+forwarding, and past 500 streams the generator's peers were refused with 503 (``relay_args`` can set
+them again: the last flag wins)."""
+
+
 def start_nodes(nodes: int, server: Path, relay_args: list[str]) -> tuple[list[subprocess.Popen], list[int]]:
     """``nodes`` relays (node i pinned to core i) and, for more than one, the nats-server joining
     them (first in the list); their ports."""
@@ -276,7 +282,7 @@ def start_nodes(nodes: int, server: Path, relay_args: list[str]) -> tuple[list[s
     ports = [free_port() for _ in range(nodes)]
     for i, port in enumerate(ports):
         processes.append(subprocess.Popen(
-            [sys.executable, str(server), "--port", str(port), *cluster, *relay_args], cwd=ROOT,
+            [sys.executable, str(server), "--port", str(port), *cluster, *UNCAPPED, *relay_args], cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL, preexec_fn=lambda i=i: pin(i)))
     for port in ports:
         _wait_listening(port)
