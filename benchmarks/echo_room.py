@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 import types
@@ -42,10 +41,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.latency_quality import SPEECH_DIR  # noqa: E402
 from call.front_end import FrontEnd, Stages  # noqa: E402
 from call.media import microphone_blocks, play  # noqa: E402
 
-SPEECH = Path(os.environ.get("ENCODEC_STREAM_SPEECH", ROOT.parent / "shared" / "audio" / "speech"))
 """Real speech (evaluation material: never trained on)."""
 FAR_TALKER = ("librivox_0870.wav", "librivox_0880.wav")
 NEAR_TALKER = ("librivox_0920.wav", "librivox_0930.wav")
@@ -95,10 +94,10 @@ class Room:
 
 
 def talker(names: tuple[str, ...], seconds: float) -> np.ndarray:
-    """Real speech from ``SPEECH``, at :data:`TALK_RMS` and ``RATE``, cut to ``seconds``."""
+    """Real speech from ``SPEECH_DIR``, at :data:`TALK_RMS` and ``RATE``, cut to ``seconds``."""
     parts = []
     for name in names:
-        path = SPEECH / name
+        path = SPEECH_DIR / name
         if not path.is_file():
             raise FileNotFoundError(f"{path}: the echo room needs the real speech of ../shared/audio/speech "
                                     "(or $ENCODEC_STREAM_SPEECH)")

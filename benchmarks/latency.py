@@ -40,8 +40,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks.latency_call import STAGES, UNTRAINED, CallSpec, CpuLoad, run_call  # noqa: E402
 from benchmarks.latency_floor import call_floor_ms  # noqa: E402
+from benchmarks.latency_quality import SPEECH_DIR  # noqa: E402
 
-DEFAULT_AUDIO = "/work/shared/audio/speech"
 RESULTS = ROOT / "benchmarks" / "results"
 BLOCKS = {"10ms": 240, "256": 256, "320": 320, "480": 480, "1024": 1024}  # 320: one frame, what the client asks of a microphone
 BANDWIDTHS = [1.5, 3.0, 6.0, 12.0, 24.0]
@@ -397,7 +397,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="default | checkpoint dir | hub id | Meta .th | " + " | ".join(UNTRAINED))
     parser.add_argument("--sweep-models", nargs="*", default=None,
                         help="other models for the model sweep (default: untrained-24khz, when --model is another)")
-    parser.add_argument("--audio", default=DEFAULT_AUDIO, help="directory of speech WAVs (default %(default)s)")
+    parser.add_argument("--audio", default=str(SPEECH_DIR), help="directory of speech WAVs (default %(default)s)")
     parser.add_argument("--out", help="results directory (default benchmarks/results, or benchmarks/results/quick)")
     parser.add_argument("--seconds", type=float, help="measured seconds per call (default 20, quick 4)")
     parser.add_argument("--warmup", type=float, help="seconds per call before measuring (default 5, quick 3)")

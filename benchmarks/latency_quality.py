@@ -12,6 +12,7 @@ with the input.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import numpy as np
 import soundfile
 from scipy.signal import resample_poly
 
+SPEECH_DIR = Path(os.environ.get("ENCODEC_STREAM_SPEECH", Path(__file__).resolve().parents[2] / "shared" / "audio" / "speech"))
+"""The evaluation speech: ``../shared/audio/speech`` beside the checkout, or ``$ENCODEC_STREAM_SPEECH``."""
 EVAL_RATE = 16000
 CODEC_RATE = 24000
 

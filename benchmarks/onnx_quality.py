@@ -1,7 +1,7 @@
 """What the ONNX engine's int8 weights cost in quality, on real speech: PESQ-WB and STOI of the int8 stream
 against the clean speech and against the float32 graphs' stream, per bandwidth.
 
-    python benchmarks/onnx_quality.py [--model default] [--audio /work/shared/audio/speech] [--bandwidth 6 12]
+    python benchmarks/onnx_quality.py [--model default] [--audio ../shared/audio/speech] [--bandwidth 6 12]
 
 Each file streams through three pipelines, each with the search width a call uses at that bandwidth:
 float32 encoder → float32 decoder (the reference), int8 → int8 (a call of two int8 peers), and int8 →
@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.latency_quality import CODEC_RATE, EVAL_RATE, load_speech, metrics, resample  # noqa: E402
+from benchmarks.latency_quality import CODEC_RATE, EVAL_RATE, SPEECH_DIR, load_speech, metrics, resample  # noqa: E402
 from call.search_width import default_search_width  # noqa: E402
 from codec import load_model  # noqa: E402
 from streaming.onnx_engine import OnnxStreamingDecoder, OnnxStreamingEncoder  # noqa: E402
@@ -40,7 +40,7 @@ def stream(model, audio: torch.Tensor, bandwidth: float, encoder: str, decoder: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help="default | checkpoint dir | hub id | Meta .th file")
-    parser.add_argument("--audio", default="/work/shared/audio/speech", help="directory of speech files")
+    parser.add_argument("--audio", default=str(SPEECH_DIR), help="directory of speech files")
     parser.add_argument("--bandwidth", type=float, nargs="+", default=[6.0, 12.0])
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -18,10 +18,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import benchmark_audio, benchmark_model  # noqa: E402
+from benchmarks.latency_quality import SPEECH_DIR  # noqa: E402
 from streaming import StartMode, StreamingDecoder, StreamingEncoder  # noqa: E402
 from call.wav import read_wav  # noqa: E402
 
-DEFAULT_AUDIO = Path(__file__).resolve().parent.parent.parent / "shared/audio/speech/librivox_0870.wav"
+DEFAULT_AUDIO = SPEECH_DIR / "librivox_0870.wav"
 
 
 def stream(model, audio: torch.Tensor, bandwidth: float, start: StartMode) -> tuple[torch.Tensor, torch.Tensor]:
