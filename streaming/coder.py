@@ -38,6 +38,13 @@ def check_streamable(config: EncodecConfig) -> None:
         raise ValueError("time_group_norm normalises over the whole signal and cannot stream")
 
 
+def check_sample_rate(config: EncodecConfig, sample_rate: int | None) -> None:
+    """Raises ``ValueError`` for audio declared at another rate than the model's (``None``: not declared);
+    the encoders do not resample."""
+    if sample_rate is not None and sample_rate != config.sampling_rate:
+        raise ValueError(f"The model runs at {config.sampling_rate} Hz, the audio is at {sample_rate} Hz: resample it first")
+
+
 class StreamingCoder:
     """The base of the streaming encoder and decoder: a stack of streaming layers fed along time,
     with the start-up hold of the EXACT mode."""

@@ -9,7 +9,7 @@ from codec.quantizer import check_search_width
 
 from .layers import State, streaming_stack
 from .frame_quantizer import FrameQuantizer
-from .coder import StartMode, StreamingCoder, check_streamable
+from .coder import StartMode, StreamingCoder, check_sample_rate, check_streamable
 
 
 class StreamingEncoder(StreamingCoder):
@@ -31,10 +31,7 @@ class StreamingEncoder(StreamingCoder):
     ) -> None:
         check_streamable(model.config)
         check_search_width(search_width)
-        if sample_rate is not None and sample_rate != model.config.sampling_rate:
-            raise ValueError(
-                f"The model runs at {model.config.sampling_rate} Hz, the audio is at {sample_rate} Hz: resample it first"
-            )
+        check_sample_rate(model.config, sample_rate)
         super().__init__(model, streaming_stack(model.encoder.layers, StartMode(start) is StartMode.EXACT), start)
         self.set_bandwidth(bandwidth)
         self.quantizer = FrameQuantizer(model)

@@ -25,7 +25,7 @@ import torch
 from codec import EncodecModel
 from codec.quantizer import check_codes, check_search_width
 
-from .coder import StartMode, StreamingCoder, check_streamable
+from .coder import StartMode, StreamingCoder, check_sample_rate, check_streamable
 from .decoder import StreamingDecoder
 from .encoder import StreamingEncoder
 from .layers import StreamingConv1d, StreamingConvTranspose1d
@@ -202,10 +202,7 @@ class OnnxStreamingEncoder(_OnnxCoder):
         precision: str = "float32",
     ) -> None:
         check_search_width(search_width)
-        if sample_rate is not None and sample_rate != model.config.sampling_rate:
-            raise ValueError(
-                f"The model runs at {model.config.sampling_rate} Hz, the audio is at {sample_rate} Hz: resample it first"
-            )
+        check_sample_rate(model.config, sample_rate)
         super().__init__(model, start, cache_dir, precision)
         self.search_width = search_width
         self.sessions: dict[tuple[int, int], object] = {}
