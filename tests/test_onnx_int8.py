@@ -18,6 +18,7 @@ from codec import load_default_model
 from streaming import StreamingDecoder
 from streaming.onnx_engine import OnnxStreamingDecoder, OnnxStreamingEncoder, engine_decoder, engine_encoder, graph_dir
 from tests.models import realistic_model, snr_db
+from tests.test_onnx_engine import one_thread  # noqa: F401 (autouse: one thread, as a stream runs)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FRAMES = 150
@@ -36,11 +37,6 @@ def speech() -> torch.Tensor:
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("onnx_int8")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
 
 
 def encode(model, audio: torch.Tensor, cache, precision: str) -> torch.Tensor:

@@ -20,7 +20,7 @@ from scipy.signal import fftconvolve
 from websockets.sync.client import connect
 
 from call import wire
-from tests.web_page import chromium, console_errors, install_web_packages, relay_serving_page, web_graphs  # noqa: F401
+from tests.web_page import chromium, install_web_packages, open_page, relay_serving_page, wait_for, web_graphs  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "heldout_speech_24k.flac"
@@ -44,16 +44,6 @@ def aligned(reference: np.ndarray, heard: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.concatenate(pieces), heard[:used]
 
 
-def wait_for(condition, timeout: float, what: str, poll: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def client(url: str, *arguments: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "client.py", "--server", url, "--room", "web", *arguments], cwd=ROOT,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -74,14 +64,10 @@ def test_browser_and_python_peers_hold_a_call(tmp_path, web_graphs):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
     with relay_serving_page(web_graphs[2]) as served, chromium(f"--use-file-for-fake-audio-capture={microphone_wav}") as browser:
-        url, relay = served.url, served.relay
-        ws = url.replace("http", "ws", 1)
+        relay, ws = served.relay, served.ws_url
         recorder = client(ws, "--output", str(heard_path))
         try:
-            page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
-            errors = console_errors(page)
-            page.goto(url + "/")
-            page.wait_for_function("document.getElementById('state').textContent === 'ready'", timeout=120_000)
+            page, errors = open_page(browser, served, viewport={"width": 390, "height": 844})  # a phone
             wait_for(lambda: relay.rooms.get("web"), 120, "the recorder to join (it records from the stream's start)")
             page.fill("#room", "web")
             page.click("#join-button")
@@ -140,10 +126,7 @@ def test_page_joins_with_its_token_says_when_refused_and_reconnects(web_graphs):
     install_web_packages()
     with relay_serving_page(web_graphs[2], room_tokens={"locked": "s3cret"}) as served, chromium() as browser:
         relay = served.relay
-        page = browser.new_page()
-        errors = console_errors(page)
-        page.goto(served.url + "/")
-        page.wait_for_function("document.getElementById('state').textContent === 'ready'", timeout=120_000)
+        page, errors = open_page(browser, served)
         page.fill("#room", "locked")
         for token, joins in [("wrong", False), ("s3cret", True)]:
             page.fill("#token", token)
@@ -162,7 +145,7 @@ def test_page_joins_with_its_token_says_when_refused_and_reconnects(web_graphs):
                 assert again.id != first.id and again.stream.header == first.stream.header, "the same stream, continued"
                 stranger = wire.StreamHeader(fingerprint=b"another!", sample_rate=24000, channels=1, samples_per_frame=320,
                                              codebook_nbits=10, max_codebooks=32, stream_id=5)
-                with connect(served.url.replace("http", "ws", 1) + "/locked", additional_headers={"Authorization": "Bearer s3cret"}) as peer:
+                with connect(served.ws_url + "/locked", additional_headers={"Authorization": "Bearer s3cret"}) as peer:
                     peer.send(stranger.encode())  # a peer with another model: refused, counted, said
                     wait_for(lambda: page.evaluate("window.callStats.problems") == 1, 10, "the page to refuse the stranger")
                 assert "another model" in page.inner_text("#down") and page.evaluate("window.callStats.streams") == []

@@ -19,8 +19,8 @@ from websockets.sync.client import connect
 from call import wire
 from call.sender import Sender
 from streaming import StartMode
-from tests.test_web_call import FIXTURE, RATE, wait_for
-from tests.web_page import chromium, console_errors, install_web_packages, relay_serving_page, web_graphs  # noqa: F401
+from tests.test_web_call import FIXTURE, RATE
+from tests.web_page import chromium, install_web_packages, open_page, relay_serving_page, wait_for, web_graphs  # noqa: F401
 
 HOP = 320
 PERIOD = HOP / RATE
@@ -61,15 +61,12 @@ def test_page_hears_a_dtx_peer_and_follows_rate_requests(web_graphs):
     assert sender.header.version == wire.DTX_VERSION and sender.dtx.comfort_messages >= 3
     sent_frames, withheld = sender.dtx.sent, sender.dtx.withheld
     with relay_serving_page(graphs) as served, chromium() as browser:
-        page = browser.new_page()
-        errors = console_errors(page)
-        page.goto(served.url + "/")
-        page.wait_for_function("document.getElementById('state').textContent === 'ready'", timeout=120_000)
+        page, errors = open_page(browser, served)
         page.fill("#room", "dtx")
         page.click("#join-button")
         stats = lambda: page.evaluate("window.callStats")  # noqa: E731
         wait_for(lambda: (s := stats()) and s["sentFrames"] >= 10, 60, "the page to send")
-        with connect(served.url.replace("http", "ws", 1) + "/dtx") as peer:
+        with connect(served.ws_url + "/dtx") as peer:
             threading.Thread(target=lambda: [None for _ in peer], daemon=True).start()  # the page's audio, unread
             started = time.monotonic()
             for message in messages:  # paced as the frames were captured

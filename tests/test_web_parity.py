@@ -16,7 +16,7 @@ pytest.importorskip("onnxruntime")
 from streaming import StreamingEncoder  # noqa: E402
 from streaming.onnx_engine import OnnxStreamingDecoder, OnnxStreamingEncoder  # noqa: E402
 from tests.test_onnx_engine import MAX_TIE_FRAMES, first_ties, speech  # noqa: E402,F401  (speech: the fixture)
-from tests.web_page import chromium, console_errors, install_web_packages, relay_serving_page, web_graphs  # noqa: E402,F401
+from tests.web_page import chromium, install_web_packages, open_page, relay_serving_page, web_graphs  # noqa: E402,F401
 
 FRAMES = 360
 CODEC = """async ([pcm, codes, numCodebooks]) => {
@@ -46,10 +46,7 @@ def test_page_codec_equals_python_onnx_engine(speech, web_graphs):
     assert (expected[:, 1:] != expected[:, :-1]).any(0).float().mean() > 0.5, "codes change from frame to frame"
 
     with relay_serving_page(graphs) as served, chromium() as browser:
-        page = browser.new_page()
-        errors = console_errors(page)
-        page.goto(served.url + "/")
-        page.wait_for_function("document.getElementById('state').textContent === 'ready'", timeout=120_000)
+        page, errors = open_page(browser, served)
         result = page.evaluate(CODEC, [audio[0, 0].tolist(), expected.T.reshape(-1).tolist(), expected.shape[0]])
     assert errors == []
 

@@ -7,6 +7,7 @@ import asyncio
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,6 +62,11 @@ class ServedPage:
     relay: object
     loop: asyncio.AbstractEventLoop
 
+    @property
+    def ws_url(self) -> str:
+        """The relay's websocket address (same port as the page)."""
+        return self.url.replace("http", "ws", 1)
+
     def call(self, function: Callable[[], object]) -> object:
         async def run() -> object:
             return function()
@@ -113,3 +119,23 @@ def console_errors(page: object) -> list[str]:
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: errors.append(str(error)))
     return errors
+
+
+def open_page(browser: object, served: ServedPage, **page_options: object) -> tuple[object, list[str]]:
+    """A new tab on the served page, once its codec is ready, and the console errors it collects."""
+    page = browser.new_page(**page_options)
+    errors = console_errors(page)
+    page.goto(served.url + "/")
+    page.wait_for_function("document.getElementById('state').textContent === 'ready'", timeout=120_000)
+    return page, errors
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, poll: float = 0.25) -> object:
+    """Polls ``condition`` until it gives a true value, which is returned; fails saying ``what`` it waited for."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
