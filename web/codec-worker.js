@@ -16,6 +16,8 @@ const now = () => (performance.timeOrigin + performance.now()) / 1000; // wall c
 const RECONNECT_FOR = 60; // s a lost relay is retried, as client.py's --reconnect-timeout
 const MAX_BACKLOG = 4; // microphone frames (53 ms) that may wait for the encoder, as call/sender.py's 60 ms
 let manifest = null, models = null, decoderSession = null;
+let ourFingerprint = null; // the manifest's fingerprint as bytes, as a HEADER carries it
+let offeredKbps = null; // the manifest's bandwidths as numbers
 const encoderSessions = {}; // bandwidth → the promise of its graph's session, loaded on first use
 const loadedEncoders = new Set(); // bandwidths whose session has loaded
 let call = null;
@@ -25,6 +27,8 @@ async function init(folder, bandwidth) {
   models = folder;
   manifest = await (await fetch(`${models}/manifest.json`)).json();
   const bandwidths = Object.keys(manifest.bandwidths);
+  ourFingerprint = Uint8Array.from(manifest.fingerprint.match(/../g), (h) => parseInt(h, 16));
+  offeredKbps = bandwidths.map(Number);
   if (!bandwidths.includes(bandwidth)) bandwidth = bandwidths[0];
   [decoderSession] = await Promise.all([loadSession(`${models}/${manifest.decoder}`), encoderSession(bandwidth)]);
   return { bandwidths, bandwidth, fingerprint: manifest.fingerprint };
@@ -38,13 +42,11 @@ function encoderSession(bandwidth) {
 
 const frameRate = () => manifest.sample_rate / manifest.samples_per_frame;
 
-const fingerprintBytes = () => Uint8Array.from(manifest.fingerprint.match(/../g), (h) => parseInt(h, 16));
-
 /** A stream is opened only for a HEADER that is exactly what our model implies (as call/receiver.py). */
 function checkHeader(header, peer) {
   const ours = { sampleRate: manifest.sample_rate, channels: manifest.channels, samplesPerFrame: manifest.samples_per_frame,
                  codebookNbits: manifest.codebook_nbits, maxCodebooks: manifest.max_codebooks };
-  if (header.fingerprint.join() !== fingerprintBytes().join()) throw new wire.ProtocolError(`peer ${peer} runs another model`);
+  if (header.fingerprint.join() !== ourFingerprint.join()) throw new wire.ProtocolError(`peer ${peer} runs another model`);
   for (const [field, value] of Object.entries(ours)) {
     if (header[field] !== value) throw new wire.ProtocolError(`peer ${peer}'s ${field} is ${header[field]}, ours ${value}`);
   }
@@ -185,7 +187,7 @@ class Call {
 
   header() {
     return wire.encodeHeader({
-      fingerprint: fingerprintBytes(), sampleRate: manifest.sample_rate, channels: manifest.channels,
+      fingerprint: ourFingerprint, sampleRate: manifest.sample_rate, channels: manifest.channels,
       samplesPerFrame: manifest.samples_per_frame, codebookNbits: manifest.codebook_nbits,
       maxCodebooks: manifest.max_codebooks, streamId: this.streamId, startTimeUs: this.startTimeUs,
     });
@@ -228,7 +230,7 @@ class Call {
   sendingBandwidth() {
     const limit = this.rateLimit.limit(now());
     if (limit === null) return this.bandwidth;
-    const offered = Object.keys(manifest.bandwidths).map(Number).filter((b) => b <= Number(this.bandwidth));
+    const offered = offeredKbps.filter((b) => b <= Number(this.bandwidth));
     const capped = String(bestBandwidth(limit, offered, manifest.codebook_nbits, frameRate()));
     if (loadedEncoders.has(capped)) return capped;
     encoderSession(capped); // loads meanwhile

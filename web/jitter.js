@@ -95,8 +95,8 @@ export class JitterBuffer {
   /** As call/jitter.py: once a second of packets spread less than the window's 95th percentile, the
    * window's high tail is a stall that has passed; only those recent transits are kept. */
   _forgetPassedStall() {
-    const recent = this.transits.slice(-this.recent);
     if (this.transits.length <= this.recent) return;
+    const recent = this.transits.slice(-this.recent);
     if (Math.max(...recent) - Math.min(...recent) < this._spread()) this.transits = recent;
   }
 
