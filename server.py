@@ -224,6 +224,11 @@ class Peer:
         self.dropped = 0
         self.closing: asyncio.Task | None = None
 
+    @property
+    def live_header(self) -> bytes | None:
+        """The HEADER of this peer's stream in progress (a joiner needs it to decode); ``None`` when none."""
+        return self.stream.header.encode() if self.stream.header is not None and not self.stream.ended else None
+
     def enqueue(self, source: int | None, message: bytes) -> None:
         """Send or queue a message for this peer without ever waiting; drop the oldest audio if full.
 
@@ -344,8 +349,7 @@ class Relay:
 
     def roster(self, room: str) -> list[tuple[int, bytes | None]]:
         """The local peers of ``room`` and the HEADER of each one's stream in progress."""
-        return [(p.id, p.stream.header.encode() if p.stream.header is not None and not p.stream.ended else None)
-                for p in self.rooms.get(room, {}).values()]
+        return [(p.id, p.live_header) for p in self.rooms.get(room, {}).values()]
 
     # ------------------------------------------------------------- handshake
 
@@ -426,8 +430,9 @@ class Relay:
         for other in room.values():  # a joiner learns who is there and the streams in progress
             peer.enqueue(None, wire.joined(other.id))
             other.enqueue(None, wire.joined(peer.id))
-            if other.stream.header is not None and not other.stream.ended:
-                peer.enqueue(other.id, other.stream.header.encode())
+            header = other.live_header
+            if header is not None:
+                peer.enqueue(other.id, header)
         if self.cluster is not None:
             self.cluster.greet(room_name, peer.enqueue)
         room[peer.id] = peer

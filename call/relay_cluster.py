@@ -303,8 +303,7 @@ class ClusterLink:
             return
         if kind == ASK:
             self.seen.setdefault(node, time.monotonic())
-            for local, header in self.roster(room):
-                self._publish(room, PRESENT, local, header or b"")
+            self._present_all(room)
             return
         remote = self.remote.get(key)
         if remote is None:
@@ -331,8 +330,7 @@ class ClusterLink:
         self.seen.setdefault(key[0], time.monotonic())
         self.deliver(room, None, wire.joined(remote.alias))
         if first:
-            for local, header in self.roster(room):
-                self._publish(room, PRESENT, local, header or b"")
+            self._present_all(room)
         if ask:
             self._publish(room, ASK, 0)
         return remote
@@ -385,12 +383,11 @@ class ClusterLink:
 
     # ---------------------------------------------------------------- state
 
-    def _announce(self, room: str) -> None:
+    def _present_all(self, room: str) -> None:
+        """Tell the other nodes of ``room`` about each local peer in it and its stream in progress."""
         for local, header in self.roster(room):
             self._publish(room, PRESENT, local, header or b"")
-        self._publish(room, ASK, 0)
 
-    @property
-    def state(self) -> dict[str, object]:
-        return {"up": self.up, "nodes": len(self.seen), "remote_peers": len(self.remote),
-                "backlog": len(self.outbound), **self.counters}
+    def _announce(self, room: str) -> None:
+        self._present_all(room)
+        self._publish(room, ASK, 0)
