@@ -271,7 +271,7 @@ them again: the last flag wins)."""
 def start_nodes(nodes: int, server: Path, relay_args: list[str]) -> tuple[list[subprocess.Popen], list[int]]:
     """``nodes`` relays (node i pinned to core i) and, for more than one, the nats-server joining
     them (first in the list); their ports."""
-    from benchmarks.latency_call import free_port
+    from benchmarks.latency_call import free_port, wait_for_port
     from call.relay_workers import embedded_nats
 
     processes, cluster = [], []
@@ -285,7 +285,7 @@ def start_nodes(nodes: int, server: Path, relay_args: list[str]) -> tuple[list[s
             [sys.executable, str(server), "--port", str(port), *cluster, *UNCAPPED, *relay_args], cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL, preexec_fn=lambda i=i: pin(i)))
     for port in ports:
-        _wait_listening(port)
+        wait_for_port(port, "the relay")
     return processes, ports
 
 
@@ -382,12 +382,6 @@ def capacity(quick: bool = False, progress=print, room_size: int = 2, budget_ms:
                        f"other peer's. The probe: {pairs} pairs of `websockets` clients in their own rooms, "
                        f"{window:g} s per level; latency from `send()` to arrival. \"Load late p99\" is how late "
                        "the generator's send schedule ran (if it grows, the offered load falls short).")}
-
-
-def _wait_listening(port: int) -> None:
-    from benchmarks.latency_call import wait_for_port
-
-    wait_for_port(port, "the relay")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ class ComfortNoiseSource:
         self._history = np.zeros(2 * taps - 2)
         self._bands: tuple[float, ...] | None = None
         self._filter = np.zeros(2 * taps - 1)
-        self.frames = 0
 
     def frame(self, noise: wire.ComfortNoise) -> np.ndarray:
         """The next frame, ``(channels, hop)`` float32, at the level and spectrum of ``noise``."""
@@ -43,6 +42,5 @@ class ComfortNoiseSource:
             self._bands, self._filter = noise.band_db, noise_filter(noise.band_db, self.taps)
         white = np.concatenate([self._history, self._rng.standard_normal(self.hop)])
         self._history = white[-len(self._history):]
-        self.frames += 1
         audio = np.convolve(white, self._filter, mode="valid").astype(np.float32)
         return np.repeat(audio[None], self.channels, axis=0)

@@ -19,6 +19,7 @@ The encoder runs through the pauses too, so its state is the audio's when speech
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -65,13 +66,21 @@ class VoiceActivity:
         return self.quiet <= self.hangover
 
 
+@functools.lru_cache(maxsize=4)
+def _hann(length: int) -> tuple[np.ndarray, float]:
+    """A Hann window of ``length`` and its energy: every frame of a stream has the same length, so
+    each is built once rather than 75 times a second."""
+    window = np.hanning(length)
+    return window, float(np.sum(window**2))
+
+
 def band_powers(audio: np.ndarray, bands: int = NOISE_BANDS) -> np.ndarray:
     """Power of ``audio`` (one frame, mono) in ``bands`` equal-width bands from 0 Hz to Nyquist, as
     the variance of the white noise with that band's spectral density: a flat signal of variance
     ``v`` gives ``v`` in every band, so :class:`call.comfort_noise.ComfortNoiseSource` reproduces
     it from these numbers alone."""
-    window = np.hanning(len(audio))
-    spectrum = np.abs(np.fft.rfft(audio * window)) ** 2 / np.sum(window**2)
+    window, energy = _hann(len(audio))
+    spectrum = np.abs(np.fft.rfft(audio * window)) ** 2 / energy
     return np.array([part.mean() for part in np.array_split(spectrum[1:], bands)])
 
 

@@ -317,8 +317,9 @@ class JitterBuffer:
                 return i, None
             self.stats.stretched += 1
             return STRETCH, None
-        target_frames = self.target_delay / self.frame_period
-        excess = max(excess, self._late_frames(i, now))
+        target = self.target_delay
+        target_frames = target / self.frame_period
+        excess = max(excess, self._late_frames(i, now, target))
         if len(self._frames) > 2 * target_frames + 2:
             excess = max(excess, 1)
         while excess > 0 and i + 1 in self._frames:
@@ -329,8 +330,8 @@ class JitterBuffer:
         self.next_index = i + 1
         return i, self._frames.pop(i)
 
-    def _late_frames(self, index: int, now: float) -> int:
-        """Whole frames by which frame ``index``, played ``now``, plays later than the target
+    def _late_frames(self, index: int, now: float, target: float) -> int:
+        """Whole frames by which frame ``index``, played ``now``, plays later than the ``target``
         delay after the earliest arrivals would have it, beyond the frame a frame may wait for its
         tick and one frame of slack: delay that
         piled up while playout could not keep up (ticks missed on a busy CPU) or that a stall
@@ -339,7 +340,7 @@ class JitterBuffer:
         if not self._transits:
             return 0
         delay = now - (index * self.frame_period + min(self._transits))
-        return max(0, math.floor((delay - self.target_delay) / self.frame_period) - 2)
+        return max(0, math.floor((delay - target) / self.frame_period) - 2)
 
     def _excess_level(self) -> int:
         """Track the fill level at each tick; when a level window has just closed in which the

@@ -23,9 +23,7 @@ from dataclasses import dataclass
 
 from . import wire
 from .jitter import JitterStats
-
-WS_FRAMING = 2
-"""Bytes a websocket frame adds to a message from the relay to a client (unmasked, < 126 bytes)."""
+from .meter import RELAY_FRAMING
 
 FRAMES_PER_PACKET_CHOICES = (1, 2, 4, 8)
 
@@ -34,7 +32,7 @@ def packet_kbps(codebooks: int, nbits: int, frames_per_packet: int, frame_rate: 
     """What a stream of packets of ``frames_per_packet`` frames of ``codebooks`` codes costs on a
     relay → client link, websocket framing included (the wire format of ``docs/PROTOCOL.md``)."""
     header = 2 if frames_per_packet == 1 else 4
-    size = header + wire.packed_size(codebooks * frames_per_packet, nbits) + WS_FRAMING
+    size = header + wire.packed_size(codebooks * frames_per_packet, nbits) + RELAY_FRAMING
     return 8 * size * frame_rate / frames_per_packet / 1000
 
 
@@ -66,9 +64,8 @@ class RateLimit:
 
     def limit(self, now: float) -> float | None:
         """What the slowest receiver heard from in the last ``keep`` seconds can take; ``None``: no limit."""
-        fresh = [kbps for kbps, when in self._requests.values() if now - when <= self.keep]
         self._requests = {s: r for s, r in self._requests.items() if now - r[1] <= self.keep}
-        return min(fresh, default=None)
+        return min((kbps for kbps, _ in self._requests.values()), default=None)
 
 
 class RateAdvisor:
@@ -89,7 +86,6 @@ class RateAdvisor:
         self._clean = 0.0  # seconds of clean windows since the last request
         self._probing = False
         self._grace = 0  # windows still to pass over after a reconnection
-        self.requests = 0
 
     def restart(self, grace: int = 2) -> None:
         """A connection on the stream's path was lost and made again: the frames lost meanwhile, and
@@ -97,7 +93,7 @@ class RateAdvisor:
         self._since, self._grace = None, grace
 
     def arrived(self, message: bytes) -> None:
-        self._bytes += len(message) + WS_FRAMING
+        self._bytes += len(message) + RELAY_FRAMING
 
     def advise(self, stats: JitterStats, now: float) -> wire.RateRequest | None:
         """Call after each frame taken out of the jitter buffer; a request when the window that just
@@ -132,6 +128,5 @@ class RateAdvisor:
         return self._ask(2 * self.asked)
 
     def _ask(self, kbps: float) -> wire.RateRequest:
-        self.requests += 1
         self.asked = None if kbps > self.max_kbps else kbps
         return wire.RateRequest(self.stream_id, kbps)
