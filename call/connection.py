@@ -135,8 +135,8 @@ class Connection:
                  clock: Callable[[], float] = time.monotonic,
                  delays: Callable[[], Iterator[float]] = backoff) -> None:
         self.urls = [url] if isinstance(url, str) else list(url)
-        self.url = self.urls[0]
-        """The room on the node tried last (or connected to)."""
+        self.node = 0
+        """Which of ``urls`` was tried last (or is connected to); an index, as one URL may be listed twice."""
         self.token = token
         self.outbox, self.meter = outbox, meter
         self.header = header
@@ -202,6 +202,11 @@ class Connection:
                 await asyncio.gather(*halves, return_exceptions=True)
                 await ws.close()
 
+    @property
+    def url(self) -> str:
+        """The room on the node tried last (or connected to)."""
+        return self.urls[self.node]
+
     async def _connect(self, lost: bool, since: float) -> ClientConnection:
         """An open connection, after as many attempts as the patience allows (counted from
         ``since``; ``lost``: after a connection was lost); each new reason for failing is logged once."""
@@ -211,7 +216,7 @@ class Connection:
         while True:
             self.attempts += 1
             if self.attempts > 1:
-                self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
+                self.node = (self.node + 1) % len(self.urls)
             try:
                 ws = await connect(self.url, additional_headers=headers, compression=None,
                                    ping_interval=5, ping_timeout=10, max_size=1 << 16, open_timeout=5)
@@ -230,7 +235,7 @@ class Connection:
                 if reason != said:
                     log.warning("cannot reach %s: %s; %s", self.url, reason,
                                 "trying again" if patience is None else f"trying for {patience:g} s")
-                if self.urls.index(self.url) + 1 < len(self.urls):
+                if self.node + 1 < len(self.urls):
                     continue  # the next node at once; the wait comes after each round
                 delay = next(delays)
                 await asyncio.sleep(delay if patience is None else max(0.0, min(delay, patience - waited)))

@@ -92,16 +92,17 @@ async def test_a_lost_relay_is_given_up_after_the_reconnect_patience():
     assert link.reconnects == 1 and link.attempts - attempts == 3
 
 
-async def test_an_unreachable_node_is_passed_over_for_the_next_at_once():
+@pytest.mark.parametrize("dead_nodes", [1, 2], ids=["one", "listed-twice"])
+async def test_an_unreachable_node_is_passed_over_for_the_next_at_once(dead_nodes):
     server, url = await start_relay()
     dead = f"ws://127.0.0.1:{free_port()}/r"
-    link = Connection([dead, url + "/r"], None, Outbox(64, lossy=True), Meter(), None, None, wait_for_listener=False,
+    link = Connection([dead] * dead_nodes + [url + "/r"], None, Outbox(64, lossy=True), Meter(), None, None, wait_for_listener=False,
                       patience=Patience(first=5, again=60), clock=SteppingClock(),
                       delays=lambda: itertools.repeat(3600.0))  # a wait between rounds would stall the test
     running = asyncio.create_task(link.run())
     try:
         await asyncio.wait_for(link.connected.wait(), 30)
-        assert link.url == url + "/r" and link.attempts == 2
+        assert link.url == url + "/r" and link.attempts == dead_nodes + 1
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
