@@ -48,7 +48,7 @@ class WebRoutes:
         if not (graphs / "manifest.json").is_file():
             raise FileNotFoundError(f"{graphs} holds no manifest.json: export the graphs first "
                                     f"(python -m call.web_bundle --model default --out {graphs})")
-        if not all((runtime / name).is_file() for name in RUNTIME_FILES):
+        if not runtime_installed(runtime):
             raise FileNotFoundError(f"onnxruntime-web is not installed in {runtime.parents[1]}: run npm ci in {root}")
         self.folders: dict[str, tuple[Path, Callable[[str], bool]]] = {
             "": (root, lambda name: name.endswith(PAGE_SUFFIXES)),
@@ -96,6 +96,11 @@ class WebRoutes:
             bearer_from_subprotocol(request)
             return relay_check(connection, request)
         return process_request
+
+
+def runtime_installed(runtime: Path = RUNTIME) -> bool:
+    """Whether ``npm ci`` in ``web/`` has put onnxruntime-web's files where the page loads them from."""
+    return all((runtime / name).is_file() for name in RUNTIME_FILES)
 
 
 def select_subprotocol(connection: object, offered: list[str]) -> str | None:

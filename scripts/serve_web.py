@@ -19,11 +19,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from call.web_routes import RUNTIME, RUNTIME_FILES, WEB_ROOT  # noqa: E402  (torch-free)
+from call.web_routes import WEB_ROOT, runtime_installed  # noqa: E402  (torch-free)
 
 
 def install_packages() -> None:
-    if all((RUNTIME / name).is_file() for name in RUNTIME_FILES):
+    if runtime_installed():
         return
     npm = shutil.which("npm")
     if npm is None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from call.web_routes import RUNTIME, RUNTIME_FILES, WEB_ROOT, WebRoutes
+from call.web_routes import WEB_ROOT, WebRoutes, runtime_installed
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FAKE_MEDIA = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required"]
@@ -45,7 +45,7 @@ def require_browser() -> str:
 
 def install_web_packages() -> None:
     """onnxruntime-web from the lockfile (``npm ci``), once."""
-    if all((RUNTIME / name).is_file() for name in RUNTIME_FILES):
+    if runtime_installed():
         return
     npm = shutil.which("npm")
     if npm is None:
