@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from benchmarks.latency_quality import CODEC_RATE, EVAL_RATE, load_speech, resample
+from benchmarks.latency_quality import CODEC_RATE, EVAL_RATE, load_speech, resample, stoi_16k
 from call import wire
 from call.media import FILE_BLOCK
 from call.receiver import PeerStream
@@ -78,12 +77,7 @@ async def call(model, audio: np.ndarray, bandwidth: float, dtx: bool) -> tuple[l
 
 
 def stoi(reference_24k: np.ndarray, decoded_24k: np.ndarray) -> float:
-    from pystoi import stoi as stoi_16k
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(stoi_16k(resample(reference_24k, CODEC_RATE, EVAL_RATE),
-                              resample(decoded_24k, CODEC_RATE, EVAL_RATE), EVAL_RATE, extended=False))
+    return stoi_16k(resample(reference_24k, CODEC_RATE, EVAL_RATE), resample(decoded_24k, CODEC_RATE, EVAL_RATE))
 
 
 def withheld_energy(decoded: np.ndarray, spans: list[tuple[int, int]], sent_frames: set[int], hop: int) -> float:
