@@ -139,6 +139,9 @@ class FarEnd:
         self.position += self.hop
         return frame
 
+    def waiting(self, now: float) -> bool:
+        return False  # its next frame is always there
+
 
 class _Stream:
     def __init__(self, samplerate, channels, dtype, blocksize, device, callback) -> None:
@@ -244,7 +247,7 @@ async def call_in_room(scene: Scene, room: Room, stages: Stages | None, hop: int
     sent: list[np.ndarray] = []
     with mock.patch.dict(sys.modules, {"sounddevice": card}):
         far_end = FarEnd(scene.far, hop, absent=round(far_end_joins * RATE / BLOCK))
-        player = asyncio.create_task(play(far_end, RATE, 1, None, hop / RATE / 2, front_end))
+        player = asyncio.create_task(play(far_end, RATE, 1, None, asyncio.Event(), front_end))
 
         async def send() -> None:
             async for block in microphone_blocks(RATE, 1, None, hop, front_end):
@@ -256,7 +259,7 @@ async def call_in_room(scene: Scene, room: Room, stages: Stages | None, hop: int
             while not card.done:
                 nothing = far_end.nothing
                 card.step()
-                await _settle(lambda: (speaker.queued_seconds >= speaker.block_seconds + hop / RATE / 2
+                await _settle(lambda: (speaker.queued_seconds >= speaker.block_seconds
                                        or far_end.nothing > nothing)
                               and sum(map(len, sent)) >= card.position - (front_end.chunk - 1 if front_end else 0))
         finally:

@@ -363,8 +363,19 @@ class Receiver:
             except Exception as error:
                 self._fail(stream, error)
 
-    async def tick(self, now: float) -> np.ndarray | None:
-        """One playout tick (speaker mode): one frame of every live stream, mixed."""
+    def _playing(self) -> list[PeerStream]:
+        """The streams a playout tick takes a frame of (a stream whose source left, once played
+        out, is not concealed for ever)."""
+        return [s for s in self._live() if s.jitter.next_index is not None and not (s.departed and not s.jitter.buffered)]
+
+    def waiting(self, now: float) -> bool:
+        """A stream's frame due next may still come (:meth:`JitterBuffer.waiting`): worth waiting
+        for while the sound card does not need the tick yet."""
+        return any(stream.jitter.waiting(now) for stream in self._playing())
+
+    async def tick(self, now: float, due: float | None = None) -> np.ndarray | None:
+        """One playout tick (speaker mode): one frame of every live stream, mixed; ``due``: see
+        :meth:`JitterBuffer.playout`."""
         self._expire(now)
         live = [s for s in self._live() if s.jitter.next_index is not None]
         if not live:
@@ -377,7 +388,7 @@ class Receiver:
                 continue
             if stream.departed and not stream.jitter.buffered:
                 continue  # played out: concealing a peer that left would cost a decode per tick
-            entry = stream.jitter.playout(now)
+            entry = stream.jitter.playout(now, due)
             if entry[0] == STRETCH and stream.first_index is None:
                 continue  # still filling the buffer before the first frame: nothing to play
             try:
