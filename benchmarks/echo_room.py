@@ -129,7 +129,7 @@ class FarEnd:
         self.voice, self.hop, self.position = voice.astype(np.float32), hop, 0
         self.absent, self.nothing = absent, 0
 
-    async def tick(self, now: float) -> np.ndarray | None:
+    async def tick(self, now: float, due: float | None = None) -> np.ndarray | None:
         if self.nothing < self.absent:
             self.nothing += 1
             return None

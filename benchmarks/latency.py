@@ -98,6 +98,8 @@ def plan(args: argparse.Namespace, model: str) -> list[tuple[str, CallSpec]]:
     if not args.no_opus:
         calls += [("headline", CallSpec(label=f"opus 20 ms, 6 kbps, {blocks}", model="opus-20ms", **head)),
                   ("headline", CallSpec(label=f"opus 10 ms, 6 kbps, {blocks}", model="opus-10ms", **head))]
+    calls.append(("device", CallSpec(label=f"{model} 6 kbps, {blocks}, sound cards at 48 kHz", model=model,
+                                     device_rate=48000, **head)))
     if args.quick:
         return calls
     for name, block in BLOCKS.items():

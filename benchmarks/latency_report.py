@@ -70,7 +70,7 @@ def markdown(report: dict) -> str:
     out += call_table(headline)
     for group, title in (("block", "Block size (samples per sound-card callback)"),
                          ("frames_per_packet", "Frames per packet"), ("bandwidth", "Bandwidth"),
-                         ("model", "Model"),
+                         ("model", "Model"), ("device", "Sound cards at 48 kHz (the client resamples both ways)"),
                          ("playout", "What-if: another playout policy (NOT the shipped defaults: jitter buffer "
                                      "starting at 20 ms with a 5 ms floor instead of two frames and none)")):
         rows = [c for c in calls if c["group"] == group]
