@@ -6,7 +6,7 @@ on PortAudio's real-time thread: they only copy samples between the device buffe
 preallocated rings, and wake the event loop with ``call_soon_threadsafe``. Everything
 else (resampling, the model, the network) happens on the asyncio side. A device that refuses
 the model's rate runs at its own, through a band-limited streaming resampler
-(:mod:`call.resample`).
+(:mod:`call.resample`: a short FIR for a whole factor such as 48 kHz, libsoxr otherwise).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .resample import Resampler
+from .resample import device_resampler
 
 BLOCK_SECONDS = 0.01
 """Device block size asked of PortAudio (10 ms) for playback, and for capture when the caller
@@ -126,7 +126,7 @@ class Microphone(_Device):
                  frame_samples: int | None = None) -> None:
         sd = import_sounddevice()
         self.device_rate = _device_rate(sd, device, "input", rate, channels)
-        self.resample = Resampler(self.device_rate, rate, channels) if self.device_rate != rate else None
+        self.resample = device_resampler(self.device_rate, rate, channels) if self.device_rate != rate else None
         self.ring = Ring(int(seconds * self.device_rate), channels)
         self.overflows = 0
         self._loop = asyncio.get_running_loop()
@@ -163,7 +163,7 @@ class Speaker(_Device):
                  clock: Callable[[], float] = monotonic) -> None:
         sd = import_sounddevice()
         self.device_rate = _device_rate(sd, device, "output", rate, channels)
-        self.resample = Resampler(rate, self.device_rate, channels) if self.device_rate != rate else None
+        self.resample = device_resampler(rate, self.device_rate, channels) if self.device_rate != rate else None
         self.ring = Ring(int(seconds * self.device_rate), channels)
         self.underruns = 0
         self.rate = rate
