@@ -91,8 +91,10 @@ def plan(args: argparse.Namespace, model: str) -> list[tuple[str, CallSpec]]:
     """``(group, spec)`` of every call to run, the headline first."""
     engines = ["torch", "onnx"] if args.engine == "both" else [args.engine]
     base = dict(seconds=args.seconds, warmup=args.warmup, bandwidth=6.0, engine=engines[0])
-    head = {**base, "block": BLOCKS[args.block]}
-    blocks = "10 ms blocks" if args.block == "10ms" else f"{args.block}-sample blocks"
+    chunked = BLOCKS[args.block] % 240 == 0  # whole 10 ms chunks for the microphone's front end
+    head = {**base, "block": BLOCKS[args.block], "front_end": chunked}
+    blocks = ("10 ms blocks" if args.block == "10ms" else f"{args.block}-sample blocks") \
+        + ("" if chunked else ", no AEC/NS/AGC")
     calls = [("headline", CallSpec(label=f"{model} 6 kbps, 1 frame/packet, {blocks}" + engine_note(engine),
                                    model=model, **{**head, "engine": engine})) for engine in engines]
     if not args.no_opus:

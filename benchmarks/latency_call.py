@@ -202,6 +202,10 @@ class CallSpec:
     """Streaming engine of both peers' encoder and decoder (``client.py --engine``); Opus ignores it."""
     netem: dict = field(default_factory=dict)
     """Conditions of the relay → client links (``benchmarks.netem.Conditions`` fields); empty: plain loopback."""
+    front_end: bool = True
+    """Echo cancellation, noise suppression and gain on the microphone, as a call from a microphone has
+    them by default (``call.front_end``). They work in 10 ms chunks: with blocks that are not whole
+    chunks (320 samples) the rest of each block waits for the next, so frame-aligned calls run without."""
     device_rate: int | None = None
     """Sample rate of both peers' sound cards when it is not the model's (they then resample)."""
     dtx: bool = False
@@ -268,6 +272,13 @@ def warm_up(model, bandwidth: float, seconds: float = 1.0, engine: str = "torch"
         decoder.push(encoder.push(noise))
 
 
+def front_end_stages(spec: CallSpec):
+    """The microphone front end a peer of ``spec`` runs (``client.Options.front_end``)."""
+    from call.front_end import Stages
+
+    return Stages() if spec.front_end else Stages(echo=False, noise=False, gain=False)
+
+
 def tighten_playout(playout: dict) -> None:
     """The what-if of :attr:`CallSpec.playout`: jitter buffers opened from now on in this process
     start at ``jitter_initial`` and never aim below ``jitter_min`` (each where given)."""
@@ -315,7 +326,7 @@ def _peer(spec: CallSpec, url: str, room: str, audio: np.ndarray, barrier) -> di
     async def call() -> dict:
         client = Client(Options(server=url, room=room, status=False, bandwidth=spec.bandwidth,
                                 frames_per_packet=spec.frames_per_packet, start="immediate", engine=spec.engine,
-                                dtx=spec.dtx), model)
+                                dtx=spec.dtx, front_end=front_end_stages(spec)), model)
         collect = instrument(client, spec, devices)
         barrier.wait(30)
         task = asyncio.create_task(client.run())
