@@ -139,6 +139,8 @@ class FarEnd:
         self.position += self.hop
         return frame
 
+    decoded = True  # each tick's frame is the far end's voice
+
     def waiting(self, now: float) -> bool:
         return False  # its next frame is always there
 

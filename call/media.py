@@ -72,7 +72,8 @@ async def play(receiver: Receiver, rate: int, channels: int, device: int | str |
                 audio = await receiver.tick(started, deadline)
                 if audio is None:
                     break
-                lead.note(time.monotonic() - started)
+                if receiver.decoded:  # comfort noise alone costs next to nothing: a pause must not shrink the lead
+                    lead.note(time.monotonic() - started)
                 speaker.write(audio)
                 if front_end is not None:
                     front_end.played(audio)

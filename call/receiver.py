@@ -197,6 +197,8 @@ class Receiver:
         """Called with (source, request, now) for each ``RATE`` a peer sends (``call.rate``)."""
         self.send: Optional[Callable[[bytes], None]] = None
         """Where this receiver's own ``RATE`` requests go (the connection); ``None``: nowhere."""
+        self.decoded = False
+        """The last :meth:`tick` ran the decoder (not only comfort noise): its time says what a tick costs."""
 
     # ---------------------------------------------------------------- messages
 
@@ -382,6 +384,7 @@ class Receiver:
             return None
         loop = asyncio.get_running_loop()
         mixed = None
+        self.decoded = False
         for stream in live:
             if stream.jitter.finished:
                 self._retire(stream)
@@ -389,6 +392,7 @@ class Receiver:
             if stream.departed and not stream.jitter.buffered:
                 continue  # played out: concealing a peer that left would cost a decode per tick
             entry = stream.jitter.playout(now, due)
+            self.decoded |= not isinstance(entry[1], wire.ComfortNoise)
             if entry[0] == STRETCH and stream.first_index is None:
                 continue  # still filling the buffer before the first frame: nothing to play
             try:
