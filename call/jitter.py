@@ -17,7 +17,10 @@ Two ways to take frames out, for the two kinds of sink:
 
 * :meth:`JitterBuffer.pop` — every frame in index order, exactly one entry per frame
   (``None`` for a lost one). A file sink uses it, so the output keeps the input's length.
-* :meth:`JitterBuffer.playout` — one entry per tick of a sound card's clock. When the
+* :meth:`JitterBuffer.playout` — one entry per tick of a sound card's clock (the speaker ticks
+  when the card needs audio and passes the latest the tick could have run, ``call.playout``; the
+  level rule counts what had come by then, and :meth:`JitterBuffer.waiting` says what a tick that
+  still has time should wait for). When the
   buffer runs dry it stretches (returns a concealment tick without consuming a frame, so
   the delay grows). Delay that is no longer needed is given back by skipping frames: at
   once when the buffer holds far more than the target, and otherwise at the end of each
