@@ -112,8 +112,6 @@ class Client:
         config = model.config
         self.rate, self.channels = config.sampling_rate, config.audio_channels
         self.frame_period = config.hop_length / config.sampling_rate
-        self.output_margin = self.frame_period / 2
-        """Audio kept at the sound card beyond one callback's block: the time a tick has to decode."""
         self.send_file = options.input is not None
         sends = options.input is not None or options.output is None
         receives = options.input is None or options.output is not None
@@ -227,7 +225,7 @@ class Client:
                 raise CallError(f"The stream ended without its END (its sender left?): {self.options.output} "
                                 f"holds the {self.recording.seconds:.2f} s heard")
         else:
-            await play(self.receiver, self.rate, self.channels, self.options.output_device, self.output_margin,
+            await play(self.receiver, self.rate, self.channels, self.options.output_device, self.arrived,
                        self.front_end)
 
 

@@ -129,7 +129,7 @@ class FarEnd:
         self.voice, self.hop, self.position = voice.astype(np.float32), hop, 0
         self.absent, self.nothing = absent, 0
 
-    async def tick(self, now: float) -> np.ndarray | None:
+    async def tick(self, now: float, due: float | None = None) -> np.ndarray | None:
         if self.nothing < self.absent:
             self.nothing += 1
             return None
@@ -138,6 +138,11 @@ class FarEnd:
         frame[0, : len(part)] = part
         self.position += self.hop
         return frame
+
+    decoded = True  # each tick's frame is the far end's voice
+
+    def waiting(self, now: float) -> bool:
+        return False  # its next frame is always there
 
 
 class _Stream:
@@ -244,7 +249,7 @@ async def call_in_room(scene: Scene, room: Room, stages: Stages | None, hop: int
     sent: list[np.ndarray] = []
     with mock.patch.dict(sys.modules, {"sounddevice": card}):
         far_end = FarEnd(scene.far, hop, absent=round(far_end_joins * RATE / BLOCK))
-        player = asyncio.create_task(play(far_end, RATE, 1, None, hop / RATE / 2, front_end))
+        player = asyncio.create_task(play(far_end, RATE, 1, None, asyncio.Event(), front_end))
 
         async def send() -> None:
             async for block in microphone_blocks(RATE, 1, None, hop, front_end):
@@ -256,7 +261,7 @@ async def call_in_room(scene: Scene, room: Room, stages: Stages | None, hop: int
             while not card.done:
                 nothing = far_end.nothing
                 card.step()
-                await _settle(lambda: (speaker.queued_seconds >= speaker.block_seconds + hop / RATE / 2
+                await _settle(lambda: (speaker.queued_seconds >= speaker.block_seconds
                                        or far_end.nothing > nothing)
                               and sum(map(len, sent)) >= card.position - (front_end.chunk - 1 if front_end else 0))
         finally:

@@ -91,15 +91,21 @@ def plan(args: argparse.Namespace, model: str) -> list[tuple[str, CallSpec]]:
     """``(group, spec)`` of every call to run, the headline first."""
     engines = ["torch", "onnx"] if args.engine == "both" else [args.engine]
     base = dict(seconds=args.seconds, warmup=args.warmup, bandwidth=6.0, engine=engines[0])
-    calls = [("headline", CallSpec(label=f"{model} 6 kbps, 1 frame/packet, 10 ms blocks" + engine_note(engine),
-                                   model=model, **{**base, "engine": engine})) for engine in engines]
+    chunked = BLOCKS[args.block] % 240 == 0  # whole 10 ms chunks for the microphone's front end
+    head = {**base, "block": BLOCKS[args.block], "front_end": chunked}
+    blocks = ("10 ms blocks" if args.block == "10ms" else f"{args.block}-sample blocks") \
+        + ("" if chunked else ", no AEC/NS/AGC")
+    calls = [("headline", CallSpec(label=f"{model} 6 kbps, 1 frame/packet, {blocks}" + engine_note(engine),
+                                   model=model, **{**head, "engine": engine})) for engine in engines]
     if not args.no_opus:
-        calls += [("headline", CallSpec(label="opus 20 ms, 6 kbps, 10 ms blocks", model="opus-20ms", **base)),
-                  ("headline", CallSpec(label="opus 10 ms, 6 kbps, 10 ms blocks", model="opus-10ms", **base))]
+        calls += [("headline", CallSpec(label=f"opus 20 ms, 6 kbps, {blocks}", model="opus-20ms", **head)),
+                  ("headline", CallSpec(label=f"opus 10 ms, 6 kbps, {blocks}", model="opus-10ms", **head))]
+    calls.append(("device", CallSpec(label=f"{model} 6 kbps, {blocks}, sound cards at 48 kHz", model=model,
+                                     device_rate=48000, **head)))
     if args.quick:
         return calls
     for name, block in BLOCKS.items():
-        if block != 240:
+        if block != head["block"]:
             calls.append(("block", CallSpec(label=f"block {name} samples", model=model, block=block, **base)))
             if not args.no_opus:
                 calls.append(("block", CallSpec(label=f"opus 20 ms, block {name}", model="opus-20ms",
@@ -111,7 +117,7 @@ def plan(args: argparse.Namespace, model: str) -> list[tuple[str, CallSpec]]:
         if bandwidth != 6.0:
             calls.append(("bandwidth", CallSpec(label=f"{bandwidth:g} kbps", model=model,
                                                 **{**base, "bandwidth": bandwidth})))
-    tight = {"jitter_initial": 0.02, "jitter_min": 0.005, "output_margin": 0.0}
+    tight = {"jitter_initial": 0.02, "jitter_min": 0.005}
     calls.append(("playout", CallSpec(label=f"what-if tight playout, {model}", model=model, playout=tight, **base)))
     if not args.no_opus:
         calls += [("playout", CallSpec(label="what-if tight playout, opus 20 ms", model="opus-20ms",
@@ -404,6 +410,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--engine", choices=["torch", "onnx", "onnx-int8", "both"], default="torch",
                         help="streaming engine of our calls (client.py --engine); both: the headline call on each, "
                              "the rest on torch (default %(default)s)")
+    parser.add_argument("--block", choices=list(BLOCKS), default="10ms",
+                        help="samples per sound-card callback of the headline calls (320: one frame at 24 kHz) "
+                             "(default %(default)s)")
     parser.add_argument("--no-opus", action="store_true", help="skip Opus")
     parser.add_argument("--no-quality", action="store_true", help="skip PESQ/STOI/SI-SNR")
     parser.add_argument("--no-relay", action="store_true", help="skip the relay capacity ramp")

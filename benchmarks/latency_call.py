@@ -91,6 +91,20 @@ class ClockedStream:
         self.late_max = 0.0
         self.buffer = np.zeros((self.blocksize, channels), np.float32)
         owner.streams[kind] = self
+        self.taken = 0  # sink: samples the client handed its speaker, at the model's rate
+        if kind == "output":
+            speaker = callback.__self__
+            write = speaker.write
+
+            def counted(block: np.ndarray) -> None:
+                self.taken += block.shape[-1]
+                write(block)
+            speaker.write = counted
+
+    def position(self, model_samples: int) -> int:
+        """Where the sample the client handed over as its ``model_samples``-th plays in the sink's
+        queue: past a resampler's held-back samples, whose delay the call pays."""
+        return model_samples * self.rate // self.owner.rate
 
     def start(self) -> None:
         self.running = True
@@ -136,20 +150,32 @@ class ClockedStream:
 
 
 class ClockedDevices:
-    """A module object that replaces ``sounddevice`` in a peer process."""
+    """A module object that replaces ``sounddevice`` in a peer process: devices at the model's
+    ``rate``, or at ``device_rate`` only (they refuse the model's, so the client resamples), with
+    blocks of ``block`` samples at the model's rate (as many ms at the device's)."""
 
     stream_class = ClockedStream
 
-    def __init__(self, audio: np.ndarray, block: int) -> None:
-        self.audio, self.block = audio.astype(np.float32), block
+    def __init__(self, audio: np.ndarray, block: int, rate: int = 24000, device_rate: int | None = None) -> None:
+        self.rate, self.device_rate = rate, device_rate or rate
+        if self.device_rate != rate:
+            import soxr
+
+            audio = soxr.resample(audio, rate, self.device_rate)
+        self.audio, self.block = audio.astype(np.float32), block * self.device_rate // rate
         self.streams: dict[str, ClockedStream] = {}
+
+    def check(self, samplerate: float | None = None, **kw) -> None:
+        if samplerate is not None and samplerate != self.device_rate:
+            raise ValueError(f"clocked device runs at {self.device_rate} Hz only")
 
     def module(self) -> types.ModuleType:
         module = types.ModuleType("sounddevice")
         module.InputStream = lambda **kw: self.stream_class(self, "input", **kw)
         module.OutputStream = lambda **kw: self.stream_class(self, "output", **kw)
-        module.check_input_settings = module.check_output_settings = lambda **kw: None
-        module.query_devices = lambda device=None, kind=None: "clocked benchmark device"
+        module.check_input_settings = module.check_output_settings = self.check
+        module.query_devices = lambda device=None, kind=None: \
+            {"default_samplerate": float(self.device_rate)} if kind else "clocked benchmark device"
         return module
 
 
@@ -170,13 +196,18 @@ class CallSpec:
     inject: dict = field(default_factory=dict)
     """Known delays to add, for the tests: ``{"encode": s, "network": s, "decode": s}``."""
     playout: dict = field(default_factory=dict)
-    """A what-if, not the shipped defaults: ``{"jitter_initial": s, "jitter_min": s, "output_margin": s}``
-    replace the jitter buffer's start (two frames) and floor (none) and the client's half frame queued at
-    the sound card beyond one block, to show what the codec allows with a tighter playout policy."""
+    """A what-if, not the shipped defaults: ``{"jitter_initial": s, "jitter_min": s}`` replace the jitter
+    buffer's start (two frames) and floor (none), to show what the codec allows with another playout policy."""
     engine: str = "torch"
     """Streaming engine of both peers' encoder and decoder (``client.py --engine``); Opus ignores it."""
     netem: dict = field(default_factory=dict)
     """Conditions of the relay → client links (``benchmarks.netem.Conditions`` fields); empty: plain loopback."""
+    front_end: bool = True
+    """Echo cancellation, noise suppression and gain on the microphone, as a call from a microphone has
+    them by default (``call.front_end``). They work in 10 ms chunks: with blocks that are not whole
+    chunks (320 samples) the rest of each block waits for the next, so frame-aligned calls run without."""
+    device_rate: int | None = None
+    """Sample rate of both peers' sound cards when it is not the model's (they then resample)."""
     dtx: bool = False
     """Comfort noise in pauses (``call.dtx``), as a call from a microphone does by default. Off for
     the latency rows: every frame then travels, and every frame's delay is measured."""
@@ -241,6 +272,13 @@ def warm_up(model, bandwidth: float, seconds: float = 1.0, engine: str = "torch"
         decoder.push(encoder.push(noise))
 
 
+def front_end_stages(spec: CallSpec):
+    """The microphone front end a peer of ``spec`` runs (``client.Options.front_end``)."""
+    from call.front_end import Stages
+
+    return Stages() if spec.front_end else Stages(echo=False, noise=False, gain=False)
+
+
 def tighten_playout(playout: dict) -> None:
     """The what-if of :attr:`CallSpec.playout`: jitter buffers opened from now on in this process
     start at ``jitter_initial`` and never aim below ``jitter_min`` (each where given)."""
@@ -282,13 +320,13 @@ def _peer(spec: CallSpec, url: str, room: str, audio: np.ndarray, barrier) -> di
     gc.freeze()
     if spec.playout:
         tighten_playout(spec.playout)
-    devices = ClockedDevices(audio, spec.block)
+    devices = ClockedDevices(audio, spec.block, model.config.sampling_rate, spec.device_rate)
     sys.modules["sounddevice"] = devices.module()
 
     async def call() -> dict:
         client = Client(Options(server=url, room=room, status=False, bandwidth=spec.bandwidth,
                                 frames_per_packet=spec.frames_per_packet, start="immediate", engine=spec.engine,
-                                dtx=spec.dtx), model)
+                                dtx=spec.dtx, front_end=front_end_stages(spec)), model)
         collect = instrument(client, spec, devices)
         barrier.wait(30)
         task = asyncio.create_task(client.run())
@@ -328,9 +366,9 @@ def trace_jitter(receiver) -> list[tuple[float, float, int]]:
         if not hasattr(jitter, "traced"):
             playout = jitter.playout
 
-            def traced(now: float):
+            def traced(now: float, due: float | None = None):
                 trace.append((now, jitter.target_delay, jitter.buffered))
-                return playout(now)
+                return playout(now, due)
             jitter.playout, jitter.traced = traced, True
         return stream
     receiver._open = traced_open
@@ -350,11 +388,10 @@ def instrument(client, spec: CallSpec, devices: ClockedDevices,
         sent.append((event, first, count, t))
 
     def on_received(event, stream, first, count, t):
-        written = devices.streams["output"].callback.__self__.ring.written if event == "decoded" else -1
+        sink = devices.streams["output"]
+        written = sink.position(sink.taken) if event == "decoded" else -1
         received.append((event, first, count, t, written))
 
-    if "output_margin" in spec.playout:
-        client.output_margin = spec.playout["output_margin"]
     client.sender.observer = on_sent
     client.receiver.observer = on_received
     shed_log = log_sheds(client.sender.budget)
@@ -383,6 +420,7 @@ def instrument(client, spec: CallSpec, devices: ClockedDevices,
                 "jitter_stats": [asdict(s) for s in stats],
                 "lookahead": getattr(model, "lookahead_samples", 0),
                 "rate": model.config.sampling_rate, "hop": model.config.hop_length,
+                "device_rate": devices.device_rate,
                 "up_bytes": client.up.bytes, "sent_frames": client.sender.next_index,
                 "dropped_samples": client.sender.dropped_samples, "sheds": client.sender.budget.sheds,
                 "shed_log": shed_log, "jitter_trace": trace,
@@ -678,7 +716,7 @@ def frame_latencies(sender: dict, receiver: dict, spec: CallSpec) -> dict:
         i = np.searchsorted(sink[:, 1], w, side="right") - 1  # the callback whose read covered w
         if i < 0 or w >= sink[i, 1] + sink[i, 2]:
             continue  # not played before the call ended
-        played = sink[i, 0] + (w - sink[i, 1]) / rate
+        played = sink[i, 0] + (w - sink[i, 1]) / receiver.get("device_rate", rate)
         skipped = drop_total[np.searchsorted(drop_firsts, k, side="right")]  # dropped before frame k began
         captured = sender["source_t0"] + (k * hop + skipped) / rate
         t = [captured] + [times[e][k] for e in EVENTS] + [played]

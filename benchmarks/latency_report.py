@@ -70,10 +70,9 @@ def markdown(report: dict) -> str:
     out += call_table(headline)
     for group, title in (("block", "Block size (samples per sound-card callback)"),
                          ("frames_per_packet", "Frames per packet"), ("bandwidth", "Bandwidth"),
-                         ("model", "Model"),
-                         ("playout", "What-if: a tighter playout policy (NOT the shipped defaults: jitter buffer "
-                                     "starting at 20 ms with a 5 ms floor instead of 80/20 ms, nothing queued at "
-                                     "the sound card beyond one block instead of half a frame)")):
+                         ("model", "Model"), ("device", "Sound cards at 48 kHz (the client resamples both ways)"),
+                         ("playout", "What-if: another playout policy (NOT the shipped defaults: jitter buffer "
+                                     "starting at 20 ms with a 5 ms floor instead of two frames and none)")):
         rows = [c for c in calls if c["group"] == group]
         if rows:
             reference = headline if group in ("block", "playout") else [head]

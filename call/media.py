@@ -14,6 +14,7 @@ from typing import AsyncIterator
 import numpy as np
 
 from .front_end import FrontEnd
+from .playout import Lead, tick_deadline, until_due
 from .receiver import Receiver
 from .recording import Recording
 
@@ -51,23 +52,28 @@ async def microphone_blocks(rate: int, channels: int, device: int | str | None,
 
 
 async def play(receiver: Receiver, rate: int, channels: int, device: int | str | None,
-               output_margin: float, front_end: FrontEnd | None = None) -> None:
-    """Speaker sink: after each callback, top the sound card's queue up to one callback's block
-    plus ``output_margin``, one tick at a time. Every frame queued here is latency; the margin
-    is the time a tick has to decode before the card would run dry. ``front_end`` hears what is
-    played: its echo canceller's reference."""
+               arrived: asyncio.Event, front_end: FrontEnd | None = None) -> None:
+    """Speaker sink, pulled by the sound card: after each callback, tick only when the card would
+    run short before the next one, and let the tick wait for the frames due (``arrived`` wakes it)
+    until the last moment that leaves it time to decode (``call.playout``). Every sample queued
+    here is latency. ``front_end`` hears what is played: its echo canceller's reference."""
     from .sound_card import Speaker
 
-    speaker = Speaker(rate, channels, device)
+    speaker = Speaker(rate, channels, device, clock=time.monotonic)
+    lead = Lead()
     speaker.start()
     try:
         while True:
             await speaker.consumed.wait()
             speaker.consumed.clear()
-            while speaker.queued_seconds < speaker.block_seconds + output_margin:
-                audio = await receiver.tick(time.monotonic())
+            while (deadline := tick_deadline(speaker.runs_short_at(), speaker.next_callback, lead.seconds)) is not None:
+                await until_due(receiver, arrived, deadline, time.monotonic)
+                started = time.monotonic()
+                audio = await receiver.tick(started, deadline)
                 if audio is None:
                     break
+                if receiver.decoded:  # comfort noise alone costs next to nothing: a pause must not shrink the lead
+                    lead.note(time.monotonic() - started)
                 speaker.write(audio)
                 if front_end is not None:
                     front_end.played(audio)

@@ -197,6 +197,8 @@ class Receiver:
         """Called with (source, request, now) for each ``RATE`` a peer sends (``call.rate``)."""
         self.send: Optional[Callable[[bytes], None]] = None
         """Where this receiver's own ``RATE`` requests go (the connection); ``None``: nowhere."""
+        self.decoded = False
+        """The last :meth:`tick` ran the decoder (not only comfort noise): its time says what a tick costs."""
 
     # ---------------------------------------------------------------- messages
 
@@ -363,21 +365,34 @@ class Receiver:
             except Exception as error:
                 self._fail(stream, error)
 
-    async def tick(self, now: float) -> np.ndarray | None:
-        """One playout tick (speaker mode): one frame of every live stream, mixed."""
+    def _playing(self) -> list[PeerStream]:
+        """The streams a playout tick takes a frame of (a stream whose source left, once played
+        out, is not concealed for ever)."""
+        return [s for s in self._live() if s.jitter.next_index is not None and not (s.departed and not s.jitter.buffered)]
+
+    def waiting(self, now: float) -> bool:
+        """A stream's frame due next may still come (:meth:`JitterBuffer.waiting`): worth waiting
+        for while the sound card does not need the tick yet."""
+        return any(stream.jitter.waiting(now) for stream in self._playing())
+
+    async def tick(self, now: float, due: float | None = None) -> np.ndarray | None:
+        """One playout tick (speaker mode): one frame of every live stream, mixed; ``due``: see
+        :meth:`JitterBuffer.playout`."""
         self._expire(now)
         live = [s for s in self._live() if s.jitter.next_index is not None]
         if not live:
             return None
         loop = asyncio.get_running_loop()
         mixed = None
+        self.decoded = False
         for stream in live:
             if stream.jitter.finished:
                 self._retire(stream)
                 continue
             if stream.departed and not stream.jitter.buffered:
                 continue  # played out: concealing a peer that left would cost a decode per tick
-            entry = stream.jitter.playout(now)
+            entry = stream.jitter.playout(now, due)
+            self.decoded |= not isinstance(entry[1], wire.ComfortNoise)
             if entry[0] == STRETCH and stream.first_index is None:
                 continue  # still filling the buffer before the first frame: nothing to play
             try:

@@ -6,18 +6,19 @@ on PortAudio's real-time thread: they only copy samples between the device buffe
 preallocated rings, and wake the event loop with ``call_soon_threadsafe``. Everything
 else (resampling, the model, the network) happens on the asyncio side. A device that refuses
 the model's rate runs at its own, through a band-limited streaming resampler
-(:mod:`call.resample`).
+(:mod:`call.resample`: a short FIR for a whole factor such as 48 kHz, libsoxr otherwise).
 """
 
 from __future__ import annotations
 
 import asyncio
+from time import monotonic
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from .resample import Resampler
+from .resample import device_resampler
 
 BLOCK_SECONDS = 0.01
 """Device block size asked of PortAudio (10 ms) for playback, and for capture when the caller
@@ -125,7 +126,7 @@ class Microphone(_Device):
                  frame_samples: int | None = None) -> None:
         sd = import_sounddevice()
         self.device_rate = _device_rate(sd, device, "input", rate, channels)
-        self.resample = Resampler(self.device_rate, rate, channels) if self.device_rate != rate else None
+        self.resample = device_resampler(self.device_rate, rate, channels) if self.device_rate != rate else None
         self.ring = Ring(int(seconds * self.device_rate), channels)
         self.overflows = 0
         self._loop = asyncio.get_running_loop()
@@ -158,20 +159,25 @@ class Speaker(_Device):
     """Plays ``(channels, n)`` float32 blocks at the model rate; the callback always fills
     its buffer (zeros when the ring runs dry, counted as underruns)."""
 
-    def __init__(self, rate: int, channels: int, device: Any = None, seconds: float = 1.0) -> None:
+    def __init__(self, rate: int, channels: int, device: Any = None, seconds: float = 1.0,
+                 clock: Callable[[], float] = monotonic) -> None:
         sd = import_sounddevice()
         self.device_rate = _device_rate(sd, device, "output", rate, channels)
-        self.resample = Resampler(rate, self.device_rate, channels) if self.device_rate != rate else None
+        self.resample = device_resampler(rate, self.device_rate, channels) if self.device_rate != rate else None
         self.ring = Ring(int(seconds * self.device_rate), channels)
         self.underruns = 0
         self.rate = rate
         self._loop = asyncio.get_running_loop()
         self.consumed = asyncio.Event()
+        self.clock = clock
+        self.called_at: float | None = None
+        """When the last callback took its block, on ``clock``."""
         self.stream = sd.OutputStream(samplerate=self.device_rate, channels=channels, dtype="float32",
                                       blocksize=int(BLOCK_SECONDS * self.device_rate), device=device,
                                       callback=self._callback)
 
     def _callback(self, outdata: np.ndarray, frames: int, time: Any, status: Any) -> None:
+        self.called_at = self.clock()
         if self.ring.read_into(outdata) < frames or status:
             self.underruns += 1
         self._loop.call_soon_threadsafe(self.consumed.set)
@@ -185,6 +191,16 @@ class Speaker(_Device):
     def block_seconds(self) -> float:
         """What one callback takes from the queue (the device's block, which it may choose itself)."""
         return self.stream.blocksize / self.device_rate
+
+    @property
+    def next_callback(self) -> float:
+        """When the next callback is due (estimated from the last one's time and the block)."""
+        return (self.called_at or self.clock()) + self.block_seconds
+
+    def runs_short_at(self) -> float:
+        """When the first callback comes that the audio queued cannot fill: a tick's audio is
+        needed by then, not before."""
+        return self.next_callback + self.ring.available // self.stream.blocksize * self.block_seconds
 
     def write(self, block: np.ndarray) -> None:
         samples = block.T.astype(np.float32, copy=False)

@@ -1,6 +1,6 @@
 // Jitter buffer and loss concealment, a small version of call/jitter.py and call/concealment.py: frames
-// back in order, a target delay that starts at 80 ms and follows the spread of arrival times (a passed
-// stall forgotten after a calm second), a missing
+// back in order, a target delay that starts at two frames and follows the spread of arrival times (its 95th
+// percentile + 3 ms, no fixed floor, as call/jitter.py; a passed stall forgotten after a calm second), a missing
 // frame declared lost once a later one is due, delay no longer needed skipped (at once for a backlog far
 // beyond the target, else after half a second whose lowest fill exceeded it), repeated codes fading out for
 // a lost frame. A sender's pauses (COMFORT_NOISE, protocol version 2) as call/jitter.py keeps them: each
@@ -8,8 +8,9 @@
 // apart, never lost) at the pace speech had, until the first frame that comes after them.
 
 export class JitterBuffer {
-  constructor(frameRate, { initialDelay = 0.08, minDelay = 0.02, maxDelay = 0.5, window = 200 } = {}) {
+  constructor(frameRate, { initialDelay = 2 / frameRate, minDelay = 0, maxDelay = 0.5, window = 200, margin = 0.003 } = {}) {
     this.period = 1 / frameRate;
+    this.margin = margin; // the scatter of the receiving side's own wake-ups, which no transit shows
     this.minDelay = minDelay;
     this.maxDelay = maxDelay;
     this.window = window;
@@ -59,7 +60,7 @@ export class JitterBuffer {
   _timed() {
     this.transits.splice(0, this.transits.length - this.window);
     this._forgetPassedStall();
-    if (this.transits.length >= 20) this.targetDelay = Math.min(this.maxDelay, Math.max(this.minDelay, this._spread() + this.period));
+    if (this.transits.length >= 20) this.targetDelay = Math.min(this.maxDelay, Math.max(this.minDelay, this._spread() + this.margin));
   }
 
   /** The latest pause that started at or before frame `index`. */
@@ -126,13 +127,14 @@ export class JitterBuffer {
       this.stats.comfort++;
       return { index: this.next++, codes: null, comfort };
     }
-    const target = Math.ceil(this.targetDelay / this.period);
+    // The frame due and the whole frames of jitter beyond it, as call/jitter.py keeps them.
+    const target = 1 + Math.floor(Math.max(0, this.targetDelay - this.margin) / this.period + 1e-9);
     let excess = 0;
     if (this.buffered > 2 * target + 4) excess = this.buffered - target - 2; // a burst, a stall behind us: at once
     this.levelFloor = Math.min(this.levelFloor, this.buffered);
     if (++this.levelTicks >= this.levelWindow) {
       // Half a second in which even the lowest fill exceeded the target: that delay is no longer needed.
-      excess = Math.max(excess, this.levelFloor - target - 1);
+      excess = Math.max(excess, this.levelFloor - target);
       this.levelFloor = Infinity;
       this.levelTicks = 0;
     }

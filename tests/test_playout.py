@@ -1,0 +1,194 @@
+"""Playout pulled by the sound card (``call.playout``), simulated on a virtual clock: a sender whose
+frames complete with its capture blocks, a link, the jitter buffer, a decoder that takes a given
+time, and a sound card that takes a block from the speaker's queue at each callback."""
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from benchmarks.latency_floor import capture_done, floor_samples
+from call.jitter import STRETCH, JitterBuffer
+from call.playout import Lead, tick_deadline, until_due
+
+RATE, HOP = 24000, 320
+FRAME = HOP / RATE
+
+
+@dataclass
+class Played:
+    """What a simulated call played: each frame's delay from its first captured sample to its
+    first played sample (s), and what the sound card missed."""
+
+    delays: dict[int, float] = field(default_factory=dict)
+    underruns: int = 0
+    buffer: JitterBuffer | None = None
+
+
+def simulate(capture_block: int = 240, playback_block: int = 240, phase: float = 0.0, transit: float = 0.006,
+             decode: float = 0.004, seconds: float = 6.0, jitter: np.ndarray | None = None) -> Played:
+    """A one-way call: frame ``k`` reaches the receiver ``transit`` (+ ``jitter[k]``, in order as TCP
+    delivers) after the capture block that completes it; playback callbacks every ``playback_block``
+    samples from ``phase`` s; each tick decodes for ``decode`` s. The speaker loop is
+    :func:`call.media.play`'s: after each callback, tick while :func:`tick_deadline` says so, each tick
+    waiting for the frame due (arrivals wake it) until its deadline."""
+    n = int(seconds / FRAME)
+    landed = np.array([capture_done(HOP, capture_block, 1, k) / RATE + transit for k in range(n)])
+    if jitter is not None:
+        landed = np.maximum.accumulate(landed + jitter[:n])
+    jb, lead, out = JitterBuffer(RATE / HOP), Lead(), Played()
+    out.buffer = jb
+    writes: list[tuple[float, int, int | None]] = []  # (time written, samples, frame whose first sample leads them)
+    queued_until = 0.0  # when the last write landed
+    arrived = 0
+    period = playback_block / RATE
+    written = read = 0  # samples written to and read from the queue
+    starts: dict[int, int] = {}  # frame -> queue position of its first sample
+    first_played = False
+
+    def deliver(now: float) -> None:
+        nonlocal arrived
+        while arrived < n and landed[arrived] <= now:
+            jb.put(arrived, (np.zeros(8, np.int64),), now=landed[arrived])
+            arrived += 1
+
+    for j in range(int(seconds / period)):
+        t = phase + j * period
+        ready = sum(samples for at, samples, _ in writes if at <= t)  # written by the callback's time
+        taken = min(playback_block, ready - read)
+        if first_played and taken < playback_block:
+            out.underruns += 1
+        for frame, position in starts.items():
+            if read <= position < read + taken and frame not in out.delays:
+                out.delays[frame] = t + (position - read) / RATE - frame * FRAME
+        read += taken
+        now = max(t, queued_until)
+        while True:
+            short = t + period + (written - read) // playback_block * period
+            deadline = tick_deadline(short, t + period, lead.seconds)
+            if deadline is None:
+                break
+            deliver(now)
+            while jb.waiting(now) and now < deadline:
+                now = min(deadline, landed[arrived]) if arrived < n else deadline
+                deliver(now)
+            index, codes = jb.playout(now, deadline)
+            if index == STRETCH and not first_played:
+                break
+            first_played = True
+            now += decode
+            lead.note(decode)
+            if index != STRETCH and codes is not None:
+                starts[index] = written
+            writes.append((now, HOP, None))
+            written += HOP
+            queued_until = now
+    return out
+
+
+def settled(played: Played) -> list[float]:
+    """Delays after the first two seconds (start-up fill and the first level windows are over)."""
+    return [d for k, d in sorted(played.delays.items()) if k * FRAME >= 2.0]
+
+
+def floor(capture_block: int, playback_block: int, phase: float, processing: float) -> float:
+    return floor_samples(HOP, playback_block, processing * RATE, phase * RATE % playback_block) / RATE
+
+
+LEAD = 0.004 + Lead().margin
+"""What the playout reserves for a tick that decodes in 4 ms: the floor it can reach counts that."""
+
+
+@pytest.mark.parametrize("phase", [0.0, 0.004, 0.009, 0.012])
+def test_frame_aligned_blocks_play_at_the_floor(phase):
+    """320-sample blocks both ways: once settled, every frame plays at the floor of the configuration
+    (its capture block, encode and network, the time reserved to decode, the playback callback that
+    follows), nothing concealed, the sound card never short, whatever the playback clock's phase. The
+    top-up after each callback played them a frame later or more."""
+    played = simulate(capture_block=320, playback_block=320, phase=phase)
+    delays = settled(played)
+    assert max(delays) == pytest.approx(floor(320, 320, phase, 0.006 + LEAD)), (min(delays), max(delays))
+    assert played.buffer.stats.stretched == 0 and played.buffer.stats.lost == 0 and played.underruns == 0
+
+
+@pytest.mark.parametrize("phase", [0.0, 0.003, 0.006, 0.009])
+def test_ten_ms_blocks_play_within_a_frame_of_the_floor(phase):
+    """10 ms blocks against 13.3 ms frames: arrivals come 10, 10 and 20 ms apart; playout settles
+    within a frame of the floor (it moves in whole frames) and never below it."""
+    played = simulate(phase=phase)
+    delays = settled(played)
+    assert floor(240, 240, phase, 0.006 + 0.004) - 1e-9 <= min(delays)
+    assert max(delays) < floor(240, 240, phase, 0.006 + LEAD) + FRAME, (min(delays), max(delays))
+    assert played.buffer.stats.stretched == 0 and played.buffer.stats.lost == 0 and played.underruns == 0
+
+
+@pytest.mark.parametrize("block", [320, 240])
+def test_jitter_of_20_ms_p99_costs_at_most_1_percent_late_frames(block):
+    """The emulator's jitter (exponential, 20 ms at the 99th percentile, delivered in order as TCP
+    does): at most 1 % of the frames are played late (stretched or lost), and the median delay is
+    within the floor plus the jitter's 99th percentile rounded up to whole frames (two): playout
+    moves in whole frames, and a frame less would make 3-5 % of them late."""
+    rng = np.random.default_rng(5)
+    jitter = rng.exponential(0.02 / np.log(100), 20 * 75)  # exponential: p99 = 20 ms
+    played = simulate(capture_block=block, playback_block=block, phase=0.003, seconds=20, jitter=jitter)
+    stats, frames = played.buffer.stats, len(played.delays)
+    assert stats.stretched + stats.lost + stats.late <= 0.01 * frames, stats
+    assert np.median(settled(played)) <= floor(block, block, 0.003, 0.006 + LEAD) + 2 * FRAME + 1e-9
+    assert played.underruns == 0
+
+
+def test_a_tick_waits_for_its_frame_until_its_deadline_only():
+    """``until_due`` returns as soon as the frame due lands, and at the deadline if it does not."""
+    class Receiver:
+        def __init__(self):
+            self.here = False
+
+        def waiting(self, now):
+            return not self.here
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        receiver, arrived = Receiver(), asyncio.Event()
+
+        def land():
+            receiver.here = True
+            arrived.set()
+        start = loop.time()
+        loop.call_later(0.05, land)
+        await until_due(receiver, arrived, start + 5.0, loop.time)
+        landed = loop.time() - start
+        receiver.here = False
+        start = loop.time()
+        await until_due(receiver, arrived, start + 0.05, loop.time)
+        return landed, loop.time() - start
+    landed, gave_up = asyncio.run(run())
+    assert 0.05 <= landed < 5.0 and gave_up >= 0.05
+
+
+def test_lead_is_the_95th_percentile_of_tick_durations_plus_a_margin():
+    lead = Lead(initial=0.006, margin=0.001, measured=8)
+    assert lead.seconds == 0.006
+    for ms in [2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 9]:
+        lead.note(ms / 1000)
+    assert lead.seconds == pytest.approx(np.percentile([2] + [3] * 18 + [9], 95) / 1000 + 0.001)
+
+
+def test_a_tick_is_due_only_when_the_next_callback_would_be_too_late():
+    assert tick_deadline(runs_short_at=1.010, next_callback=1.010, lead=0.005) == pytest.approx(1.005)
+    assert tick_deadline(runs_short_at=1.020, next_callback=1.010, lead=0.005) is None
+    # A decoder slower than a block: the tick must run a block ahead.
+    assert tick_deadline(runs_short_at=1.020, next_callback=1.010, lead=0.012) == pytest.approx(1.008)
+
+
+def test_the_jitter_buffer_says_what_is_worth_waiting_for():
+    jb = JitterBuffer(RATE / HOP, initial_delay=0.02)
+    assert not jb.waiting(0.0)  # nothing yet: no stream to wait for
+    jb.put(0, (np.zeros(8, np.int64),), now=0.0)
+    assert not jb.waiting(0.01)  # the first fill: playout waits by the clock, not for a frame
+    assert jb.playout(0.03)[0] == 0
+    assert jb.waiting(0.031)  # frame 1 is due next and has not come
+    jb.put(1, (np.zeros(8, np.int64),), now=0.032)
+    assert not jb.waiting(0.032)
+    jb.end(2)
+    assert jb.playout(0.04)[0] == 1 and not jb.waiting(0.05)
