@@ -105,7 +105,7 @@ async def test_handshakes_racing_for_the_last_places_are_held_to_the_limit():
         opened = await attempts
         await until(lambda: relay.connections + relay.counters["refused_full"] == 6)
         assert relay.connections == 2
-        inside = {peer.ws.remote_address[1] for peer in relay.rooms["a"].values()}
+        inside = {peer.link.remote_address[1] for peer in relay.rooms["a"].values()}
         late = [ws for ws in opened if ws.local_address[1] not in inside]
         assert len(late) == 4
         for ws in late:
@@ -280,8 +280,8 @@ async def stalled_peer(relay, room):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     ws = await connect(f"{relay.url}/{room}", sock=sock, max_queue=1)
     port = sock.getsockname()[1]
-    await until(lambda: any(peer.ws.remote_address[1] == port for peer in relay.rooms.get(room, {}).values()))
-    return ws, next(peer for peer in relay.rooms[room].values() if peer.ws.remote_address[1] == port)
+    await until(lambda: any(peer.link.remote_address[1] == port for peer in relay.rooms.get(room, {}).values()))
+    return ws, next(peer for peer in relay.rooms[room].values() if peer.link.remote_address[1] == port)
 
 
 async def fill_with_audio(relay, sender, peer):
@@ -334,7 +334,7 @@ async def test_a_queue_full_of_control_messages_closes_the_slow_peer():
             await fill_with_audio(relay, sender, peer)
             for k in range(12):
                 await sender.send(header(200 + k))
-            await until(lambda: peer.closing is not None)
+            await until(lambda: peer.closing)
             assert len(peer.queue) == 0  # nothing more is kept for it
             frame = await close_frame(stalled)  # what was written before still arrives, then the reason
             assert frame.code == 1008 and "too slow" in frame.reason

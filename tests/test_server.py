@@ -214,7 +214,7 @@ async def test_stalled_peer_delays_nobody_and_memory_stays_bounded():
         sender = await connect(url + "/room")
         await until(lambda: len(relay.rooms["room"]) == 20)
         stalled_peer = next(peer for peer in relay.rooms["room"].values()
-                            if peer.ws.remote_address[1] == sock.getsockname()[1])
+                            if peer.link.remote_address[1] == sock.getsockname()[1])
         sent_at, got = {}, [[] for _ in peers]
         arrived = asyncio.Event()
 
