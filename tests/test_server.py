@@ -17,6 +17,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from server import Limits, Relay
 from call import wire as p
 
+pytestmark = pytest.mark.usefixtures("relay_transport")
+
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = p.StreamHeader(fingerprint=b"fprint01", sample_rate=24000, channels=1,
                         samples_per_frame=320, codebook_nbits=10, max_codebooks=32, stream_id=5)
@@ -255,8 +257,8 @@ async def test_stalled_peer_delays_nobody_and_memory_stays_bounded():
         server.close()
 
 
-def test_sigint_shuts_down_cleanly():
-    process = subprocess.Popen([sys.executable, "server.py", "--port", "0"], cwd=ROOT,
+def test_sigint_shuts_down_cleanly(relay_transport):
+    process = subprocess.Popen([sys.executable, "server.py", "--port", "0", "--transport", relay_transport], cwd=ROOT,
                                stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         line = process.stderr.readline()
