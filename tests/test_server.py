@@ -4,6 +4,7 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -81,6 +82,24 @@ async def test_forwards_and_names_the_source_once(relay):
         assert inner == HEADER.encode()
         assert p.parse_presence(await alice.recv()) == (source + 1, True)  # Alice hears Bob join
         assert (second, third) == (audio(0), audio(1))  # steady state: no envelope at all
+
+
+async def test_tls_serves_wss(tmp_path):
+    """``--tls-cert --tls-key``: peers on wss:// are forwarded to each other like on ws://."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    served.load_cert_chain(cert, key)
+    trusted = ssl.create_default_context(cafile=str(cert))
+    async with Relay().start("127.0.0.1", 0, served) as server:
+        url = f"wss://127.0.0.1:{server.sockets[0].getsockname()[1]}/a"
+        async with connect(url, ssl=trusted) as alice, connect(url, ssl=trusted) as bob:
+            await alice.send(HEADER.encode())
+            await alice.send(audio(1))
+            assert [p.unroute(m)[1] if m[0] == p.ROUTED else m for m in await receive(bob, 2)] == \
+                [HEADER.encode(), audio(1)]
 
 
 async def test_rooms_are_isolated(relay):
