@@ -184,6 +184,17 @@ async def test_bad_packets_are_counted_dropped_and_garbage_senders_closed(relay)
             assert p.unroute((await receive(bob, 1))[0])[1] == HEADER.encode()
 
 
+async def test_a_fragmented_message_is_no_packet_and_the_sender_goes_on(relay):
+    """A message sent in fragments (no client sends packets that way) is counted and dropped:
+    websockets reassembles it into junk, picows never buffers it; the sender's next packet passes."""
+    async with connect(relay.url + "/a") as alice, connect(relay.url + "/a") as bob:
+        await in_room(relay, "a", 2)
+        await alice.send([b"\x7f" + bytes(99), bytes(100)])  # two frames of one binary message
+        await alice.send(HEADER.encode())
+        assert p.unroute((await receive(bob, 1))[0])[1] == HEADER.encode()
+        assert relay.counters["malformed"] == 1 and relay.counters["forwarded"] == 1
+
+
 async def test_fuzz_leaves_the_server_serving():
     relay = Relay(limits=Limits(strikes=1e9))  # let every packet reach the parser
     server, relay.url = await start(relay)
