@@ -166,9 +166,9 @@ class Generator:
         k = 0
         while True:
             due = start + k * slot_period
-            wait = due - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            # Always yield, even when late: a generator behind its schedule (a busy machine) would
+            # otherwise never let its loop read the handshakes and commands it waits for.
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
             self.late.append(time.monotonic() - due)
             for peer in self.slots[k % self.SLOTS]:
                 if peer.upgraded and not peer.transport.is_closing():
