@@ -4,6 +4,7 @@
                      [--room-token-file FILE] [--max-connections N] [--max-rooms N]
                      [--max-peers-per-room N] [--tls-cert C --tls-key K]
                      [--cluster nats://HOST:4222,…] [--workers N] [--metrics [PORT]] [--loop uvloop|asyncio]
+                     [--transport websockets|picows]
 
 Peers connect to ``ws://HOST:PORT/ROOM`` with the token in an ``Authorization: Bearer …``
 header. ``--token`` opens every room; ``--room-token ROOM=SECRET`` (or a file of such lines)
@@ -61,12 +62,13 @@ from pathlib import Path
 from typing import Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 
 from call import wire
+from call.relay_link import POLICY_VIOLATION, TRY_AGAIN_LATER, WRITE_LIMIT, Link, LinkClosed, binary_frame
 from call.relay_cluster import ClusterLink, ClusterSettings
 from call.relay_log import log_event
 from call.relay_metrics import metrics_route
@@ -74,8 +76,8 @@ from call.relay_workers import run_workers
 from call.rooms import ROOM_RULE, is_room_name
 from call.web_routes import WebRoutes, select_subprotocol
 
-POLICY_VIOLATION = 1008
-TRY_AGAIN_LATER = 1013
+TRANSPORTS = ("websockets", "picows")
+"""The websocket libraries that can serve the relay (``--transport``; ``call/relay_link.py``)."""
 
 Route = Callable[[ServerConnection, Request], "Response | None"]
 """An HTTP handler consulted before the websocket upgrade: a response for the paths it serves
@@ -212,27 +214,33 @@ class AuthThrottle:
 
 
 class Peer:
-    """One connection: its stream state, its bounded send queue and its writer task."""
+    """One connection: its stream state, its bounded send queue and its writer task, and the
+    buckets that throttle what it sends."""
 
-    def __init__(self, peer_id: int, ws: ServerConnection, room: str, limits: Limits) -> None:
-        self.id, self.ws, self.room = peer_id, ws, room
+    def __init__(self, peer_id: int, link: Link, room: str, limits: Limits) -> None:
+        self.id, self.link, self.room = peer_id, link, room
         self.stream = wire.StreamValidator()
         self.queue: deque[tuple[int | None, bytes, bool]] = deque()
         self.capacity, self.control_capacity = limits.queue_packets, limits.queue_control
         self.wake = asyncio.Event()
         self.last_source: int | None = None
         self.dropped = 0
-        self.closing: asyncio.Task | None = None
+        self.closing = False
+        """The relay closes this peer (too slow, or sending garbage): nothing more goes to or from it."""
+        self.rate = TokenBucket(limits.rate, limits.burst)
+        self.strikes = TokenBucket(limits.strike_refill, limits.strikes)
+        self.writer: asyncio.Task | None = None
 
     @property
     def live_header(self) -> bytes | None:
         """The HEADER of this peer's stream in progress (a joiner needs it to decode); ``None`` when none."""
         return self.stream.header.encode() if self.stream.header is not None and not self.stream.ended else None
 
-    def enqueue(self, source: int | None, message: bytes) -> None:
+    def enqueue(self, source: int | None, message: bytes, frame: bytes | None = None) -> None:
         """Send or queue a message for this peer without ever waiting; drop the oldest audio if full.
 
-        ``source`` is the peer that sent it, ``None`` for the relay's own messages.
+        ``source`` is the peer that sent it, ``None`` for the relay's own messages; ``frame``, if
+        given, is ``message`` already framed (``binary_frame``): built once for all the receivers.
         Control messages (HEADER, END, JOINED, LEFT) are never dropped while there is audio to
         drop instead: losing one would break a whole stream, and they are rare. When the full
         queue holds only control messages, a new audio packet is dropped and a new control
@@ -243,10 +251,11 @@ class Peer:
         the relay's cost). Only when the socket has a backlog, or messages are already queued
         ahead of this one, does the message wait in the bounded queue.
         """
-        if self.closing is not None:
+        if self.closing:
             return
-        if not self.queue and self.ws.transport.get_write_buffer_size() == 0:
-            self._write_now(self._routed(source, message))
+        if not self.queue and self.link.backlog() == 0:
+            routed = self._routed(source, message)
+            self.link.write(frame if routed is message and frame is not None else binary_frame(routed))
             return
         is_audio = bool(message[0] & wire.AUDIO_FLAG)
         if len(self.queue) >= self.capacity:
@@ -263,25 +272,12 @@ class Peer:
         self.queue.append((source, message, is_audio))
         self.wake.set()
 
-    def _write_now(self, message: bytes) -> None:
-        """Frame ``message`` and write it to the socket at once, skipping a closing connection.
-
-        A server's frames are unmasked, so framing a binary message is a 2- or 4-byte prefix:
-        written here, it costs a fraction of websockets' ``broadcast`` (a ``Frame`` object, its
-        serialisation and checks per message, measured in ``benchmarks/results/relay_capacity.md``).
-        Whole frames only, in order, like websockets' own writes: the two interleave safely.
-        """
-        if self.ws.protocol.state is not OPEN:
-            return
-        size = len(message)
-        prefix = bytes((0x82, size)) if size < 126 else bytes((0x82, 126)) + size.to_bytes(2, "big")
-        self.ws.transport.write(prefix + message)
-
     def _close_slow(self) -> None:
         """Close a peer whose queue holds nothing but control messages, and too many of them."""
         log_event("closing_slow_peer", logging.WARNING, peer=self.id, queued=len(self.queue))
         self.queue.clear()
-        self.closing = asyncio.create_task(self.ws.close(POLICY_VIOLATION, "too slow: send queue full"))
+        self.closing = True
+        self.link.close(POLICY_VIOLATION, "too slow: send queue full")
 
     async def write(self) -> None:
         """Drain the queue to the socket, naming the source only when it changes."""
@@ -291,8 +287,8 @@ class Peer:
                 self.wake.clear()
                 while self.queue:
                     source, message, _ = self.queue.popleft()
-                    await self.ws.send(self._routed(source, message))
-        except ConnectionClosed:
+                    await self.link.send(self._routed(source, message))
+        except LinkClosed:
             pass  # the reader sees the close too and cleans up
 
     def _routed(self, source: int | None, message: bytes) -> bytes:
@@ -301,6 +297,46 @@ class Peer:
             self.last_source = source
             return wire.route(source, message)
         return message
+
+
+class WebsocketsLink:
+    """A python-websockets connection as the relay's ``Link``. Frames written straight to the socket
+    (``write``) are whole and in order, like websockets' own writes: the two interleave safely."""
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self.ws = ws
+        self.remote_address = ws.remote_address
+        self.closing: asyncio.Task | None = None
+
+    @property
+    def close_code(self) -> int | None:
+        return self.ws.close_code
+
+    @property
+    def is_open(self) -> bool:
+        return self.ws.protocol.state is OPEN
+
+    def backlog(self) -> int:
+        return self.ws.transport.get_write_buffer_size()
+
+    def write(self, frame: bytes) -> None:
+        if self.is_open:
+            self.ws.transport.write(frame)
+
+    async def send(self, message: bytes) -> None:
+        try:
+            await self.ws.send(message)
+        except ConnectionClosed:
+            raise LinkClosed from None
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closing is None:
+            self.closing = asyncio.create_task(self.ws.close(code, reason))
+
+    def set_send_buffer(self, size: int) -> None:
+        sock = self.ws.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 class Relay:
@@ -414,18 +450,18 @@ class Relay:
 
     # ------------------------------------------------------------ connection
 
-    async def handle(self, ws: ServerConnection) -> None:
-        room_name = urlsplit(ws.request.path).path.lstrip("/")
-        full = self._full(room_name)  # handshakes in flight together may all have passed the check
+    def admit(self, link: Link, room_name: str) -> Peer | None:
+        """A peer whose handshake passed :meth:`check_request` joins ``room_name``: it learns who is
+        there, they learn of it, its writer starts. ``None`` (the link closed with 1013) when the
+        relay or room filled up meanwhile: handshakes in flight together may all have passed the check."""
+        full = self._full(room_name)
         if full:
             self.counters["refused_full"] += 1
-            log_event("refused_full", logging.WARNING, remote=str(ws.remote_address), reason=full)
-            await ws.close(TRY_AGAIN_LATER, full)
-            return
-        peer = Peer(next(self._ids), ws, room_name, self.limits)
-        sock = ws.transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.send_buffer)
+            log_event("refused_full", logging.WARNING, remote=str(link.remote_address), reason=full)
+            link.close(TRY_AGAIN_LATER, full)
+            return None
+        peer = Peer(next(self._ids), link, room_name, self.limits)
+        link.set_send_buffer(self.limits.send_buffer)
         room = self.rooms.setdefault(room_name, {})
         for other in room.values():  # a joiner learns who is there and the streams in progress
             peer.enqueue(None, wire.joined(other.id))
@@ -437,54 +473,73 @@ class Relay:
             self.cluster.greet(room_name, peer.enqueue)
         room[peer.id] = peer
         self.connections += 1
-        log_event("join", room=room_name, peer=peer.id, remote=str(ws.remote_address), peers=len(room))
+        log_event("join", room=room_name, peer=peer.id, remote=str(link.remote_address), peers=len(room))
         if self.cluster is not None:
             self.cluster.join(room_name, peer.id)
-        writer = asyncio.create_task(peer.write())
+        peer.writer = asyncio.create_task(peer.write())
+        return peer
+
+    def receive(self, peer: Peer, message: bytes | str) -> float:
+        """One message from ``peer``: checked, then forwarded to the others of its room (framed once
+        for all of them) or counted as the problem it is. Returns how long to stop reading from this
+        peer (it sends faster than ``Limits.rate``), 0 for not at all."""
+        if peer.closing:
+            return 0.0  # keep reading so that the peer's close frame gets through
+        wait = peer.rate.take()
+        if wait:
+            self.counters["throttled"] += 1
+        problem = self._check(peer, message)
+        if problem is None:
+            self.counters["forwarded"] += 1
+            self.counters["bytes_in"] += len(message)
+            room = self.rooms[peer.room]
+            frame = binary_frame(message)
+            for other in room.values():
+                if other is not peer:
+                    other.enqueue(peer.id, message, frame)
+            self._count_out(len(room) - 1, message)
+            if self.cluster is not None:
+                self.cluster.forward(peer.room, peer.id, message)
+            return wait
+        self.counters[problem] += 1
+        if peer.strikes.take():
+            log_event("closing_garbage_sender", logging.WARNING, peer=peer.id, last_problem=problem)
+            peer.closing = True
+            peer.link.close(POLICY_VIOLATION, "too many malformed messages")
+        return wait
+
+    def depart(self, peer: Peer) -> None:
+        """``peer``'s connection is closed: it leaves its room, the others (here and on other nodes) learn it."""
+        if peer.writer is not None:
+            peer.writer.cancel()
+        room = self.rooms[peer.room]
+        del room[peer.id]
+        self.connections -= 1
+        if not room:
+            del self.rooms[peer.room]
+        for other in room.values():
+            other.enqueue(None, wire.left(peer.id))
+        if self.cluster is not None:
+            self.cluster.leave(peer.room, peer.id, last=not room)
+        self.counters["dropped_slow_peer"] += peer.dropped
+        log_event("leave", room=peer.room, peer=peer.id, dropped_for_peer=peer.dropped,
+                  close_code=peer.link.close_code)
+
+    async def handle(self, ws: ServerConnection) -> None:
+        """A python-websockets connection, from its upgrade to its close (``--transport websockets``)."""
+        peer = self.admit(WebsocketsLink(ws), urlsplit(ws.request.path).path.lstrip("/"))
+        if peer is None:
+            await ws.wait_closed()  # returning now would close it with 1000 before the 1013 goes out
+            return
         try:
-            await self._read(peer, room)
+            async for message in ws:
+                wait = self.receive(peer, message)
+                if wait:
+                    await asyncio.sleep(wait)  # not reading: TCP pushes back on the sender
         except ConnectionClosed:
             pass
         finally:
-            writer.cancel()
-            del room[peer.id]
-            self.connections -= 1
-            if not room:
-                del self.rooms[room_name]
-            for other in room.values():
-                other.enqueue(None, wire.left(peer.id))
-            if self.cluster is not None:
-                self.cluster.leave(room_name, peer.id, last=not room)
-            self.counters["dropped_slow_peer"] += peer.dropped
-            log_event("leave", room=room_name, peer=peer.id, dropped_for_peer=peer.dropped,
-                      close_code=ws.close_code)
-
-    async def _read(self, peer: Peer, room: dict[int, Peer]) -> None:
-        rate = TokenBucket(self.limits.rate, self.limits.burst)
-        strikes = TokenBucket(self.limits.strike_refill, self.limits.strikes)
-        closing: asyncio.Task | None = None
-        async for message in peer.ws:
-            if closing is not None:
-                continue  # keep reading so that the peer's close frame gets through
-            wait = rate.take()
-            if wait:
-                self.counters["throttled"] += 1
-                await asyncio.sleep(wait)
-            problem = self._check(peer, message)
-            if problem is None:
-                self.counters["forwarded"] += 1
-                self.counters["bytes_in"] += len(message)
-                for other in room.values():
-                    if other is not peer:
-                        other.enqueue(peer.id, message)
-                self._count_out(len(room) - 1, message)
-                if self.cluster is not None:
-                    self.cluster.forward(peer.room, peer.id, message)
-                continue
-            self.counters[problem] += 1
-            if strikes.take():
-                log_event("closing_garbage_sender", logging.WARNING, peer=peer.id, last_problem=problem)
-                closing = asyncio.create_task(peer.ws.close(POLICY_VIOLATION, "too many malformed messages"))
+            self.depart(peer)
 
     def _check(self, peer: Peer, message: bytes | str) -> str | None:
         """``None`` for a message to forward, otherwise the name of what is wrong with it."""
@@ -505,18 +560,27 @@ class Relay:
         """Messages waiting in all send queues (bounded by peers × queue size)."""
         return sum(len(p.queue) for room in self.rooms.values() for p in room.values())
 
+    transport = "websockets"
+    """The library :meth:`start` serves peers with (``--transport``; ``TRANSPORTS``)."""
+
     def start(self, host: str | None, port: int, tls: ssl.SSLContext | None = None,
               ping_interval: float = 5.0, ping_timeout: float = 10.0, reuse_port: bool = False,
-              web: WebRoutes | None = None) -> serve:
-        """The websockets server for this relay (use as ``async with``); ``reuse_port``: processes
-        share the port (SO_REUSEPORT), the kernel spreading connections over them; ``web`` also
-        serves the browser peer's page over plain HTTP on the same port."""
+              web: WebRoutes | None = None) -> contextlib.AbstractAsyncContextManager:
+        """The server for this relay (use as ``async with``; it has ``sockets``); ``reuse_port``:
+        processes share the port (SO_REUSEPORT), the kernel spreading connections over them; ``web``
+        also serves the browser peer's page over plain HTTP on the same port (websockets only)."""
+        if self.transport == "picows":
+            if web is not None:
+                raise ValueError("--web needs --transport websockets (the page's files are read asynchronously)")
+            from call.relay_picows import serve_picows
+
+            return serve_picows(self, host, port, tls, ping_interval, ping_timeout, reuse_port)
         return serve(
             self.handle, host, port, ssl=tls,
             process_request=web.before(self.check_request, self.routes) if web else self.check_request,
             select_subprotocol=select_subprotocol if web else None,
             compression=None,  # codes are incompressible; deflate would only cost memory
-            max_size=self.limits.hard_max_message, max_queue=self.limits.receive_queue, write_limit=4096,
+            max_size=self.limits.hard_max_message, max_queue=self.limits.receive_queue, write_limit=WRITE_LIMIT,
             ping_interval=ping_interval, ping_timeout=ping_timeout, logger=websockets_log,
             **({"reuse_port": True} if reuse_port else {}),
         )
@@ -560,7 +624,6 @@ async def run(relay: Relay, host: str, port: int, tls: ssl.SSLContext | None,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server: Server
     if relay.cluster is not None:
         await relay.cluster.start()
     if metrics_port == 0:
@@ -668,6 +731,9 @@ def build_parser() -> argparse.ArgumentParser:
                         default="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
                         help="event loop (default: uvloop where installed: 0.9x the CPU a packet, "
                         "benchmarks/results/relay_capacity.md)")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="websockets",
+                        help="websocket library serving the peers (default %(default)s; picows: a Cython one, "
+                        "benchmarks/results/relay_capacity.md)")
     parser.add_argument("--reuse-port", action="store_true",
                         help="share --port with other processes (SO_REUSEPORT); --workers sets it")
     parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # its index: --metrics PORT + index
@@ -686,6 +752,7 @@ def relay_from_args(args: argparse.Namespace) -> Relay:
                     queue_control=max(Limits.queue_control, 4 * args.max_peers_per_room),  # a joiner's notices fit
                     auth_failures=args.auth_failures, auth_window=args.auth_window, auth_block=args.auth_block)
     relay = Relay(token=args.token, limits=limits, room_tokens=dict(room_tokens))
+    relay.transport = args.transport
     if args.cluster:
         relay.join_cluster(args.cluster)
     return relay
@@ -702,6 +769,8 @@ def main(argv: list[str] | None = None) -> None:
                                      args.workers, args.cluster))
     if args.metrics:
         args.metrics += args.worker
+    if args.web and args.transport == "picows":
+        parser.error("--web needs --transport websockets")
     websockets_log.setLevel(logging.WARNING)  # our JSON lines say it all
     relay = relay_from_args(args)
     try:

@@ -166,9 +166,9 @@ class Generator:
         k = 0
         while True:
             due = start + k * slot_period
-            wait = due - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            # Always yield, even when late: a generator behind its schedule (a busy machine) would
+            # otherwise never let its loop read the handshakes and commands it waits for.
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
             self.late.append(time.monotonic() - due)
             for peer in self.slots[k % self.SLOTS]:
                 if peer.upgraded and not peer.transport.is_closing():
@@ -402,13 +402,15 @@ if __name__ == "__main__":
     parser.add_argument("--relay-args", default="", help="extra arguments of server.py, e.g. '--loop asyncio'")
     parser.add_argument("--suite", action="store_true", help="before/after and 1/2 nodes in one run; writes "
                         "benchmarks/results/relay_capacity.{json,md}")
+    parser.add_argument("--transports", action="store_true", help="with --suite: the one-node relay before and on "
+                        "each --transport instead; writes benchmarks/results/relay_transports.{json,md}")
     parser.add_argument("--before", default="main", help="with --suite: the git revision of the relay to compare with")
     args = parser.parse_args()
     levels = [int(n) for n in args.levels.split(",")] if args.levels else None
     if args.suite:
         from benchmarks.relay_capacity_report import run_suite
 
-        run_suite(args.before, levels, args.room_size, " ".join(sys.argv[1:]))
+        run_suite(args.before, levels, args.room_size, " ".join(sys.argv[1:]), args.transports)
     else:
         print(json.dumps(capacity(args.quick, room_size=args.room_size, levels=levels, server=args.server,
                                   nodes=args.nodes, placement=args.placement, relay_args=args.relay_args.split()),

@@ -16,18 +16,23 @@ from benchmarks.latency_relay import ROOT, capacity
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def run_suite(before: str, levels: list[int] | None, room_size: int, command: str) -> dict:
-    """Ramp each configuration in turn, print as it goes, write the report."""
+def run_suite(before: str, levels: list[int] | None, room_size: int, command: str, transports: bool = False) -> dict:
+    """Ramp each configuration in turn, print as it goes, write the report: ``relay_capacity``, or with
+    ``transports`` the one-node relay on each websocket library (``--transport``), ``relay_transports``."""
     old = Path(tempfile.mkdtemp()) / "server_before.py"
     old.write_text(subprocess.run(["git", "show", f"{before}:server.py"], cwd=ROOT, capture_output=True, text=True,
                                   check=True).stdout)
-    configurations = {
-        f"before ({before}), one node": dict(server=old),
-        "after, --loop asyncio, one node": dict(relay_args=["--loop", "asyncio"]),
-        "after, one node": {},
-        "after, two nodes, rooms split": dict(nodes=2, placement="split"),
-        "after, two nodes, rooms affine": dict(nodes=2, placement="affine"),
-    }
+    configurations = {f"before ({before}), one node": dict(server=old)}
+    if transports:
+        configurations.update({f"after, --transport {name}, one node": dict(relay_args=["--transport", name])
+                               for name in ("websockets", "picows")})
+    else:
+        configurations.update({
+            "after, --loop asyncio, one node": dict(relay_args=["--loop", "asyncio"]),
+            "after, one node": {},
+            "after, two nodes, rooms split": dict(nodes=2, placement="split"),
+            "after, two nodes, rooms affine": dict(nodes=2, placement="affine"),
+        })
     runs = {}
     for name, options in configurations.items():
         print(f"== {name}", flush=True)
@@ -35,8 +40,9 @@ def run_suite(before: str, levels: list[int] | None, room_size: int, command: st
     report = {"command": f"python benchmarks/latency_relay.py {command}", "loadavg": os.getloadavg(),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs,
               "message_costs_us": message_costs()}
-    (RESULTS / "relay_capacity.json").write_text(json.dumps(report, indent=1))
-    (RESULTS / "relay_capacity.md").write_text(markdown(report))
+    name = "relay_transports" if transports else "relay_capacity"
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=1))
+    (RESULTS / f"{name}.md").write_text(markdown(report))
     print(markdown(report))
     return report
 
@@ -49,11 +55,13 @@ def markdown(report: dict) -> str:
              f"(load average at the end {report['loadavg'][0]:.1f}: other work shared the 2 cores). Capacity: "
              "streams of 6 kbps (rooms of 2) up to the last level whose probe p99 stays within 5 ms of its own "
              "level-0 p99. CPU per packet: all relay processes' CPU over the packets they delivered.", "",
-             "| configuration | capacity (streams) | level-0 p50 / p99 ms | relay CPU µs a packet (at each level) |",
+             "| configuration | capacity (streams) | level-0 p50 / p99 ms | at each level: added p99 ms, busiest relay's "
+             "CPU %, relay CPU µs a packet |",
              "|---|---|---|---|"]
     for name, run in runs.items():
         zero = run["levels"][0]
-        cpu = ", ".join(f"{r['streams']}: {r['relay_cpu_us_per_packet']:.1f}" for r in run["levels"][1:])
+        cpu = "; ".join(f"{r['streams']}: {r['added_p99_ms']:.1f} ms, {r['relay_cpu']:.0f} %, "
+                        f"{r['relay_cpu_us_per_packet']:.1f} µs" for r in run["levels"][1:])
         lines.append(f"| {name} | {run['capacity_streams']} | {zero['p50_ms']:.2f} / {zero['p99_ms']:.2f} | {cpu} |")
     one = next((run for name, run in runs.items() if name.startswith("after") and run["nodes"] == 1), None)
     split = runs.get("after, two nodes, rooms split")
@@ -66,7 +74,8 @@ def markdown(report: dict) -> str:
     if costs:
         lines += ["", "CPU µs per message of the relay's own steps, alone (no sockets; `message_costs`): "
                   + ", ".join(f"{name.replace('_', ' ')} {value:.2f}" for name, value in costs.items()) + "."]
-    lines += [""] + [f"* {note}" for note in notes] + ["", "Every level of every run is in `relay_capacity.json`."]
+    name = "relay_transports" if any("--transport" in run for run in runs) else "relay_capacity"
+    lines += [""] + [f"* {note}" for note in notes] + ["", f"Every level of every run is in `{name}.json`."]
     return "\n".join(lines) + "\n"
 
 

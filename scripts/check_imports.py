@@ -25,7 +25,7 @@ FORBIDDEN = {
 """Top-level modules that no module of a package may import."""
 
 TORCH_FREE = ("server", "call.wire", "call.rooms", "call.relay_cluster", "call.relay_log", "call.relay_metrics",
-              "call.relay_workers")
+              "call.relay_workers", "call.relay_link", "call.relay_picows")
 """Modules whose whole import closure (within the project) must not reach torch."""
 TORCH_DEPENDENT = {"torch", "codec", "streaming", "transformers"}
 

@@ -2,6 +2,7 @@
 # System libraries the Python packages load at run time, installed only where missing:
 #   libopus0     — the Opus baseline of the latency benchmark and its tests (opuslib loads it).
 #   nats-server  — the message bus of a relay cluster (server.py --cluster); its tests start one.
+#   openssl      — tests/test_server.py makes the certificate of its wss:// relay with it.
 #   chromium, npm — the browser peer (web/): its tests drive Debian's Chromium with Playwright, and npm
 #                   installs onnxruntime-web from web/package-lock.json (the tests and scripts/serve_web.py run npm ci).
 # Microphone and speaker additionally need PortAudio: apt-get install libportaudio2.
@@ -9,6 +10,7 @@ set -euo pipefail
 missing=()
 ldconfig -p | grep -q 'libopus\.so\.0' || missing+=(libopus0)
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+command -v openssl >/dev/null || missing+=(openssl)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v npm >/dev/null || missing+=(npm)
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -16,3 +16,13 @@ def keep_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=["websockets", "picows"])
+def relay_transport(request, monkeypatch):
+    """Runs a relay test once per websocket library serving the relay (``server.py --transport``):
+    the relay's behaviour towards peers must not depend on which one it is."""
+    from server import Relay
+
+    monkeypatch.setattr(Relay, "transport", request.param)
+    return request.param

@@ -28,6 +28,8 @@ from server import Limits, Relay
 from tests.test_call import LENGTH, call, free_port, model, offline, speech  # noqa: F401 - fixtures
 from tests.test_server import HEADER, audio, until
 
+pytestmark = pytest.mark.usefixtures("relay_transport")
+
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ClusterSettings(heartbeat=0.2, node_timeout=1.5, reconnect_wait=0.1)
 """Quick to notice a node gone; generous enough for a busy machine (heartbeats are tiny)."""
@@ -281,12 +283,12 @@ def scrape(port: int) -> dict[str, float]:
     return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-async def test_workers_share_one_port_and_make_one_relay(tmp_path):
+async def test_workers_share_one_port_and_make_one_relay(tmp_path, relay_transport):
     port, metrics = free_port(), free_port()
     log = tmp_path / "relay.log"
     with open(log, "w") as stderr:  # no --cluster: the workers start their own nats-server
         relay = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(port), "--workers", "2",
-                                  "--metrics", str(metrics)], cwd=ROOT, stderr=stderr)
+                                  "--metrics", str(metrics), "--transport", relay_transport], cwd=ROOT, stderr=stderr)
     peers = []
     try:
         await until(lambda: log.read_text().count("cluster_link_up") == 2)

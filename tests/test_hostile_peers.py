@@ -383,7 +383,7 @@ async def honest_call(model, speech_path: Path, out_path: Path, attacked: bool) 
     return receiver, relay, rss_bytes() - before
 
 
-async def test_an_honest_call_through_the_relay_survives_a_hostile_peer(tmp_path):
+async def test_an_honest_call_through_the_relay_survives_a_hostile_peer(tmp_path, relay_transport):
     """A real relay, an honest file sender and receiver (the bundled model), and a hostile peer in
     the room: the honest call arrives whole and equal to its offline decode, and the receiving
     client's memory does not grow with the attack (its 50 forged headers alone cost 439 MB

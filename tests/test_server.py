@@ -4,6 +4,7 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -16,6 +17,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from server import Limits, Relay
 from call import wire as p
+
+pytestmark = pytest.mark.usefixtures("relay_transport")
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = p.StreamHeader(fingerprint=b"fprint01", sample_rate=24000, channels=1,
@@ -79,6 +82,24 @@ async def test_forwards_and_names_the_source_once(relay):
         assert inner == HEADER.encode()
         assert p.parse_presence(await alice.recv()) == (source + 1, True)  # Alice hears Bob join
         assert (second, third) == (audio(0), audio(1))  # steady state: no envelope at all
+
+
+async def test_tls_serves_wss(tmp_path):
+    """``--tls-cert --tls-key``: peers on wss:// are forwarded to each other like on ws://."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    served.load_cert_chain(cert, key)
+    trusted = ssl.create_default_context(cafile=str(cert))
+    async with Relay().start("127.0.0.1", 0, served) as server:
+        url = f"wss://127.0.0.1:{server.sockets[0].getsockname()[1]}/a"
+        async with connect(url, ssl=trusted) as alice, connect(url, ssl=trusted) as bob:
+            await alice.send(HEADER.encode())
+            await alice.send(audio(1))
+            assert [p.unroute(m)[1] if m[0] == p.ROUTED else m for m in await receive(bob, 2)] == \
+                [HEADER.encode(), audio(1)]
 
 
 async def test_rooms_are_isolated(relay):
@@ -163,6 +184,17 @@ async def test_bad_packets_are_counted_dropped_and_garbage_senders_closed(relay)
             assert p.unroute((await receive(bob, 1))[0])[1] == HEADER.encode()
 
 
+async def test_a_fragmented_message_is_no_packet_and_the_sender_goes_on(relay):
+    """A message sent in fragments (no client sends packets that way) is counted and dropped:
+    websockets reassembles it into junk, picows never buffers it; the sender's next packet passes."""
+    async with connect(relay.url + "/a") as alice, connect(relay.url + "/a") as bob:
+        await in_room(relay, "a", 2)
+        await alice.send([b"\x7f" + bytes(99), bytes(100)])  # two frames of one binary message
+        await alice.send(HEADER.encode())
+        assert p.unroute((await receive(bob, 1))[0])[1] == HEADER.encode()
+        assert relay.counters["malformed"] == 1 and relay.counters["forwarded"] == 1
+
+
 async def test_fuzz_leaves_the_server_serving():
     relay = Relay(limits=Limits(strikes=1e9))  # let every packet reach the parser
     server, relay.url = await start(relay)
@@ -214,7 +246,7 @@ async def test_stalled_peer_delays_nobody_and_memory_stays_bounded():
         sender = await connect(url + "/room")
         await until(lambda: len(relay.rooms["room"]) == 20)
         stalled_peer = next(peer for peer in relay.rooms["room"].values()
-                            if peer.ws.remote_address[1] == sock.getsockname()[1])
+                            if peer.link.remote_address[1] == sock.getsockname()[1])
         sent_at, got = {}, [[] for _ in peers]
         arrived = asyncio.Event()
 
@@ -255,8 +287,8 @@ async def test_stalled_peer_delays_nobody_and_memory_stays_bounded():
         server.close()
 
 
-def test_sigint_shuts_down_cleanly():
-    process = subprocess.Popen([sys.executable, "server.py", "--port", "0"], cwd=ROOT,
+def test_sigint_shuts_down_cleanly(relay_transport):
+    process = subprocess.Popen([sys.executable, "server.py", "--port", "0", "--transport", relay_transport], cwd=ROOT,
                                stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         line = process.stderr.readline()

@@ -1,0 +1,263 @@
+"""``server.py --transport picows``: the relay's peers served by picows, a websocket library written
+in Cython for asyncio, instead of python-websockets.
+
+python-websockets hands each message to a coroutine (``async for message in ws``), through a queue,
+a future and a task switch: most of what one forwarded packet costs the relay. picows parses frames
+in C and calls ``on_ws_frame`` with each one as it arrives, so a packet is checked and forwarded in
+one plain call. The relay itself (rooms, auth, limits, queues, drops, metrics, cluster) is the same
+``server.Relay``, reached through ``call/relay_link.py``; this module only translates:
+
+* the upgrade request → ``Relay.check_request`` (a websockets ``Request``, so the checks, the refusals
+  and ``/metrics`` answer exactly as they do under websockets), its ``Response`` → picows';
+* frames → ``Relay.receive``: a binary message whole in one frame is a packet; text and fragmented
+  messages are no packet of a call (counted malformed, never reassembled, so never buffered); a
+  frame over ``Limits.hard_max_message`` closes the connection with 1009 before it is buffered;
+* a sender over its rate → its socket is not read for the time ``Relay.receive`` says (TCP pushes
+  back); frames already read in the same chunk are still handled, and their debt lengthens the pause;
+* close handshakes, with a timeout after which a peer that never answers is cut off, and pings.
+
+No torch here: the relay imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from http import HTTPStatus
+from typing import Protocol
+
+from multidict import CIMultiDict
+from picows import (WSAutoPingStrategy, WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest,
+                    WSUpgradeResponse, WSUpgradeResponseWithListener)
+from picows.picows import WSProtocol
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from .relay_link import GOING_AWAY, WRITE_LIMIT, LinkClosed
+
+CLOSE_TIMEOUT = 10.0
+"""Seconds a peer has to answer our close frame before its connection is cut (websockets' default)."""
+HANDSHAKE_TIMEOUT = 10.0
+NOT_A_PACKET = ""
+"""What the relay is handed for a text or fragmented message: a ``str``, which it counts as malformed."""
+
+picows_log = logging.getLogger("relay.picows")
+"""picows' own lines: warnings and errors only. Its INFO says every connection, its DEBUG holds raw
+requests (tokens included), and a parent logger's ``Redact`` filter would not see them."""
+picows_log.setLevel(logging.WARNING)
+
+
+class RelayCore(Protocol):
+    """What this transport needs of ``server.Relay``."""
+
+    rooms: dict
+    limits: object
+
+    def check_request(self, connection: object, request: Request) -> Response | None: ...
+    def admit(self, link: PicowsLink, room: str) -> object | None: ...
+    def receive(self, peer: object, message: bytes | str) -> float: ...
+    def depart(self, peer: object) -> None: ...
+
+
+class PicowsLink:
+    """A picows connection as the relay's ``Link`` (``call/relay_link.py``)."""
+
+    def __init__(self, transport: WSTransport, remote_address: tuple) -> None:
+        self.ws, self.raw = transport, transport.underlying_transport
+        self.remote_address = remote_address
+        self.close_code: int | None = None
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.raw.set_write_buffer_limits(high=WRITE_LIMIT)
+        self._cut: asyncio.TimerHandle | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return not (self.ws.is_close_frame_sent or self.ws.is_disconnected)
+
+    def backlog(self) -> int:
+        return self.raw.get_write_buffer_size()
+
+    def write(self, frame: bytes) -> None:
+        if self.is_open:
+            self.raw.write(frame)
+
+    async def send(self, message: bytes) -> None:
+        if not self.is_open:
+            raise LinkClosed
+        self.ws.send(WSMsgType.BINARY, message)
+        await self.writable.wait()
+
+    def close(self, code: int, reason: str) -> None:
+        if not self.is_open:
+            return
+        self.close_code = code
+        self.ws.send_close(WSCloseCode(code), reason.encode())
+        self._cut = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.raw.abort)
+
+    def set_send_buffer(self, size: int) -> None:
+        sock = self.raw.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+    def peer_closed(self, frame: WSFrame) -> None:
+        """The peer's close frame: answer it (unless it answers ours) and close the socket."""
+        code = frame.get_close_code()
+        if self.close_code is None:
+            self.close_code = code.value
+        if not self.ws.is_close_frame_sent:
+            self.ws.send_close(code)
+        self.ws.disconnect()
+
+    def disconnected(self) -> None:
+        if self._cut is not None:
+            self._cut.cancel()
+        self.writable.set()  # a writer waiting for room wakes, and finds the link closed
+
+
+class PeerListener(WSListener):
+    """One connection's frames, handed to the relay as they are parsed."""
+
+    def __init__(self, relay: RelayCore, room: str, remote_address: tuple, listeners: set[PeerListener]) -> None:
+        super().__init__()
+        self.relay, self.room, self.remote_address, self.listeners = relay, room, remote_address, listeners
+        self.link: PicowsLink | None = None
+        self.peer: object | None = None
+        self.paused = False
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.link = PicowsLink(transport, self.remote_address)
+        self.listeners.add(self)
+        self.peer = self.relay.admit(self.link, self.room)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind == WSMsgType.BINARY and frame.fin:
+            self._receive(frame.get_payload_as_bytes())
+        elif kind == WSMsgType.CLOSE:
+            self.link.peer_closed(frame)
+        elif kind == WSMsgType.TEXT or kind == WSMsgType.BINARY:  # text, or the first fragment of a message
+            self._receive(NOT_A_PACKET)
+        # the rest of a fragmented message (counted at its start) and pongs: nothing to do
+
+    def _receive(self, message: bytes | str) -> None:
+        if self.peer is None:
+            return  # refused (1013): its close handshake is under way
+        wait = self.relay.receive(self.peer, message)
+        if wait and not self.paused:
+            self.paused = True
+            self.link.raw.pause_reading()
+            asyncio.get_running_loop().call_later(wait, self._resume)
+
+    def _resume(self) -> None:
+        self.paused = False
+        if not self.link.ws.is_disconnected:
+            self.link.raw.resume_reading()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.listeners.discard(self)
+        self.link.disconnected()
+        if self.peer is not None:
+            self.relay.depart(self.peer)
+
+    def pause_writing(self) -> None:
+        self.link.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.link.writable.set()
+
+
+
+class Handshake:
+    """What ``Relay.check_request`` reads of the connection being upgraded (websockets' names)."""
+
+    def __init__(self, remote_address: tuple) -> None:
+        self.remote_address = remote_address
+
+    @staticmethod
+    def respond(status: HTTPStatus, text: str) -> Response:
+        body = text.encode()
+        return Response(status.value, status.phrase, Headers([("Content-Type", "text/plain; charset=utf-8")]), body)
+
+
+def picows_response(response: Response) -> WSUpgradeResponse:
+    """A websockets ``Response`` (a refusal, ``/metrics``) as picows sends it (it adds the length)."""
+    translated = WSUpgradeResponse()
+    translated.version = b"HTTP/1.1"
+    translated.status = HTTPStatus(response.status_code)
+    translated.headers = CIMultiDict((name, value) for name, value in response.headers.raw_items()
+                                     if name.lower() not in ("content-length", "connection"))
+    translated.body = response.body
+    return translated
+
+
+def upgrade(relay: RelayCore, request: WSUpgradeRequest, remote_address: tuple,
+            listeners: set[PeerListener]) -> PeerListener | WSUpgradeResponseWithListener:
+    """The relay's answer to an upgrade request: a listener for the peer, or the refusal to send."""
+    path = request.path.decode("latin-1")
+    checked = Request(path, Headers(request.headers.items()))
+    response = relay.check_request(Handshake(remote_address), checked)
+    if response is not None:
+        return WSUpgradeResponseWithListener(picows_response(response), None)
+    return PeerListener(relay, path.partition("?")[0].lstrip("/"), remote_address, listeners)
+
+
+class PicowsServer:
+    """The listening socket and its peers; like websockets' ``Server``: ``sockets``, ``close``,
+    ``wait_closed``, and ``async with`` (which closes every peer with 1001 on the way out)."""
+
+    def __init__(self, relay: RelayCore, host: str | None, port: int, tls: ssl.SSLContext | None,
+                 ping_interval: float, ping_timeout: float, reuse_port: bool) -> None:
+        self.relay, self.host, self.port, self.tls, self.reuse_port = relay, host, port, tls, reuse_port
+        self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
+        self.listeners: set[PeerListener] = set()
+        self.server: asyncio.Server | None = None
+
+    def _protocol(self) -> WSProtocol:
+        """One connection's protocol; its listener factory needs the peer's address (the auth
+        throttle counts per address), which picows' own server does not pass on."""
+        def listener_for(request: WSUpgradeRequest) -> PeerListener | WSUpgradeResponseWithListener:
+            remote = protocol.transport.underlying_transport.get_extra_info("peername")
+            return upgrade(self.relay, request, remote, self.listeners)
+
+        protocol = WSProtocol(
+            None, None, False, listener_for, picows_log, True, HANDSHAKE_TIMEOUT,
+            True, self.ping_interval, min(self.ping_timeout, self.ping_interval), WSAutoPingStrategy.PING_WHEN_IDLE,
+            True, self.relay.limits.hard_max_message, None, 16 * 1024)
+        return protocol
+
+    @property
+    def sockets(self) -> tuple:
+        return self.server.sockets
+
+    async def __aenter__(self) -> PicowsServer:
+        self.server = await asyncio.get_running_loop().create_server(
+            self._protocol, self.host, self.port, ssl=self.tls, reuse_port=self.reuse_port or None)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    def close(self) -> None:
+        self.server.close()
+        for listener in list(self.listeners):
+            listener.link.close(GOING_AWAY, "server shutting down")
+
+    async def wait_closed(self) -> None:
+        """Until every peer is gone (each has ``CLOSE_TIMEOUT`` to answer before it is cut), or a
+        second longer at most: a shutdown never hangs on a peer."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT + 1):
+                while self.listeners:
+                    await asyncio.sleep(0.05)
+        await self.server.wait_closed()
+
+
+def serve_picows(relay: RelayCore, host: str | None, port: int, tls: ssl.SSLContext | None,
+                 ping_interval: float, ping_timeout: float, reuse_port: bool) -> PicowsServer:
+    """The relay served by picows (use as ``async with``)."""
+    return PicowsServer(relay, host, port, tls, ping_interval, ping_timeout, reuse_port)
