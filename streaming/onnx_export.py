@@ -47,11 +47,6 @@ if TYPE_CHECKING:
     import onnx
 
 OPSET = 17
-WINDOWS_MAX_STEPS = 1
-"""Output steps up to which a conv runs as one product of its input windows rather than as ONNX `Conv`
-(measured: 1, the bottleneck convs; more windows cost more than `Conv` saves)."""
-TRANSPOSED_AS_PRODUCT = True
-"""Transposed convs as one product and an overlap-add (measured a little faster than `ConvTranspose`)."""
 
 
 @dataclass(frozen=True)
@@ -107,12 +102,10 @@ class _Step(nn.Module):
                 if padding:
                     self._state("conv", (weight.shape[1], padding))
                 out_steps = steps // module.stride
-                if out_steps <= WINDOWS_MAX_STEPS:
-                    # ONNX Runtime's Conv on a few output steps costs several times a product of the windows
-                    kernel, stride, dilation = weight.shape[-1], module.stride, module.conv.dilation[0]
-                    windows = torch.arange(out_steps)[:, None] * stride + torch.arange(kernel) * dilation  # (steps, kernel)
+                if out_steps == 1 and module.conv.dilation[0] == 1:
+                    # One output step reads exactly its input window: one product (ONNX Runtime's Conv costs several)
                     plan.append(("windows", (self._tensor(weight.reshape(weight.shape[0], -1).t()), self._tensor(module.conv.bias),
-                                             self._tensor(windows), padding), steps))
+                                             padding), steps))
                 else:
                     plan.append(("conv", (self._tensor(weight), self._tensor(module.conv.bias), module.stride,
                                           module.conv.dilation[0], padding), steps))
@@ -121,9 +114,9 @@ class _Step(nn.Module):
                 weight = folded_weight(module.conv)
                 overlap = module.conv.kernel_size[0] - module.stride
                 self._state("tail", (weight.shape[1], overlap))
-                if TRANSPOSED_AS_PRODUCT and not weight.shape[-1] % module.stride:
-                    matrix = weight.reshape(weight.shape[0], -1)  # (in, out × kernel): one product, then overlap-add
-                    plan.append(("transposed", (self._tensor(matrix), self._tensor(module.conv.bias), module.stride, overlap), steps))
+                if steps == 1 and overlap == module.stride:
+                    matrix = weight.reshape(weight.shape[0], -1)  # (in, out × kernel)
+                    plan.append(("transposed", (self._tensor(matrix), self._tensor(module.conv.bias), module.stride), steps))
                 else:
                     plan.append(("convtranspose", (self._tensor(weight), self._tensor(module.conv.bias), module.stride, overlap), steps))
                 steps *= module.stride
@@ -149,9 +142,13 @@ class _Step(nn.Module):
         return plan
 
     def _run(self, plan: list, x: torch.Tensor, states: Iterator[torch.Tensor], new: list[torch.Tensor]) -> torch.Tensor:
+        """`x` is `(batch, channels, steps)`, or `(batch, channels)` at the frame rate (one step a frame): the
+        layers there (LSTM, bottleneck convs, quantizer) then need no Gather, Unsqueeze or Transpose nodes."""
         for kind, spec, steps in plan:
             if kind in ("conv", "windows"):
                 padding = spec[-1]
+                if x.dim() == 2:
+                    x = x[..., None]
                 if padding:
                     full = torch.cat([next(states), x], dim=-1)
                     new.append(full[..., steps:])
@@ -160,34 +157,28 @@ class _Step(nn.Module):
                 if kind == "conv":
                     weight, bias, stride, dilation, _ = spec
                     x = F.conv1d(full, getattr(self, weight), getattr(self, bias), stride, 0, dilation)
-                else:
-                    matrix, bias, windows, _ = spec
-                    index = getattr(self, windows)
-                    rows = full[:, :, index].permute(0, 2, 1, 3)  # (batch, steps, in, kernel)
-                    rows = rows.reshape(rows.shape[0], index.shape[0], -1)
-                    x = (rows @ getattr(self, matrix) + getattr(self, bias)).transpose(1, 2)
-            elif kind == "transposed":
-                matrix, bias, stride, overlap = spec
-                batch, parts = x.shape[0], (overlap + stride) // stride
-                columns = (x.transpose(1, 2) @ getattr(self, matrix)).reshape(batch, steps, -1, parts, stride)
-                full = F.pad(next(states), (0, steps * stride))
-                for part in range(parts):  # as ConvTranspose: part p of step t lands on samples (t + p) · stride …
-                    shifted = columns[:, :, :, part].permute(0, 2, 1, 3).reshape(batch, -1, steps * stride)
-                    full = full + F.pad(shifted, (part * stride, (parts - 1 - part) * stride))
-                new.append(full[..., steps * stride :])
-                x = full[..., : steps * stride] + getattr(self, bias).view(1, -1, 1)
+                else:  # one output step: the whole input window, (in, kernel) flattened, is the product's row
+                    matrix, bias, _ = spec
+                    x = full.reshape(full.shape[0], -1) @ getattr(self, matrix) + getattr(self, bias)
+            elif kind == "transposed":  # one input step: one product holds the frame's samples and the next tail
+                matrix, bias, stride = spec
+                columns = (x @ getattr(self, matrix)).reshape(x.shape[0], -1, 2 * stride)
+                head, tail = columns.split(stride, dim=-1)
+                new.append(tail)
+                x = head + next(states) + getattr(self, bias).view(1, -1, 1)
             elif kind == "convtranspose":
                 weight, bias, stride, overlap = spec
-                full = F.conv_transpose1d(x, getattr(self, weight), None, stride) + F.pad(next(states), (0, steps * stride))
-                new.append(full[..., steps * stride :])
-                x = full[..., : steps * stride] + getattr(self, bias).view(1, -1, 1)
+                full = F.conv_transpose1d(x, getattr(self, weight), None, stride)
+                body, tail = full.split([steps * stride, overlap], dim=-1)
+                new.append(tail)
+                x = body + F.pad(next(states), (0, steps * stride - overlap)) + getattr(self, bias).view(1, -1, 1)
             elif kind == "lstm":
                 names, size = spec
+                inputs = [x] if x.dim() == 2 else [x[..., t] for t in range(steps)]
                 outputs = []
                 hidden = [(next(states), next(states)) for _ in names]
                 updated = [None] * len(names)
-                for t in range(steps):
-                    h = x[..., t]
+                for h in inputs:
                     for i, (weight, bias) in enumerate(names):
                         h_prev, c_prev = updated[i] or hidden[i]
                         gates = torch.cat([h, h_prev], dim=1) @ getattr(self, weight) + getattr(self, bias)
@@ -198,7 +189,7 @@ class _Step(nn.Module):
                     outputs.append(h)
                 for h, c in updated:
                     new += [h, c]
-                x = torch.stack(outputs, dim=-1) + x
+                x = (outputs[0] if x.dim() == 2 else torch.stack(outputs, dim=-1)) + x
             elif kind == "elu":
                 x = F.elu(x)
             else:  # resnet
@@ -218,12 +209,12 @@ class EncoderStep(_Step):
             quantizer = FrameQuantizer(model)
             for q in range(num_codebooks):
                 self.register_buffer(f"embed{q}", quantizer.embeds[q], persistent=False)
-                self.register_buffer(f"embed_t{q}", quantizer.transposed[q], persistent=False)
+                self.register_buffer(f"embed_t{q}", -2 * quantizer.transposed[q], persistent=False)
                 self.register_buffer(f"sqnorm{q}", quantizer.sqnorms[q], persistent=False)
 
     def forward(self, audio: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         new: list[torch.Tensor] = []
-        embeddings = self._run(self.plan, audio, iter(state), new)[..., 0]
+        embeddings = self._run(self.plan, audio, iter(state), new)
         if not self.num_codebooks:
             return (embeddings, *new)
         if self.search_width > 1:
@@ -232,14 +223,13 @@ class EncoderStep(_Step):
         for q in range(self.num_codebooks):  # as `codec.quantizer.nearest_entries`, the greedy residual VQ
             # Without |r|², which ``nearest_entries`` adds: the same for every entry, so the same argmin but
             # for float near-ties (measured: none over 2 × 360 frames of speech, bundled and full-size
-            # models), and 3 nodes per codebook fewer (~8 % of the bundled model's encoder step).
-            dist = -2 * (residual @ getattr(self, f"embed_t{q}"))
-            indices = (dist + getattr(self, f"sqnorm{q}")).argmin(dim=-1)
+            # models). −2 is folded into the codebook (exactly: a power of two), so that MatMul + Add is one Gemm
+            # in ONNX Runtime, and a MatMul for the int8 quantizer.
+            indices = (residual @ getattr(self, f"embed_t{q}") + getattr(self, f"sqnorm{q}")).argmin(dim=-1)
             codes.append(indices)
             if q + 1 < self.num_codebooks:
                 residual = residual - getattr(self, f"embed{q}")[indices]
-        return (embeddings, torch.stack(codes, dim=1), *new)
-
+        return (embeddings, torch.cat(codes).reshape(self.num_codebooks, -1).t(), *new)
 
     def _beam_search(self, embeddings: torch.Tensor) -> torch.Tensor:
         """`codec.quantizer.residual_beam_search`, written out for the graph (the first stage has one candidate)."""
@@ -247,7 +237,7 @@ class EncoderStep(_Step):
         residual, paths = embeddings[:, None, :], None  # (batch, candidates, dim), (batch, candidates, stages)
         for q in range(self.num_codebooks):
             embed = getattr(self, f"embed{q}")
-            dist = residual.pow(2).sum(-1, keepdim=True) - 2 * (residual @ getattr(self, f"embed_t{q}")) + getattr(self, f"sqnorm{q}")
+            dist = residual.pow(2).sum(-1, keepdim=True) + residual @ getattr(self, f"embed_t{q}") + getattr(self, f"sqnorm{q}")
             size = embed.shape[0]
             best = dist.reshape(dist.shape[0], -1).topk(min(width, residual.shape[1] * size), dim=1, largest=False).indices
             parent, entry = best // size, best % size
@@ -270,13 +260,13 @@ class DecoderStep(_Step):
 
     def forward(self, codes: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         offsets = torch.arange(codes.shape[1], dtype=torch.int64) * self.size
-        embeddings = self.table[codes + offsets].sum(dim=1)[..., None]
+        embeddings = self.table[codes + offsets].sum(dim=1)
         new: list[torch.Tensor] = []
         audio = self._run(self.plan, embeddings, iter(state), new)
         return (audio, *new)
 
 
-GRAPH_FORMAT = 2
+GRAPH_FORMAT = 3
 """Version of what the graphs compute and how (part of their cache folder's name): bump it with any change
 to the export, so that graphs cached by an older version are not used."""
 PRECISIONS = ("float32", "int8")
