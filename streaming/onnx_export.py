@@ -65,6 +65,11 @@ def check_exportable(model: EncodecModel) -> None:
             raise ValueError("trim_right_ratio < 1 delays the first samples: the ONNX step needs trim_right_ratio = 1")
 
 
+def _pointwise(module: nn.Module) -> bool:
+    """A 1×1 conv: one input step to one output step, no state."""
+    return isinstance(module, EncodecConv1d) and module.effective_kernel_size == 1 and module.stride == 1
+
+
 def stateful_layers(stack: StreamingStack) -> Iterator[object]:
     """The streaming layers that keep state, in the order of the step graphs' state inputs."""
     for layer in stack.layers:
@@ -131,6 +136,13 @@ class _Step(nn.Module):
                 plan.append(("lstm", (names, lstm.hidden_size), steps))
             elif isinstance(module, nn.ELU):
                 plan.append(("elu", None, steps))
+            elif isinstance(module, EncodecResnetBlock) and _pointwise(module.block[-1]) and _pointwise(module.shortcut):
+                # The branch's last 1×1 conv and the 1×1 shortcut as one conv over both inputs stacked: a Concat
+                # instead of a Conv and an Add (measured 2–3 % of the bundled model's steps)
+                last, shortcut = module.block[-1].conv, module.shortcut.conv
+                weight = torch.cat([folded_weight(last), folded_weight(shortcut)], dim=1)
+                plan.append(("folded", (self._build(module.block[:-1], steps), self._tensor(weight),
+                                        self._tensor(last.bias + shortcut.bias)), steps))
             elif isinstance(module, EncodecResnetBlock):
                 block = self._build(module.block, steps)
                 shortcut = None
@@ -191,7 +203,14 @@ class _Step(nn.Module):
                     new += [h, c]
                 x = (outputs[0] if x.dim() == 2 else torch.stack(outputs, dim=-1)) + x
             elif kind == "elu":
-                x = F.elu(x)
+                # ONNX Runtime's Elu is not vectorized: on a few thousand values it costs 2.4× this equivalent
+                # max(x, min(eˣ − 1, 0)) (as Elu, eˣ − 1; measured 13.7 against 5.6 µs on 22 × 320 values), which
+                # only loses on the frame rate's few hundred (1.2 against 1.7 µs on 352)
+                x = F.elu(x) if x.dim() == 2 else torch.maximum(x, (torch.exp(x) - 1).clamp(max=0))
+            elif kind == "folded":
+                branch, weight, bias = spec
+                x = x if x.dim() == 3 else x[..., None]
+                x = F.conv1d(torch.cat([self._run(branch, x, states, new), x], dim=1), getattr(self, weight), getattr(self, bias))
             else:  # resnet
                 block, shortcut = spec
                 residual = self._run(block, x, states, new)
