@@ -65,6 +65,12 @@ def check_exportable(model: EncodecModel) -> None:
             raise ValueError("trim_right_ratio < 1 delays the first samples: the ONNX step needs trim_right_ratio = 1")
 
 
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int = 1, dilation: int = 1) -> torch.Tensor:
+    """`F.conv1d` as a 2-D conv of height 1: ONNX Runtime runs 2-D convs in its blocked (NCHWc) layout with
+    direct kernels, 1-D ones through im2col (measured: full-size encoder step 0.90×, bundled 0.92×)."""
+    return F.conv2d(x.unsqueeze(2), weight.unsqueeze(2), bias, (1, stride), 0, (1, dilation)).squeeze(2)
+
+
 def _pointwise(module: nn.Module) -> bool:
     """A 1×1 conv: one input step to one output step, no state."""
     return isinstance(module, EncodecConv1d) and module.effective_kernel_size == 1 and module.stride == 1
@@ -168,7 +174,7 @@ class _Step(nn.Module):
                     full = x
                 if kind == "conv":
                     weight, bias, stride, dilation, _ = spec
-                    x = F.conv1d(full, getattr(self, weight), getattr(self, bias), stride, 0, dilation)
+                    x = _conv(full, getattr(self, weight), getattr(self, bias), stride, dilation)
                 else:  # one output step: the whole input window, (in, kernel) flattened, is the product's row
                     matrix, bias, _ = spec
                     x = full.reshape(full.shape[0], -1) @ getattr(self, matrix) + getattr(self, bias)
@@ -210,7 +216,7 @@ class _Step(nn.Module):
             elif kind == "folded":
                 branch, weight, bias = spec
                 x = x if x.dim() == 3 else x[..., None]
-                x = F.conv1d(torch.cat([self._run(branch, x, states, new), x], dim=1), getattr(self, weight), getattr(self, bias))
+                x = _conv(torch.cat([self._run(branch, x, states, new), x], dim=1), getattr(self, weight), getattr(self, bias))
             else:  # resnet
                 block, shortcut = spec
                 residual = self._run(block, x, states, new)
