@@ -202,9 +202,9 @@ class _Step(nn.Module):
                 else:  # a conv of kernel 2 over the input padded by a zero step each side, then its phases interleaved
                     phases = _conv(F.pad(x, (1, 1)), getattr(self, weight), None)  # (batch, out × stride, steps + 1)
                     full = phases.reshape(x.shape[0], -1, stride, steps + 1).transpose(2, 3).reshape(x.shape[0], -1, (steps + 1) * stride)
-                body, tail = full.split([steps * stride, overlap], dim=-1)
+                body, tail = (full + F.pad(next(states), (0, steps * stride))).split([steps * stride, overlap], dim=-1)
                 new.append(tail)
-                x = body + F.pad(next(states), (0, steps * stride - overlap)) + getattr(self, bias).view(1, -1, 1)
+                x = body + getattr(self, bias).view(1, -1, 1)
             elif kind == "lstm":
                 names, size = spec
                 inputs = [x] if x.dim() == 2 else [x[..., t] for t in range(steps)]
@@ -249,7 +249,7 @@ class EncoderStep(_Step):
             quantizer = FrameQuantizer(model)
             for q in range(num_codebooks):
                 self.register_buffer(f"embed{q}", quantizer.embeds[q], persistent=False)
-                self.register_buffer(f"embed_t{q}", -2 * quantizer.transposed[q], persistent=False)
+                self.register_buffer(f"minus_2_embed_t{q}", -2 * quantizer.transposed[q], persistent=False)
                 self.register_buffer(f"sqnorm{q}", quantizer.sqnorms[q], persistent=False)
 
     def forward(self, audio: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -265,7 +265,7 @@ class EncoderStep(_Step):
             # for float near-ties (measured: none over 2 × 360 frames of speech, bundled and full-size
             # models). −2 is folded into the codebook (exactly: a power of two), so that MatMul + Add is one Gemm
             # in ONNX Runtime, and a MatMul for the int8 quantizer.
-            indices = (residual @ getattr(self, f"embed_t{q}") + getattr(self, f"sqnorm{q}")).argmin(dim=-1)
+            indices = (residual @ getattr(self, f"minus_2_embed_t{q}") + getattr(self, f"sqnorm{q}")).argmin(dim=-1)
             codes.append(indices)
             if q + 1 < self.num_codebooks:
                 residual = residual - getattr(self, f"embed{q}")[indices]
@@ -277,7 +277,7 @@ class EncoderStep(_Step):
         residual, paths = embeddings[:, None, :], None  # (batch, candidates, dim), (batch, candidates, stages)
         for q in range(self.num_codebooks):
             embed = getattr(self, f"embed{q}")
-            dist = residual.pow(2).sum(-1, keepdim=True) + residual @ getattr(self, f"embed_t{q}") + getattr(self, f"sqnorm{q}")
+            dist = residual.pow(2).sum(-1, keepdim=True) + residual @ getattr(self, f"minus_2_embed_t{q}") + getattr(self, f"sqnorm{q}")
             size = embed.shape[0]
             best = dist.reshape(dist.shape[0], -1).topk(min(width, residual.shape[1] * size), dim=1, largest=False).indices
             parent, entry = best // size, best % size
