@@ -4,10 +4,12 @@
     python benchmarks/onnx_steps.py --before /tmp/before [--model default|random-24khz] [--precision int8] [--rounds 200]
 
 Exports the encoder (greedy, the bandwidth's codebooks) and decoder steps of this version and of the
-checkout `--before` (its own code, the same model), then runs each graph and its twin alternately, 20 steps a round, fed the same random frame and state; prints the CPU
-time of this thread per step (the fastest round and the 20th percentile: what other processes' time slices
-do not disturb; a shared cache or memory bus still does) and the ratio now / before. A graph change is
-measured here before ``streaming_speed.py`` adds the Python around it.
+checkout `--before` (its own code, the same model), then runs each graph and its twin alternately, 20 steps a
+round, fed the same random frame and state, and prints the CPU time of this thread per step (the fastest
+round and the 20th percentile: what other processes' time slices do not disturb; a shared cache or memory
+bus still does) and the ratio now / before. Then whole streams (`--seconds` of the benchmark's audio, encoder
+and decoder, 320-sample blocks) on this version's engine with either version's graphs, alternately, `--repeats`
+times each: × real time in CPU time, the fastest run. Both need the two versions' graphs to take the same state.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import add_model_arguments, benchmark_model  # noqa: E402
-from streaming.onnx_engine import session_options  # noqa: E402
+from benchmarks.common import add_model_arguments, benchmark_audio, benchmark_model  # noqa: E402
+from streaming.onnx_engine import OnnxStreamingDecoder, OnnxStreamingEncoder, graph_dir, session_options  # noqa: E402
 from streaming.onnx_export import PRECISIONS, graph_name  # noqa: E402
 
 STEPS_PER_ROUND = 20
@@ -63,6 +65,17 @@ def cpu_per_step(session, values: dict[str, np.ndarray]) -> float:
     return (time.thread_time() - began) / STEPS_PER_ROUND
 
 
+def stream_cpu_time(model, audio, bandwidth: float, cache: Path, precision: str) -> float:
+    """CPU seconds of one stream through the ONNX engine reading the graphs cached under `cache`."""
+    encoder = OnnxStreamingEncoder(model, bandwidth, cache_dir=cache, precision=precision)
+    decoder = OnnxStreamingDecoder(model, cache_dir=cache, precision=precision)
+    hop = model.config.hop_length
+    began = time.thread_time()
+    for start in range(0, audio.shape[-1] - hop + 1, hop):
+        decoder.push(encoder.push(audio[..., start : start + hop]))
+    return time.thread_time() - began
+
+
 def main() -> None:
     import onnxruntime as ort
 
@@ -72,6 +85,7 @@ def main() -> None:
     parser.add_argument("--bandwidth", type=float, default=6.0)
     parser.add_argument("--precision", choices=PRECISIONS, default="float32")
     parser.add_argument("--rounds", type=int, default=200, help="rounds of each graph (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=5, help="whole streams of each (default %(default)s)")
     args = parser.parse_args()
     model = benchmark_model(args.model)
     num_codebooks = model.config.num_quantizers_for_bandwidth(args.bandwidth)
@@ -79,9 +93,10 @@ def main() -> None:
     print(f"model {args.model}, {args.bandwidth:g} kbps, {args.precision}, CPU time of one thread per step, "
           f"{args.rounds} rounds of {STEPS_PER_ROUND} steps, interleaved")
     with tempfile.TemporaryDirectory() as folder:
+        caches = [Path(folder) / "before", Path(folder) / "now"]  # as the engine's cache folders
         for kind, count in (("encoder", num_codebooks), ("decoder", None)):
             name = graph_name(kind, count, precision=args.precision)
-            paths = [Path(folder) / "before" / name, Path(folder) / "now" / name]
+            paths = [graph_dir(model, cache) / name for cache in caches]
             for source, path in zip((args.before.resolve(), REPOSITORY), paths):
                 export(source, args.model, path, kind, count, args.precision)
             sessions = [ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"]) for path in paths]
@@ -93,6 +108,13 @@ def main() -> None:
             fastest, p20 = [min(t) for t in times], [np.percentile(t, 20) for t in times]
             print(f"{name:24s} before {1e6 * fastest[0]:6.0f} µs, now {1e6 * fastest[1]:6.0f} µs: now / before "
                   f"{fastest[1] / fastest[0]:.2f} (20th percentile {p20[1] / p20[0]:.2f})")
+        audio = benchmark_audio(model, args.seconds)
+        runs: list[list[float]] = [[], []]
+        for repeat in range(args.repeats):
+            for which in (0, 1) if repeat % 2 else (1, 0):
+                runs[which].append(stream_cpu_time(model, audio, args.bandwidth, caches[which], args.precision))
+        before, now = (min(r) / args.seconds for r in runs)
+        print(f"whole streams, {args.seconds:g} s: before {before:.3f}×, now {now:.3f}× real time (CPU): now / before {now / before:.2f}")
 
 
 if __name__ == "__main__":
