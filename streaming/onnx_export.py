@@ -324,9 +324,10 @@ def graph_name(kind: str, num_codebooks: int | None = None, search_width: int = 
 
 
 def quantized_int8(graph: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Writes `graph` with the weights of its matrix products (convs of one output step, transposed convs,
-    LSTMs, the codebook search) as int8, dynamically quantized (ONNX Runtime's ``quantize_dynamic``, per
-    tensor): a frame reads a quarter of the bytes. The convs over many steps stay float32 (int8
+    """Writes `graph` with the weights of its matrix products (convs of one output step, transposed convs of
+    one input step, LSTMs, the codebook search) as int8, dynamically quantized (ONNX Runtime's
+    ``quantize_dynamic``, per tensor): a frame reads a quarter of the bytes. The convs and transposed convs over
+    many steps stay float32 (int8
     ``ConvInteger`` measured slower than float ``Conv``: full-size encoder step 0.90× float32 against 0.33×
     with the products alone). The search in int8 measured 15 % faster than in float32 (full-size encoder
     step 0.96 against 1.13 ms) at no cost on real speech (bundled model, STOI 0.8839 against 0.8838 at 6
