@@ -23,14 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPOSITORY = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPOSITORY))
 
 from benchmarks.common import add_model_arguments, benchmark_audio, benchmark_model  # noqa: E402
 from streaming.onnx_engine import OnnxStreamingDecoder, OnnxStreamingEncoder, graph_dir, session_options  # noqa: E402
 from streaming.onnx_export import PRECISIONS, graph_name  # noqa: E402
 
 STEPS_PER_ROUND = 20
-REPOSITORY = Path(__file__).resolve().parent.parent
 EXPORT = """
 import sys
 sys.path.insert(0, sys.argv[1])
@@ -46,12 +46,12 @@ def export(source: Path, model: str, path: Path, kind: str, num_codebooks: int |
     subprocess.run(command, check=True, cwd=source, stdout=subprocess.DEVNULL)
 
 
-def feeds(session, num_codebooks: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def feeds(session, num_codebooks: int, codebook_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """A frame (or a frame's codes) and a state of the scale a stream sees."""
     values = {}
     for node in session.get_inputs():
         if node.name == "codes":
-            values[node.name] = rng.integers(0, 1024, (1, num_codebooks)).astype(np.int64)
+            values[node.name] = rng.integers(0, codebook_size, (1, num_codebooks)).astype(np.int64)
         else:
             shape = [1 if not isinstance(d, int) else d for d in node.shape]
             values[node.name] = (0.1 * rng.standard_normal(shape)).astype(np.float32)
@@ -100,7 +100,7 @@ def main() -> None:
             for source, path in zip((args.before.resolve(), REPOSITORY), paths):
                 export(source, args.model, path, kind, count, args.precision)
             sessions = [ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"]) for path in paths]
-            values = feeds(sessions[0], num_codebooks, rng)
+            values = feeds(sessions[0], num_codebooks, model.config.codebook_size, rng)
             times: list[list[float]] = [[], []]
             for round_ in range(args.rounds):
                 for which in (0, 1) if round_ % 2 else (1, 0):
