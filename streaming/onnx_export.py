@@ -47,11 +47,6 @@ if TYPE_CHECKING:
     import onnx
 
 OPSET = 17
-WINDOWS_MAX_STEPS = 1
-"""Output steps up to which a conv runs as one product of its input windows rather than as ONNX `Conv`
-(measured: 1, the bottleneck convs; more windows cost more than `Conv` saves)."""
-TRANSPOSED_AS_PRODUCT = True
-"""Transposed convs as one product and an overlap-add (measured a little faster than `ConvTranspose`)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +63,23 @@ def check_exportable(model: EncodecModel) -> None:
     for module in model.decoder.modules():
         if isinstance(module, EncodecConvTranspose1d) and module.trim_left:
             raise ValueError("trim_right_ratio < 1 delays the first samples: the ONNX step needs trim_right_ratio = 1")
+
+
+POLYPHASE_MAX_STEPS = 40
+"""Input steps up to which a transposed conv runs as a 2-D conv over its input (the phases of each output
+channel as channels) rather than as ONNX ``ConvTranspose`` (measured, full-size: 79 against 125 µs on 8 steps
+of 256 → 128 channels, 67 against 80 µs on 40 steps, a tie on 160 steps)."""
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int = 1, dilation: int = 1) -> torch.Tensor:
+    """`F.conv1d` as a 2-D conv of height 1: ONNX Runtime runs 2-D convs in its blocked (NCHWc) layout with
+    direct kernels, 1-D ones through im2col (measured: full-size encoder step 0.90×, bundled 0.92×)."""
+    return F.conv2d(x.unsqueeze(2), weight.unsqueeze(2), bias, (1, stride), 0, (1, dilation)).squeeze(2)
+
+
+def _pointwise(module: nn.Module) -> bool:
+    """A 1×1 conv: one input step to one output step, no state."""
+    return isinstance(module, EncodecConv1d) and module.effective_kernel_size == 1 and module.stride == 1
 
 
 def stateful_layers(stack: StreamingStack) -> Iterator[object]:
@@ -107,12 +119,10 @@ class _Step(nn.Module):
                 if padding:
                     self._state("conv", (weight.shape[1], padding))
                 out_steps = steps // module.stride
-                if out_steps <= WINDOWS_MAX_STEPS:
-                    # ONNX Runtime's Conv on a few output steps costs several times a product of the windows
-                    kernel, stride, dilation = weight.shape[-1], module.stride, module.conv.dilation[0]
-                    windows = torch.arange(out_steps)[:, None] * stride + torch.arange(kernel) * dilation  # (steps, kernel)
+                if out_steps == 1 and module.conv.dilation[0] == 1:
+                    # One output step reads exactly its input window: one product (ONNX Runtime's Conv costs several)
                     plan.append(("windows", (self._tensor(weight.reshape(weight.shape[0], -1).t()), self._tensor(module.conv.bias),
-                                             self._tensor(windows), padding), steps))
+                                             padding), steps))
                 else:
                     plan.append(("conv", (self._tensor(weight), self._tensor(module.conv.bias), module.stride,
                                           module.conv.dilation[0], padding), steps))
@@ -121,9 +131,14 @@ class _Step(nn.Module):
                 weight = folded_weight(module.conv)
                 overlap = module.conv.kernel_size[0] - module.stride
                 self._state("tail", (weight.shape[1], overlap))
-                if TRANSPOSED_AS_PRODUCT and not weight.shape[-1] % module.stride:
-                    matrix = weight.reshape(weight.shape[0], -1)  # (in, out × kernel): one product, then overlap-add
-                    plan.append(("transposed", (self._tensor(matrix), self._tensor(module.conv.bias), module.stride, overlap), steps))
+                if steps == 1 and overlap == module.stride:
+                    matrix = weight.reshape(weight.shape[0], -1)  # (in, out × kernel)
+                    plan.append(("transposed", (self._tensor(matrix), self._tensor(module.conv.bias), module.stride), steps))
+                elif steps <= POLYPHASE_MAX_STEPS and overlap == module.stride:
+                    # Output channel o, phase j ← taps (earlier step: W[:, o, j + stride], this step: W[:, o, j])
+                    taps = torch.stack([weight[:, :, module.stride :], weight[:, :, : module.stride]], dim=-1)
+                    phases = taps.permute(1, 2, 0, 3).reshape(-1, weight.shape[0], 2)
+                    plan.append(("polyphase", (self._tensor(phases), self._tensor(module.conv.bias), module.stride, overlap), steps))
                 else:
                     plan.append(("convtranspose", (self._tensor(weight), self._tensor(module.conv.bias), module.stride, overlap), steps))
                 steps *= module.stride
@@ -138,6 +153,13 @@ class _Step(nn.Module):
                 plan.append(("lstm", (names, lstm.hidden_size), steps))
             elif isinstance(module, nn.ELU):
                 plan.append(("elu", None, steps))
+            elif isinstance(module, EncodecResnetBlock) and _pointwise(module.block[-1]) and _pointwise(module.shortcut):
+                # The branch's last 1×1 conv and the 1×1 shortcut as one conv over both inputs stacked: a Concat
+                # instead of a Conv and an Add (measured 2–3 % of the bundled model's steps)
+                last, shortcut = module.block[-1].conv, module.shortcut.conv
+                weight = torch.cat([folded_weight(last), folded_weight(shortcut)], dim=1)
+                plan.append(("folded", (self._build(module.block[:-1], steps), self._tensor(weight),
+                                        self._tensor(last.bias + shortcut.bias)), steps))
             elif isinstance(module, EncodecResnetBlock):
                 block = self._build(module.block, steps)
                 shortcut = None
@@ -149,9 +171,13 @@ class _Step(nn.Module):
         return plan
 
     def _run(self, plan: list, x: torch.Tensor, states: Iterator[torch.Tensor], new: list[torch.Tensor]) -> torch.Tensor:
+        """`x` is `(batch, channels, steps)`, or `(batch, channels)` at the frame rate (one step a frame): the
+        layers there (LSTM, bottleneck convs, quantizer) then need no Gather, Unsqueeze or Transpose nodes."""
         for kind, spec, steps in plan:
             if kind in ("conv", "windows"):
                 padding = spec[-1]
+                if x.dim() == 2:
+                    x = x[..., None]
                 if padding:
                     full = torch.cat([next(states), x], dim=-1)
                     new.append(full[..., steps:])
@@ -159,35 +185,33 @@ class _Step(nn.Module):
                     full = x
                 if kind == "conv":
                     weight, bias, stride, dilation, _ = spec
-                    x = F.conv1d(full, getattr(self, weight), getattr(self, bias), stride, 0, dilation)
-                else:
-                    matrix, bias, windows, _ = spec
-                    index = getattr(self, windows)
-                    rows = full[:, :, index].permute(0, 2, 1, 3)  # (batch, steps, in, kernel)
-                    rows = rows.reshape(rows.shape[0], index.shape[0], -1)
-                    x = (rows @ getattr(self, matrix) + getattr(self, bias)).transpose(1, 2)
-            elif kind == "transposed":
-                matrix, bias, stride, overlap = spec
-                batch, parts = x.shape[0], (overlap + stride) // stride
-                columns = (x.transpose(1, 2) @ getattr(self, matrix)).reshape(batch, steps, -1, parts, stride)
-                full = F.pad(next(states), (0, steps * stride))
-                for part in range(parts):  # as ConvTranspose: part p of step t lands on samples (t + p) · stride …
-                    shifted = columns[:, :, :, part].permute(0, 2, 1, 3).reshape(batch, -1, steps * stride)
-                    full = full + F.pad(shifted, (part * stride, (parts - 1 - part) * stride))
-                new.append(full[..., steps * stride :])
-                x = full[..., : steps * stride] + getattr(self, bias).view(1, -1, 1)
-            elif kind == "convtranspose":
+                    x = _conv(full, getattr(self, weight), getattr(self, bias), stride, dilation)
+                else:  # one output step: the whole input window, (in, kernel) flattened, is the product's row
+                    matrix, bias, _ = spec
+                    x = full.reshape(full.shape[0], -1) @ getattr(self, matrix) + getattr(self, bias)
+            elif kind == "transposed":  # one input step: one product holds the frame's samples and the next tail
+                matrix, bias, stride = spec
+                columns = (x @ getattr(self, matrix)).reshape(x.shape[0], -1, 2 * stride)
+                head, tail = columns.split(stride, dim=-1)
+                new.append(tail)
+                x = head + next(states) + getattr(self, bias).view(1, -1, 1)
+            elif kind in ("convtranspose", "polyphase"):
                 weight, bias, stride, overlap = spec
-                full = F.conv_transpose1d(x, getattr(self, weight), None, stride) + F.pad(next(states), (0, steps * stride))
-                new.append(full[..., steps * stride :])
-                x = full[..., : steps * stride] + getattr(self, bias).view(1, -1, 1)
+                if kind == "convtranspose":
+                    full = F.conv_transpose1d(x, getattr(self, weight), None, stride)
+                else:  # a conv of kernel 2 over the input padded by a zero step each side, then its phases interleaved
+                    phases = _conv(F.pad(x, (1, 1)), getattr(self, weight), None)  # (batch, out × stride, steps + 1)
+                    full = phases.reshape(x.shape[0], -1, stride, steps + 1).transpose(2, 3).reshape(x.shape[0], -1, (steps + 1) * stride)
+                body, tail = (full + F.pad(next(states), (0, steps * stride))).split([steps * stride, overlap], dim=-1)
+                new.append(tail)
+                x = body + getattr(self, bias).view(1, -1, 1)
             elif kind == "lstm":
                 names, size = spec
+                inputs = [x] if x.dim() == 2 else [x[..., t] for t in range(steps)]
                 outputs = []
                 hidden = [(next(states), next(states)) for _ in names]
                 updated = [None] * len(names)
-                for t in range(steps):
-                    h = x[..., t]
+                for h in inputs:
                     for i, (weight, bias) in enumerate(names):
                         h_prev, c_prev = updated[i] or hidden[i]
                         gates = torch.cat([h, h_prev], dim=1) @ getattr(self, weight) + getattr(self, bias)
@@ -198,9 +222,16 @@ class _Step(nn.Module):
                     outputs.append(h)
                 for h, c in updated:
                     new += [h, c]
-                x = torch.stack(outputs, dim=-1) + x
+                x = (outputs[0] if x.dim() == 2 else torch.stack(outputs, dim=-1)) + x
             elif kind == "elu":
-                x = F.elu(x)
+                # ONNX Runtime's Elu is not vectorized: on a few thousand values it costs 2.4× this equivalent
+                # max(x, min(eˣ − 1, 0)) (as Elu, eˣ − 1; measured 13.7 against 5.6 µs on 22 × 320 values), which
+                # only loses on the frame rate's few hundred (1.2 against 1.7 µs on 352)
+                x = F.elu(x) if x.dim() == 2 else torch.maximum(x, (torch.exp(x) - 1).clamp(max=0))
+            elif kind == "folded":
+                branch, weight, bias = spec
+                x = x if x.dim() == 3 else x[..., None]
+                x = _conv(torch.cat([self._run(branch, x, states, new), x], dim=1), getattr(self, weight), getattr(self, bias))
             else:  # resnet
                 block, shortcut = spec
                 residual = self._run(block, x, states, new)
@@ -218,12 +249,12 @@ class EncoderStep(_Step):
             quantizer = FrameQuantizer(model)
             for q in range(num_codebooks):
                 self.register_buffer(f"embed{q}", quantizer.embeds[q], persistent=False)
-                self.register_buffer(f"embed_t{q}", quantizer.transposed[q], persistent=False)
+                self.register_buffer(f"minus_2_embed_t{q}", -2 * quantizer.transposed[q], persistent=False)
                 self.register_buffer(f"sqnorm{q}", quantizer.sqnorms[q], persistent=False)
 
     def forward(self, audio: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         new: list[torch.Tensor] = []
-        embeddings = self._run(self.plan, audio, iter(state), new)[..., 0]
+        embeddings = self._run(self.plan, audio, iter(state), new)
         if not self.num_codebooks:
             return (embeddings, *new)
         if self.search_width > 1:
@@ -232,14 +263,13 @@ class EncoderStep(_Step):
         for q in range(self.num_codebooks):  # as `codec.quantizer.nearest_entries`, the greedy residual VQ
             # Without |r|², which ``nearest_entries`` adds: the same for every entry, so the same argmin but
             # for float near-ties (measured: none over 2 × 360 frames of speech, bundled and full-size
-            # models), and 3 nodes per codebook fewer (~8 % of the bundled model's encoder step).
-            dist = -2 * (residual @ getattr(self, f"embed_t{q}"))
-            indices = (dist + getattr(self, f"sqnorm{q}")).argmin(dim=-1)
+            # models). −2 is folded into the codebook (exactly: a power of two), so that MatMul + Add is one Gemm
+            # in ONNX Runtime, and a MatMul for the int8 quantizer.
+            indices = (residual @ getattr(self, f"minus_2_embed_t{q}") + getattr(self, f"sqnorm{q}")).argmin(dim=-1)
             codes.append(indices)
             if q + 1 < self.num_codebooks:
                 residual = residual - getattr(self, f"embed{q}")[indices]
-        return (embeddings, torch.stack(codes, dim=1), *new)
-
+        return (embeddings, torch.cat(codes).reshape(self.num_codebooks, -1).t(), *new)
 
     def _beam_search(self, embeddings: torch.Tensor) -> torch.Tensor:
         """`codec.quantizer.residual_beam_search`, written out for the graph (the first stage has one candidate)."""
@@ -247,7 +277,7 @@ class EncoderStep(_Step):
         residual, paths = embeddings[:, None, :], None  # (batch, candidates, dim), (batch, candidates, stages)
         for q in range(self.num_codebooks):
             embed = getattr(self, f"embed{q}")
-            dist = residual.pow(2).sum(-1, keepdim=True) - 2 * (residual @ getattr(self, f"embed_t{q}")) + getattr(self, f"sqnorm{q}")
+            dist = residual.pow(2).sum(-1, keepdim=True) + residual @ getattr(self, f"minus_2_embed_t{q}") + getattr(self, f"sqnorm{q}")
             size = embed.shape[0]
             best = dist.reshape(dist.shape[0], -1).topk(min(width, residual.shape[1] * size), dim=1, largest=False).indices
             parent, entry = best // size, best % size
@@ -270,13 +300,13 @@ class DecoderStep(_Step):
 
     def forward(self, codes: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         offsets = torch.arange(codes.shape[1], dtype=torch.int64) * self.size
-        embeddings = self.table[codes + offsets].sum(dim=1)[..., None]
+        embeddings = self.table[codes + offsets].sum(dim=1)
         new: list[torch.Tensor] = []
         audio = self._run(self.plan, embeddings, iter(state), new)
         return (audio, *new)
 
 
-GRAPH_FORMAT = 2
+GRAPH_FORMAT = 3
 """Version of what the graphs compute and how (part of their cache folder's name): bump it with any change
 to the export, so that graphs cached by an older version are not used."""
 PRECISIONS = ("float32", "int8")
@@ -294,9 +324,10 @@ def graph_name(kind: str, num_codebooks: int | None = None, search_width: int = 
 
 
 def quantized_int8(graph: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Writes `graph` with the weights of its matrix products (convs of one output step, transposed convs,
-    LSTMs, the codebook search) as int8, dynamically quantized (ONNX Runtime's ``quantize_dynamic``, per
-    tensor): a frame reads a quarter of the bytes. The convs over many steps stay float32 (int8
+    """Writes `graph` with the weights of its matrix products (convs of one output step, transposed convs of
+    one input step, LSTMs, the codebook search) as int8, dynamically quantized (ONNX Runtime's
+    ``quantize_dynamic``, per tensor): a frame reads a quarter of the bytes. The convs and transposed convs over
+    many steps stay float32 (int8
     ``ConvInteger`` measured slower than float ``Conv``: full-size encoder step 0.90× float32 against 0.33×
     with the products alone). The search in int8 measured 15 % faster than in float32 (full-size encoder
     step 0.96 against 1.13 ms) at no cost on real speech (bundled model, STOI 0.8839 against 0.8838 at 6
