@@ -5,7 +5,7 @@ It is WebRTC's audio processing module (AEC3 with its residual-echo suppressor, 
 suppressor, AGC2 and a high-pass filter) through the ``pywebrtc-audio`` wheel (Linux, macOS and
 Windows, Python 3.10-3.14, under 1 MB), chosen over the ``livekit`` wheel's copy of the same module
 because it exposes what the room measurements needed: the noise suppressor's level (``livekit``'s
-fixed one lowered STOI at 6 kbps; level 1 raises it) and a gain controller apart from the cleaner.
+fixed one lowered STOI at 6 kbps; the mildest level keeps it) and a gain controller apart from the cleaner.
 
 The echo canceller's reference is what the client writes to the speaker (:meth:`FrontEnd.played`),
 queued and taken one 10 ms chunk per captured chunk, zeros when nothing was written (what the
