@@ -101,10 +101,15 @@ class ClockedStream:
                 write(block)
             speaker.write = counted
 
+    def resampler_lag(self) -> int:
+        """The delay of the client's resampler on this device (``call.resample``: the content comes
+        this many samples late, at the resampler's output rate); 0 when the device runs at the model's rate."""
+        return getattr(getattr(self.callback.__self__, "resample", None), "lag", 0)
+
     def position(self, model_samples: int) -> int:
-        """Where the sample the client handed over as its ``model_samples``-th plays in the sink's
-        queue: past a resampler's held-back samples, whose delay the call pays."""
-        return model_samples * self.rate // self.owner.rate
+        """Where the content of the sample the client handed over as its ``model_samples``-th plays in
+        the sink's queue: past the resampler's delay, which the call pays."""
+        return model_samples * self.rate // self.owner.rate + self.resampler_lag()
 
     def start(self) -> None:
         self.running = True
@@ -414,7 +419,10 @@ def instrument(client, spec: CallSpec, devices: ClockedDevices,
         stats = [s.jitter.stats for s in client.receiver.streams.values()]
         model = client.model
         return {"sent": sent, "received": received,
-                "source_t0": devices.streams["input"].t0, "sink_log": devices.streams["output"].log,
+                "source_t0": devices.streams["input"].t0,
+                # the content of the client's sample i was captured a resampler's delay before sample i
+                "input_lag_s": devices.streams["input"].resampler_lag() / model.config.sampling_rate,
+                "sink_log": devices.streams["output"].log,
                 "late_max": {k: s.late_max for k, s in devices.streams.items()},
                 "late_at_block": {k: getattr(s, "late_at", -1) for k, s in devices.streams.items()},
                 "jitter_stats": [asdict(s) for s in stats],
@@ -718,7 +726,7 @@ def frame_latencies(sender: dict, receiver: dict, spec: CallSpec) -> dict:
             continue  # not played before the call ended
         played = sink[i, 0] + (w - sink[i, 1]) / receiver.get("device_rate", rate)
         skipped = drop_total[np.searchsorted(drop_firsts, k, side="right")]  # dropped before frame k began
-        captured = sender["source_t0"] + (k * hop + skipped) / rate
+        captured = sender["source_t0"] - sender.get("input_lag_s", 0.0) + (k * hop + skipped) / rate
         t = [captured] + [times[e][k] for e in EVENTS] + [played]
         rows.append([k] + list(np.diff(t)) + [lookahead])
         captures.append(captured)

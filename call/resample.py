@@ -9,7 +9,7 @@ latency a device path pays for resampling. Measured in 10–13 ms blocks (48 ↔
 on average / at most: ``LQ`` 11 / 20 ms, ``MQ`` and ``HQ`` 21 / 38 ms. ``LQ`` passes up to about
 9 kHz (−5 dB at 10 kHz, flat to 8 kHz) and removes 15 kHz by 146 dB; ``HQ`` is flat to 11 kHz.
 Files use ``HQ`` (nothing waits for them). Devices whose rate is a whole multiple of the model's
-(48 kHz for the 24 kHz model) use :class:`WholeFactorResampler`, a short FIR that holds 0.7 ms; other
+(48 kHz for the 24 kHz model) use :class:`WholeFactorResampler`, a short FIR that delays by 0.7 ms; other
 device rates (44.1 kHz) use libsoxr's ``LQ`` (latency counts, the speech band fits).
 """
 
@@ -46,9 +46,12 @@ class WholeFactorResampler:
     """Resamples by a whole factor (48 ↔ 24 kHz, 96 → 24 kHz) with a linear-phase FIR at the higher
     rate (``lfilter`` with its state kept between blocks), the same interface as :class:`Resampler`.
 
-    It holds back only the filter's half length (``lag`` output samples: 0.7 ms at 48 kHz), where
-    libsoxr's block processing holds 11 ms on average and 20 at most in ``LQ``: a device at 48 kHz
-    then costs the call about 1.4 ms (both ways) instead of about 22. The Kaiser-windowed filter
+    It holds nothing back: every block comes out whole at once, its content ``lag`` output samples
+    late (the filter's half length, 0.7 ms at 48 kHz). Dropping those first samples instead would
+    keep sample indices aligned with the content but hold back the end of every block, so a frame
+    that a block completes would wait for the next block (a whole block of latency, measured 13 ms a
+    way at 320-sample blocks); libsoxr's block processing holds 11 ms on average and 20 at most in
+    ``LQ``. A device at 48 kHz costs the call about 1.4 ms (both ways). The Kaiser-windowed filter
     (``TAPS`` taps, β 6) passes the speech band flat to about 9 kHz at 24 kHz and attenuates what
     would fold (above 12.2 kHz) by 60 dB or more.
     """
@@ -69,8 +72,7 @@ class WholeFactorResampler:
         self._state = np.zeros((2 * half, channels), np.float32)
         self._phase = 0  # high-rate samples to pass over before the next one kept (down)
         self.lag = half // self.down
-        """Output samples held back: the filter's delay, dropped at the start and given out by :meth:`flush`."""
-        self._skip = self.lag
+        """The filter's delay in output samples: the content comes out this late (nothing is held back)."""
         self.channels = channels
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
@@ -85,11 +87,10 @@ class WholeFactorResampler:
         if self.down > 1:
             y = y[self._phase :: self.down]
             self._phase = (self._phase - len(x)) % self.down
-        skip, self._skip = min(self._skip, len(y)), self._skip - min(self._skip, len(y))
-        return y[skip:].astype(np.float32, copy=False)
+        return y.astype(np.float32, copy=False)
 
     def flush(self) -> np.ndarray:
-        """The ``lag`` samples still in the filter: the end of the signal (call once, last)."""
+        """The filter's last ``lag`` samples: the end of the signal, delayed (call once, last)."""
         return self(np.zeros((self.lag * self.down // self.up, self.channels), np.float32))
 
 
