@@ -137,7 +137,7 @@ def test_page_joins_with_its_token_says_when_refused_and_reconnects(web_graphs):
                 wait_for(lambda: page.evaluate("window.callStats.sentFrames") >= 10, 30, "the page to send")
                 (first,) = relay.rooms["locked"].values()
                 sent = first.stream.newest
-                served.call(lambda: first.ws.transport.abort())  # the connection breaks under the page
+                served.call(lambda: first.link.ws.transport.abort())  # the connection breaks under the page (the page is served on websockets)
                 wait_for(lambda: page.evaluate("window.callStats.reconnects") == 1, 30, "the page to reconnect")
                 wait_for(lambda: (peers := list(relay.rooms.get("locked", {}).values())) and peers[0].stream.newest > sent,
                          30, "the page's stream to go on")
