@@ -51,7 +51,6 @@ import logging
 import math
 import re
 import signal
-import socket
 import ssl
 import sys
 import time
@@ -68,7 +67,8 @@ from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 
 from call import wire
-from call.relay_link import POLICY_VIOLATION, TRY_AGAIN_LATER, WRITE_LIMIT, Link, LinkClosed, binary_frame
+from call.relay_link import (POLICY_VIOLATION, TRY_AGAIN_LATER, WRITE_LIMIT, Link, LinkClosed, binary_frame,
+                             limit_send_buffer)
 from call.relay_cluster import ClusterLink, ClusterSettings
 from call.relay_log import log_event
 from call.relay_metrics import metrics_route
@@ -334,9 +334,7 @@ class WebsocketsLink:
             self.closing = asyncio.create_task(self.ws.close(code, reason))
 
     def set_send_buffer(self, size: int) -> None:
-        sock = self.ws.transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        limit_send_buffer(self.ws.transport, size)
 
 
 class Relay:

@@ -6,6 +6,8 @@ link see only this. No torch here: the relay imports it.
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from typing import Protocol
 
 POLICY_VIOLATION = 1008
@@ -59,3 +61,10 @@ def binary_frame(message: bytes) -> bytes:
     size = len(message)
     prefix = bytes((0x82, size)) if size < 126 else bytes((0x82, 126)) + size.to_bytes(2, "big")
     return prefix + message
+
+
+def limit_send_buffer(transport: asyncio.BaseTransport, size: int) -> None:
+    """``Link.set_send_buffer`` for a link over an asyncio transport: the kernel's send buffer of its socket."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)

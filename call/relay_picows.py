@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 from http import HTTPStatus
 from typing import Protocol
@@ -36,7 +35,7 @@ from picows.picows import WSProtocol
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from .relay_link import GOING_AWAY, WRITE_LIMIT, LinkClosed
+from .relay_link import GOING_AWAY, WRITE_LIMIT, LinkClosed, limit_send_buffer
 
 CLOSE_TIMEOUT = 10.0
 """Seconds a peer has to answer our close frame before its connection is cut (websockets' default)."""
@@ -99,9 +98,7 @@ class PicowsLink:
         self._cut = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.raw.abort)
 
     def set_send_buffer(self, size: int) -> None:
-        sock = self.raw.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        limit_send_buffer(self.raw, size)
 
     def peer_closed(self, frame: WSFrame) -> None:
         """The peer's close frame: answer it (unless it answers ours) and close the socket."""
@@ -168,7 +165,6 @@ class PeerListener(WSListener):
 
     def resume_writing(self) -> None:
         self.link.writable.set()
-
 
 
 class Handshake:
