@@ -77,6 +77,12 @@ def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int
     return F.conv2d(x.unsqueeze(2), weight.unsqueeze(2), bias, (1, stride), 0, (1, dilation)).squeeze(2)
 
 
+def _stepped(x: torch.Tensor) -> torch.Tensor:
+    """`x` as `(batch, channels, steps)`: a frame-rate `(batch, channels)` tensor gets its one step back
+    (for a conv, which needs the steps axis)."""
+    return x if x.dim() == 3 else x[..., None]
+
+
 def _pointwise(module: nn.Module) -> bool:
     """A 1×1 conv: one input step to one output step, no state."""
     return isinstance(module, EncodecConv1d) and module.effective_kernel_size == 1 and module.stride == 1
@@ -176,8 +182,7 @@ class _Step(nn.Module):
         for kind, spec, steps in plan:
             if kind in ("conv", "windows"):
                 padding = spec[-1]
-                if x.dim() == 2:
-                    x = x[..., None]
+                x = _stepped(x)
                 if padding:
                     full = torch.cat([next(states), x], dim=-1)
                     new.append(full[..., steps:])
@@ -230,7 +235,7 @@ class _Step(nn.Module):
                 x = F.elu(x) if x.dim() == 2 else torch.maximum(x, (torch.exp(x) - 1).clamp(max=0))
             elif kind == "folded":
                 branch, weight, bias = spec
-                x = x if x.dim() == 3 else x[..., None]
+                x = _stepped(x)
                 x = _conv(torch.cat([self._run(branch, x, states, new), x], dim=1), getattr(self, weight), getattr(self, bias))
             else:  # resnet
                 block, shortcut = spec
