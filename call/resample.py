@@ -52,7 +52,7 @@ class WholeFactorResampler:
     that a block completes would wait for the next block (a whole block of latency, measured 13 ms a
     way at 320-sample blocks); libsoxr's block processing holds 11 ms on average and 20 at most in
     ``LQ``. A device at 48 kHz costs the call about 1.4 ms (both ways). The Kaiser-windowed filter
-    (``TAPS`` taps, β 6) passes the speech band flat to about 9 kHz at 24 kHz and attenuates what
+    (2 · ``HALF`` + 1 taps at the higher rate, β 6) passes the speech band flat to about 9 kHz at 24 kHz and attenuates what
     would fold (above 12.2 kHz) by 60 dB or more.
     """
 
