@@ -88,6 +88,11 @@ def level_db(power: float) -> float:
     return 10 * np.log10(power + 1e-12)
 
 
+def mean_power(samples: np.ndarray) -> float:
+    """Mean square of ``samples``, the power :func:`level_db` takes."""
+    return float(np.mean(np.square(samples, dtype=np.float64)))
+
+
 @dataclass
 class Verdict:
     """What to transmit for one encoded frame: frames (index, codes) to send, in order, and a

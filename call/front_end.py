@@ -12,6 +12,10 @@ queued and taken one 10 ms chunk per captured chunk, zeros when nothing was writ
 speaker then plays): the reference reaches AEC3 about when the speaker plays it, and AEC3 finds
 the rest of the delay (the device buffers and the room, up to about half a second) itself.
 
+While both ends talk, a second path beside AEC3 keeps the near end that its suppressor would take
+out with the echo: Speex DSP's linear canceller over the whole echo path (``call.double_talk``;
+without ``libspeexdsp`` one log line says so and AEC3 runs alone).
+
 The gain controller only decides a gain, which is applied here, aimed at the level the codec
 codes best (:data:`SPEECH_DBFS`): it hears neither the far end's residual echo (chunks where the
 canceller took 10 dB or more out while the far end talks) nor what its voice detector doubts, and
@@ -25,12 +29,18 @@ capture is cut into 10 ms chunks here and the remainder waits for the next block
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
 
+from .double_talk import DoubleTalk
+from .dtx import level_db, mean_power
 from .sound_card import Ring
+from .speex_echo import SpeexUnavailable
+
+log = logging.getLogger("call")
 
 CHUNK_SECONDS = 0.01
 """The audio processing module's frame: 10 ms, whatever the rate."""
@@ -129,14 +139,6 @@ class _Level:
         return float(self.powers.mean())
 
 
-def db(power: float) -> float:
-    return 10 * np.log10(max(power, 1e-12))
-
-
-def power(samples: np.ndarray) -> float:
-    return float(np.mean(np.square(samples, dtype=np.float64)))
-
-
 class FrontEnd:
     """Capture → cleaned capture, with the played signal as the echo reference.
 
@@ -152,6 +154,7 @@ class FrontEnd:
         webrtc = load_processing_library()
         self._cleaner = webrtc.AudioProcessor(sample_rate=rate, num_channels=channels, echo_cancellation=stages.echo,
                                               noise_suppression=stages.noise, high_pass_filter=True, ns_level=NOISE_LEVEL)
+        self._double_talk = self._double_talk_path(webrtc) if stages.echo else None
         self._gain = webrtc.AudioProcessor(sample_rate=rate, num_channels=channels, auto_gain_control=True) if stages.gain else None
         self.gain_db = 0.0
         self._capture = _Chunker(self.chunk, channels)
@@ -173,28 +176,39 @@ class FrontEnd:
         for chunk in self._capture(block):
             far = np.empty_like(chunk)
             self._reference.read_into(far)  # zeros where nothing was played: the speaker played silence
-            self._far.add(power(far))
+            self._far.add(mean_power(far))
+            power_in = mean_power(chunk)
             out = self._cleaner.process(chunk.ravel(), far.ravel() if self.stages.echo else None).reshape(chunk.shape)
-            out = self._gained(chunk, out)
+            if self._double_talk is not None:
+                out = self._double_talk(chunk, far, out, level_db(power_in), self.far_end_talking, CHUNK_SECONDS)
+            out, power_out = self._gained(out, power_in)
             cleaned.append(out)
-            self._measure(chunk, out)
+            self._measure(power_in, power_out)
         if not cleaned:
             return np.zeros((self.channels, 0), dtype=np.float32)
         return np.ascontiguousarray(np.concatenate(cleaned).T)
 
-    def _gained(self, chunk: np.ndarray, cleaned: np.ndarray) -> np.ndarray:
-        """``cleaned`` at the gain controller's gain, decided on the near end's voice only."""
+    def _double_talk_path(self, webrtc: ModuleType) -> DoubleTalk | None:
+        try:
+            return DoubleTalk(webrtc, self.rate, self.channels, self.chunk, self.stages.noise, NOISE_LEVEL)
+        except SpeexUnavailable as error:
+            log.warning("%s", error)
+            return None
+
+    def _gained(self, cleaned: np.ndarray, power_in: float) -> tuple[np.ndarray, float]:
+        """``cleaned`` at the gain controller's gain, decided on the near end's voice only, and its power."""
+        power_out = mean_power(cleaned)
         if self._gain is None:
-            return cleaned
-        echo_only = self.far_end_talking and power(cleaned) < power(chunk) * 10 ** (-ECHO_ONLY_DB / 10)
+            return cleaned, power_out
+        echo_only = self.far_end_talking and power_out < power_in * 10 ** (-ECHO_ONLY_DB / 10)
         if not echo_only:
             self._gain.process(cleaned.ravel())
             if self._gain.speech_probability >= NEAR_SPEECH:
                 self.gain_db = self._gain.gain_db + SPEECH_DBFS - AGC2_SPEECH_DBFS
-        return np.clip(cleaned * np.float32(10 ** (self.gain_db / 20)), -1.0, 1.0)
+        gain = 10 ** (self.gain_db / 20)
+        return np.clip(cleaned * np.float32(gain), -1.0, 1.0), power_out * gain**2
 
-    def _measure(self, chunk: np.ndarray, out: np.ndarray) -> None:
-        power_in, power_out = power(chunk), power(out)
+    def _measure(self, power_in: float, power_out: float) -> None:
         self._input.add(power_in)
         if self.far_end_talking:
             self._echo_in.add(power_in)
@@ -207,13 +221,13 @@ class FrontEnd:
     @property
     def input_db(self) -> float:
         """Level of the raw capture over the last half second, dBFS."""
-        return db(self._input.mean)
+        return level_db(self._input.mean)
 
     @property
     def echo_reduction_db(self) -> float:
         """How much the front end took out of the capture over the last half second of far-end
         talk, dB: the echo it cancels (and the near end's noise), as the status line shows it."""
-        return db(self._echo_in.mean) - db(self._echo_out.mean)
+        return level_db(self._echo_in.mean) - level_db(self._echo_out.mean)
 
     def status(self) -> str:
         """``mic -31 dBFS, echo cancelled 34 dB`` (the second part while the far end talks)."""

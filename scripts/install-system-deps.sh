@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System libraries the Python packages load at run time, installed only where missing:
 #   libopus0     — the Opus baseline of the latency benchmark and its tests (opuslib loads it).
+#   libspeexdsp1 — the microphone front end's linear echo canceller for double talk (call/speex_echo.py loads it).
 #   nats-server  — the message bus of a relay cluster (server.py --cluster); its tests start one.
 #   openssl      — tests/test_server.py makes the certificate of its wss:// relay with it.
 #   chromium, npm — the browser peer (web/): its tests drive Debian's Chromium with Playwright, and npm
@@ -9,6 +10,7 @@
 set -euo pipefail
 missing=()
 ldconfig -p | grep -q 'libopus\.so\.0' || missing+=(libopus0)
+ldconfig -p | grep -q 'libspeexdsp\.so\.1' || missing+=(libspeexdsp1)
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v chromium >/dev/null || missing+=(chromium)

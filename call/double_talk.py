@@ -1,0 +1,76 @@
+"""Double talk: keep the near end that AEC3's residual-echo suppressor takes out with the echo.
+
+With the room's reverberation longer than AEC3's ~50 ms linear filter, its suppressor sees a strong
+residual echo and, while both ends talk, takes most of the near end with it (near-end STOI at
+6 kbps 0.76 against 0.91 with no echo, in ``benchmarks/echo_room.py``'s room). Speex DSP's linear
+canceller (``call.speex_echo``), whose filter covers the whole echo path, leaves the near end whole
+and the echo 10-20 dB down, where the near end masks it. So a second path runs beside AEC3:
+Speex's linear canceller, then the same high-pass filter and noise suppressor as the main path
+(so both have the same delay and noise), and each 10 ms chunk is a blend of the two, weighted to
+the linear path by how much the chunk looks like the near end:
+
+* AEC3 took little out of it (10 dB: the near end is there; 50 dB or more: echo alone),
+* Speex took little out of it (4 dB: the near end dominates; 10 dB or more: echo it cancels),
+* the far end has talked long enough for Speex's filter to converge (1.5-2.5 s of far-end talk;
+  before that it cancels 2-6 dB and the echo alone would pass as near end).
+
+Measured in the room (100 ms delay, 200 ms decay): STOI loss 0.147 → 0.049 with ERLE unchanged
+(35.6 dB); the weights are ramped over each chunk so that a change makes no click.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import numpy as np
+
+from .dtx import level_db, mean_power
+from .speex_echo import SpeexEcho
+
+LINEAR_FILTER_SECONDS = 0.25
+"""Echo path covered by Speex's filter, delay included. Measured: 0.25 s kept the near end better
+than 0.5 s (STOI loss 0.049 against 0.058) and cancelled more in the first seconds of far-end talk."""
+
+SUPPRESSED_NEAR_DB, SUPPRESSED_ECHO_DB = 10.0, 50.0
+"""dB AEC3 took out of a chunk: at most the first, the chunk is the near end's; the second or more, echo."""
+
+LINEAR_NEAR_DB, LINEAR_ECHO_DB = 4.0, 10.0
+"""dB Speex took out of a chunk: at most the first, the near end's; the second or more, echo."""
+
+CONVERGING_SECONDS = (1.5, 2.5)
+"""Seconds of far-end talk over which the linear path is let in: Speex's filter converges in them."""
+
+
+def _ramp(value: float, near: float, far: float) -> float:
+    """1 at ``near`` or closer to it, 0 at ``far`` or beyond, linear between."""
+    return float(np.clip((far - value) / (far - near), 0.0, 1.0))
+
+
+class DoubleTalk:
+    """The linear path beside AEC3 and the blend of the two, chunk by chunk (``(chunk, channels)``
+    float32). Raises :class:`call.speex_echo.SpeexUnavailable` where Speex DSP is not installed."""
+
+    def __init__(self, webrtc: ModuleType, rate: int, channels: int, chunk: int, noise_suppression: bool, ns_level: int) -> None:
+        self._cancellers = [SpeexEcho(rate, chunk, LINEAR_FILTER_SECONDS) for _ in range(channels)]
+        self._cleaner = webrtc.AudioProcessor(sample_rate=rate, num_channels=channels, noise_suppression=noise_suppression,
+                                              high_pass_filter=True, ns_level=ns_level)
+        self._far_talked = 0.0
+        self._weight = 0.0
+
+    def __call__(self, chunk: np.ndarray, far: np.ndarray, suppressed: np.ndarray, input_db: float, far_talking: bool,
+                 seconds: float) -> np.ndarray:
+        """``suppressed`` (AEC3's output for ``chunk``) blended toward the linear path's where the
+        near end talks; ``input_db`` is ``chunk``'s level, ``seconds`` its length."""
+        linear = np.stack([canceller.cancel(chunk[:, c], far[:, c]) for c, canceller in enumerate(self._cancellers)], axis=1)
+        linear = self._cleaner.process(linear.ravel()).reshape(chunk.shape)
+        weight = 0.0
+        if far_talking:
+            self._far_talked += seconds
+            weight = (_ramp(input_db - level_db(mean_power(suppressed)), SUPPRESSED_NEAR_DB, SUPPRESSED_ECHO_DB)
+                      * _ramp(input_db - level_db(mean_power(linear)), LINEAR_NEAR_DB, LINEAR_ECHO_DB)
+                      * (1.0 - _ramp(self._far_talked, *CONVERGING_SECONDS)))
+        if weight == self._weight == 0.0:
+            return suppressed
+        ramp = np.linspace(self._weight, weight, len(chunk), dtype=np.float32)[:, None]
+        self._weight = weight
+        return suppressed + ramp * (linear - suppressed)
