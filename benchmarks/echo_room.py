@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.latency_quality import SPEECH_DIR  # noqa: E402
+from benchmarks.latency_quality import SPEECH_DIR, ours  # noqa: E402
 from call.front_end import FrontEnd, Stages  # noqa: E402
 from call.media import microphone_blocks, play  # noqa: E402
 
@@ -346,7 +346,7 @@ def stoi_of(clean: np.ndarray, signal: np.ndarray) -> float:
 
 
 class Codec:
-    """The bundled model at 6 kbps, codebook search of width 4, as a call encodes at 6 kbps."""
+    """The bundled model at 6 kbps, searched as a call searches (``latency_quality.ours``)."""
 
     def __init__(self, bandwidth: float = 6.0) -> None:
         from codec import load_model
@@ -354,11 +354,7 @@ class Codec:
         self.model, self.bandwidth = load_model("default").eval(), bandwidth
 
     def __call__(self, audio: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            x = torch.from_numpy(audio.astype(np.float32))[None, None]
-            encoded = self.model.encode(x, None, bandwidth=self.bandwidth, search_width=4)
-            out = self.model.decode(encoded.audio_codes, encoded.audio_scales, None)[0]
-        return out[0, 0, : len(audio)].numpy().astype(np.float64)
+        return ours(self.model, audio.astype(np.float32), self.bandwidth)[0].astype(np.float64)
 
 
 # ------------------------------------------------------------------------------ the runs
@@ -512,6 +508,8 @@ def main(argv: list[str] | None = None) -> None:
     stem = args.out / f"echo_room_{'_'.join(sorted(names)) or 'off'}"
     if (room.delay, room.decay) != (Room.delay, Room.decay):  # the middle room keeps the short name
         stem = stem.with_name(f"{stem.name}_{room.delay * 1000:.0f}ms_{room.decay * 1000:.0f}ms")
+    if room.snr != Room.snr:
+        stem = stem.with_name(f"{stem.name}_snr{room.snr:g}")
     stem.with_suffix(".json").write_text(json.dumps(asdict(results), indent=1))
     stem.with_suffix(".md").write_text(f"    python benchmarks/echo_room.py {' '.join(argv if argv is not None else sys.argv[1:])}\n\n"
                                        + "\n".join(f"* {line}" for line in text.splitlines()) + "\n")
