@@ -2,14 +2,14 @@
 room around the client's sound card (``benchmarks/echo_room.py``), stepped block by block so that
 nothing depends on the machine's speed. Real speech from ../shared/audio/speech for both talkers.
 
-Issue 20's targets and where WebRTC's module (pywebrtc-audio 0.2) stands on them, measured here:
-ERLE >= 30 dB after 1 s holds with every stage on, from a cold start (36 dB) and after a near-end
-turn (38 dB), in the rooms at both ends of the issue's range (30-38 dB); the noise suppressor keeps
-STOI at 6 kbps level with the noisy input (+0.006 over 6 s with every stage, -0.001 alone over
-4 s: WebRTC's suppressor does not raise it); double talk costs the near end 0.15-0.18 STOI against
-no echo (target 0.05: AEC3's suppressor, not met). The tests assert what holds; the quality
-numbers are deterministic (the room is stepped block by block), so the bounds are the measured
-values with a small margin.
+Issue 20's targets and where the front end (WebRTC's AEC3 through pywebrtc-audio 0.2, Speex DSP's
+linear canceller beside it for double talk) stands on them, measured here: ERLE >= 30 dB after 1 s
+holds with every stage on, from a cold start (36 dB) and after a near-end turn (35 dB), in the rooms
+at both ends of the issue's range (30-37 dB cold); double talk costs the near end 0.05 STOI against
+no echo (0.15 with AEC3 alone); the noise suppressor keeps STOI at 6 kbps level with the noisy
+input (+0.006 over 6 s with every stage, -0.001 alone over 4 s: WebRTC's suppressor does not raise
+it, the issue asks it to). The tests assert what holds; the quality numbers are deterministic (the
+room is stepped block by block), so the bounds are the measured values with a small margin.
 """
 
 import numpy as np
@@ -30,8 +30,9 @@ def codec():
 
 @pytest.fixture(scope="module")
 def default_front_end(codec):
-    """Every number of the middle room with every stage on (what a microphone gets by default)."""
-    return measure(ROOM, Stages(), far_only=2.0, both=4.0, codec=codec)
+    """Every number of the middle room with every stage on (what a microphone gets by default);
+    the far end talks alone for 3 s first, as Speex's filter needs 2.5 s of it (call.double_talk)."""
+    return measure(ROOM, Stages(), far_only=3.0, both=4.0, codec=codec)
 
 
 def test_any_block_sizes_give_every_whole_chunk_back():
@@ -51,7 +52,7 @@ def test_any_block_sizes_give_every_whole_chunk_back():
 @pytest.mark.parametrize("delay, decay, least", [(0.06, 0.1, 30.0), (0.15, 0.3, 29.0)], ids=["near-short", "far-long"])
 def test_echo_canceller_reaches_30_db_within_a_second(delay, decay, least):
     """Far end only, the rooms at the ends of the issue's range, every stage on from a cold start:
-    30 dB or more out of everything after the first second (measured 38.4 and 30.9 dB; the far,
+    30 dB or more out of everything after the first second (measured 38.0 and 29.5 dB; the far,
     long room's margin is too thin to assert 30 on another CPU's SIMD paths)."""
     room = Room(delay=delay, decay=decay, snr=float("inf"))
     call, _ = far_end_only(room, Stages(), seconds=3.0)
@@ -81,7 +82,7 @@ def test_default_front_end_cancels_echo_and_says_so(default_front_end):
           f"{r.erle_after_1s_after_near_turn:.1f}); "
           f"curve {[round(e) for _, e in r.erle_curve]}")
     assert r.erle_after_1s >= 30.0  # measured 35.7 dB: the gain holds at 0 dB until the near end talks
-    assert r.erle_after_1s_after_near_turn >= 30.0  # measured 37.6 dB: it holds on echo-only chunks
+    assert r.erle_after_1s_after_near_turn >= 30.0  # measured 35.4 dB: it holds on echo-only chunks
     assert r.erle_curve[0][1] < 15.0 < min(e for t, e in r.erle_curve if t >= 1.0)  # it learns, then holds
 
 
@@ -89,10 +90,11 @@ def test_double_talk_keeps_the_near_end_intelligible(default_front_end):
     r = default_front_end
     print(f"\nnear-end STOI in double talk {r.double_talk_stoi:.3f}, no echo {r.double_talk_stoi_no_echo:.3f}, "
           f"no front end {r.double_talk_stoi_no_front_end:.3f}, headphones {r.double_talk_stoi_headphones:.3f}")
-    # Measured 0.718 against 0.896 with no echo (issue 20 asks for within 0.05: not met by AEC3's
-    # suppressor, which also leaves less than no front end at all, 0.795).
-    assert r.double_talk_stoi >= r.double_talk_stoi_no_echo - 0.2
-    assert r.double_talk_stoi > 0.7
+    # Issue 20's target. Measured 0.851 against 0.895 (loss 0.044); AEC3 alone lost 0.15 and kept
+    # less than no front end at all; with headphones 0.881 (AEC3 alone 0.60).
+    assert r.double_talk_stoi >= r.double_talk_stoi_no_echo - 0.05
+    assert r.double_talk_stoi > r.double_talk_stoi_no_front_end + 0.03
+    assert r.double_talk_stoi_headphones > r.double_talk_stoi_no_front_end  # AEC3 alone: 0.60
 
 
 def test_front_end_cost_and_delay(default_front_end):
@@ -111,6 +113,15 @@ def test_noise_suppression_lowers_the_noise_and_keeps_the_words(codec):
     print(f"\nSTOI at 6 kbps {sent:.3f} with NS, {noisy:.3f} noisy; noise in pauses {reduction:.1f} dB lower")
     assert reduction >= 6.0  # measured 8.7 dB (level 0: 6 dB)
     assert sent >= noisy - 0.01  # measured -0.001 (0.895 against 0.896)
+
+
+def test_noise_suppression_raises_stoi_where_the_noise_is_loud(codec):
+    """Near end only, in pink noise at 5 dB SNR: there NS alone raises STOI at 6 kbps over the
+    noisy input (at 15 dB the codec copes with the noise itself and NS keeps STOI level)."""
+    call, clean = noisy_talk(Room(snr=5.0), Stages(echo=False, gain=False), seconds=4.0)
+    sent, noisy = stoi_of(clean, codec(call.sent)), stoi_of(clean, codec(call.heard))
+    print(f"\n5 dB SNR: STOI at 6 kbps {sent:.3f} with NS, {noisy:.3f} noisy")
+    assert sent >= noisy + 0.01
 
 
 def test_default_front_end_keeps_noisy_speech_as_intelligible(default_front_end):
@@ -164,3 +175,39 @@ def test_a_microphone_gets_the_front_end_and_a_file_does_not():
     assert only_ns.front_end.stages.names() == "NS"
     assert Client(Options(server="ws://127.0.0.1:9", room="r", input="speech.wav"), model).front_end is None
     assert Client(Options(server="ws://127.0.0.1:9", room="r", front_end=Stages(False, False, False)), model).front_end is None
+
+
+def test_speex_linear_canceller_cancels_a_linear_echo():
+    """Speex's canceller alone on a far end of white noise through a 30 ms echo path: after 2 s it
+    has taken the echo out (one that passed the capture through would take 0 dB)."""
+    from scipy.signal import fftconvolve
+
+    from call.speex_echo import SpeexEcho
+
+    rng = np.random.default_rng(1)
+    far = (0.05 * rng.normal(size=3 * RATE)).astype(np.float32)
+    path = np.concatenate([np.zeros(RATE // 100), 0.5 * rng.normal(size=RATE // 50) * np.exp(-np.arange(RATE // 50) / 100)])
+    echo = fftconvolve(far, path)[: len(far)].astype(np.float32)
+    canceller, chunk = SpeexEcho(RATE, 240, 0.05), 240
+    out = np.concatenate([canceller.cancel(echo[i : i + chunk], far[i : i + chunk]) for i in range(0, len(far), chunk)])
+    late = slice(2 * RATE, None)
+    erle = 10 * np.log10(np.sum(echo[late] ** 2) / np.sum(out[late] ** 2))
+    print(f"\nSpeex alone, last second: {erle:.1f} dB")
+    assert erle >= 30.0  # measured 46.5 dB
+
+
+def test_without_speex_the_front_end_says_so_once_and_runs_on_aec3(monkeypatch, caplog):
+    """libspeexdsp missing (a machine without the set-up script): one log line that says what is
+    lost and how to install it, and the front end still cancels echo with AEC3 alone."""
+    import call.speex_echo
+
+    def missing(name, *args, **kwargs):
+        raise OSError(f"{name}: cannot open shared object file")
+    monkeypatch.setattr(call.speex_echo.ctypes, "CDLL", missing)
+    with caplog.at_level("WARNING"):
+        front_end = FrontEnd(RATE, 1, Stages())
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 1 and "install-system-deps.sh" in lines[0] and "libspeexdsp1" in lines[0]
+    block = (0.05 * np.random.default_rng(0).normal(size=(1, 480))).astype(np.float32)
+    front_end.played(block)
+    assert front_end.process(block).shape == (1, 480)
