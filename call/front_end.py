@@ -197,16 +197,16 @@ class FrontEnd:
 
     def _gained(self, cleaned: np.ndarray, power_in: float) -> tuple[np.ndarray, float]:
         """``cleaned`` at the gain controller's gain, decided on the near end's voice only, and its power."""
-        power_out = mean_power(cleaned)
+        power_cleaned = mean_power(cleaned)
         if self._gain is None:
-            return cleaned, power_out
-        echo_only = self.far_end_talking and power_out < power_in * 10 ** (-ECHO_ONLY_DB / 10)
+            return cleaned, power_cleaned
+        echo_only = self.far_end_talking and power_cleaned < power_in * 10 ** (-ECHO_ONLY_DB / 10)
         if not echo_only:
             self._gain.process(cleaned.ravel())
             if self._gain.speech_probability >= NEAR_SPEECH:
                 self.gain_db = self._gain.gain_db + SPEECH_DBFS - AGC2_SPEECH_DBFS
         gain = 10 ** (self.gain_db / 20)
-        return np.clip(cleaned * np.float32(gain), -1.0, 1.0), power_out * gain**2
+        return np.clip(cleaned * np.float32(gain), -1.0, 1.0), power_cleaned * gain**2
 
     def _measure(self, power_in: float, power_out: float) -> None:
         self._input.add(power_in)
