@@ -123,6 +123,12 @@ class JitterBuffer:
         self.stats = JitterStats()
         self._started_at: float | None = None
         self._pauses: deque[Pause] = deque(maxlen=max_pauses)  # the sender's pauses not yet played out
+        self.arrival: float | None = None
+        """When the frame the last :meth:`playout` gave out landed; ``None`` when that tick gave out no
+        frame that came. Sub-frame playout steps (``call.time_scale``) measure the playout's slack from it."""
+        self.moved = 0
+        """Whole frames by which the last :meth:`playout` moved the playout delay: 1 for a stretch, minus
+        the frames it skipped."""
 
     # ----------------------------------------------------------------- filling
 
@@ -321,10 +327,11 @@ class JitterBuffer:
         run (a sink that ticks as soon as its frame is there, ahead of the sound card's need,
         ``call.playout``); the fill level that decides what delay is not needed is then that at
         ``due``, not at ``now``."""
+        self.arrival, self.moved = None, 0
         if self.next_index is None or self.finished:
             return STRETCH, None
         if self._started_at is not None and now < self._started_at + self.target_delay:
-            return STRETCH, None  # first fill: build up the target delay before playing
+            return STRETCH, None  # first fill: build up the target delay before playing (no tick plays)
         self._started_at = None
         i = self.next_index
         self._excess_level(now, due)
@@ -332,6 +339,7 @@ class JitterBuffer:
         if comfort is not None:
             if not self._frames and not self._due(i, now):
                 self.stats.stretched += 1
+                self.moved = 1
                 return STRETCH, comfort
             self.stats.comfort += 1
             self.next_index = i + 1
@@ -342,6 +350,7 @@ class JitterBuffer:
                 self.next_index = i + 1
                 return i, None
             self.stats.stretched += 1
+            self.moved = 1
             return STRETCH, None
         target = self.target_delay
         target_frames = target / self.frame_period
@@ -354,6 +363,8 @@ class JitterBuffer:
             i += 1
             excess -= 1
             self._owed = max(0, self._owed - 1)
+        self.moved = self.next_index - i
+        self.arrival = next((at for index, at in reversed(self._landed) if index == i), None)
         self.next_index = i + 1
         return i, self._frames.pop(i)
 
