@@ -72,7 +72,7 @@ def summarize_call(result: dict) -> dict:
             "directions_end_to_end": [percentiles(d["end_to_end"]) for d in result["directions"]],
             "samples_ms": np.round(1000 * np.asarray(pooled["end_to_end"]), 1).tolist(),
             "frames": len(pooled["end_to_end"]), "lost": sum(d["lost"] for d in result["directions"]),
-            "kbps": result["kbps"], "jitter_stats": result["jitter_stats"],
+            "kbps": result["kbps"], "jitter_stats": result["jitter_stats"], "step_stats": result.get("step_stats", []),
             "device_late_max_ms": result["device_late_max_ms"],
             "floor_ms": call_floor_ms(result["spec"], stages, result.get("phases", [0.0]),
                                       result["senders"][0]["rate"], result["senders"][0]["hop"])}
@@ -160,7 +160,16 @@ def run_calls(args: argparse.Namespace, model: str, files) -> list[dict]:
                 print(f"  {stage:10s} median {s['p50']:6.1f} ms  p99 {s['p99']:6.1f}  mean {s['mean']:6.1f}", flush=True)
         else:
             print(p_line(spec.label, summary["end_to_end"], summary["floor_ms"]), flush=True)
+        print("  per direction p50 " + " / ".join(f"{d['p50']:.1f}" for d in summary["directions_end_to_end"])
+              + " ms; " + step_line(summary["step_stats"]), flush=True)
     return results
+
+
+def step_line(step_stats: list[list[dict]]) -> str:
+    """What the sub-frame playout steps (``call.time_scale``) of each peer did in a call."""
+    return "sub-frame steps " + "; ".join(", ".join(
+        f"{s['shortened']} shorter (-{s['samples_cut']} samples) {s['lengthened']} longer (+{s['samples_added']})"
+        for s in peer) or "none" for peer in step_stats)
 
 
 def fake_result(spec: CallSpec) -> dict:  # --dry: exercise the reporting without calls

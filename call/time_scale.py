@@ -87,9 +87,12 @@ class SubFrameSteps:
     """Keeps the playout delay at the ``percentile`` of the recent frames' slack (in samples) plus
     ``margin``: a tick that played a frame that came reports its slack (:meth:`scale`), and its
     audio comes back shortened by about the excess beyond the target, or lengthened by a period
-    when the target is not met. Each step, and each whole frame the jitter buffer stretches or skips,
-    moves every later frame: the slacks kept are moved with it, so that one excess is not cut twice
-    and a frame that came too late still counts after the stretch it caused.
+    when the target is not met. Each step, and each whole frame the jitter buffer stretches, moves
+    every later frame: the slacks kept are moved with it, so that one excess is not cut twice and a
+    frame that came too late still counts after the stretch it caused. Frames the jitter buffer skips
+    (its level rule found them not needed in its own, shorter window) start the window afresh: moved
+    down, slacks older than that window would call for lengthening what it has just cut, and the two
+    rules would take turns.
 
     ``percentile`` 1 of a 2 s window: one frame in a hundred may come too late for the reduced delay
     (it is then concealed and the delay grows by that frame, to be taken back again by steps)."""
@@ -106,6 +109,12 @@ class SubFrameSteps:
         """Ticks observed before the first step: a percentile of fewer says too little."""
         self.stats = StepStats()
 
+    @property
+    def settles_within(self) -> int:
+        """Samples of delay the steps may leave above the least the frames allow: the margin, and an
+        excess shorter than the shortest step."""
+        return self.margin + self.low
+
     def excess(self) -> int | None:
         """Samples of delay beyond the target (negative: short of it); ``None`` until enough ticks."""
         if len(self._slacks) < self._settle:
@@ -116,7 +125,9 @@ class SubFrameSteps:
         """The tick's audio (``(channels, n)``), with the step its frame's ``slack`` calls for (``None``:
         it played no frame that came); ``moved``: whole frames by which the jitter buffer moved the delay
         at this tick (a stretch, skipped frames)."""
-        if moved:
+        if moved < 0:
+            self._slacks.clear()  # the jitter buffer's own rules judged frames not needed: measure afresh
+        elif moved:
             self._move(moved * self.frame)
         if slack is None:
             return audio

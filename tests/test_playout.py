@@ -120,7 +120,7 @@ def floor(capture_block: int, playback_block: int, phase: float, processing: flo
 
 LEAD = 0.004 + Lead().margin
 """What the playout reserves for a tick that decodes in 4 ms: the floor it can reach counts that."""
-STEP = 0.002
+STEP = SubFrameSteps(RATE, HOP).settles_within / RATE
 """How far above the floor sub-frame steps may leave the delay: the margin they keep (0.5 ms) and
 the shortest step (1.5 ms), under which a frame is not shortened."""
 
