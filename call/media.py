@@ -63,7 +63,7 @@ async def play(receiver: Receiver, rate: int, channels: int, device: int | str |
 
     speaker = Speaker(rate, channels, device, clock=time.monotonic)
     lead = Lead()
-    steps = SubFrameSteps(rate, receiver.expected.samples_per_frame)
+    steps = SubFrameSteps(rate)
     block = round(speaker.block_seconds * rate)
     speaker.start()
     try:

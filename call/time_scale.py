@@ -97,15 +97,14 @@ class SubFrameSteps:
     ``percentile`` 1 of a 2 s window: one frame in a hundred may come too late for the reduced delay
     (it is then concealed and the delay grows by that frame, to be taken back again by steps)."""
 
-    def __init__(self, rate: int, frame: int, percentile: float = 1.0, margin: float = 0.0005,
-                 window: float = 2.0, settle: float = 0.33, shortest: float = 0.0015) -> None:
+    def __init__(self, rate: int, percentile: float = 1.0, margin: float = 0.0005, window: int = 150,
+                 settle: int = 25, shortest: float = 0.0015) -> None:
         self.percentile = percentile
         self.margin = round(margin * rate)
         self.low = max(1, round(shortest * rate))
         """The shortest step: a cross-fade shorter than this (1.5 ms) would be heard as a click."""
-        self.frame, self.high = frame, frame // 2
-        self._slacks: deque[int] = deque(maxlen=max(1, round(window * rate / frame)))
-        self._settle = max(1, round(settle * rate / frame))
+        self._slacks: deque[int] = deque(maxlen=window)  # ticks (150: 2 s of 13.3 ms frames)
+        self._settle = settle
         """Ticks observed before the first step: a percentile of fewer says too little."""
         self.stats = StepStats()
 
@@ -128,14 +127,14 @@ class SubFrameSteps:
         if moved < 0:
             self._slacks.clear()  # the jitter buffer's own rules judged frames not needed: measure afresh
         elif moved:
-            self._move(moved * self.frame)
+            self._move(moved * audio.shape[-1])  # (a tick plays one frame)
         if slack is None:
             return audio
         self._slacks.append(slack)
         excess = self.excess()
         if excess is None or audio.shape[-1] < 2 * self.low or -self.low < excess < self.low:
             return audio
-        high = min(self.high, audio.shape[-1] // 2)
+        high = audio.shape[-1] // 2
         if excess > 0:
             lag = best_lag(audio, self.low, min(high, excess))
             self.stats.shortened += 1

@@ -297,7 +297,7 @@ def test_the_shipped_playout_reaches_the_floor_on_a_quiet_virtual_machine(talker
     reachable = call_floor_ms(result["spec"], lead, result["phases"], RATE, HOP)
     print(f"\nblock {block}: p50 {e2e['p50']:.1f} p99 {e2e['p99']:.1f} ms, floor {floor:.1f} ms ({reachable:.1f} with the lead)")
     resampling = 2 * WholeFactorResampler.HALF / 48000 * 1000 if device_rate else 0.0  # both ways, ms
-    steps = 1000 * SubFrameSteps(RATE, HOP).settles_within / RATE  # what sub-frame steps may leave above the floor
+    steps = 1000 * SubFrameSteps(RATE).settles_within / RATE  # what sub-frame steps may leave above the floor
     if block == 320:
         assert floor + resampling - 1e-6 <= e2e["p50"] and e2e["max"] <= floor + resampling + steps
     assert floor - 1e-6 <= e2e["p50"] and e2e["p99"] <= reachable + steps

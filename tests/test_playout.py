@@ -56,7 +56,7 @@ def simulate(capture_block: int = 240, playback_block: int = 240, phase: float =
     if jitter is not None:
         landed = np.maximum.accumulate(landed + jitter[:n])
     jb, lead, out = JitterBuffer(RATE / HOP, initial_delay), Lead(), Played()
-    steps = SubFrameSteps(RATE, HOP) if sub_frame else Unscaled()
+    steps = SubFrameSteps(RATE) if sub_frame else Unscaled()
     out.buffer, out.steps = jb, steps
     writes: list[tuple[float, int, int | None]] = []  # (time written, samples, frame whose first sample leads them)
     queued_until = 0.0  # when the last write landed
@@ -120,7 +120,7 @@ def floor(capture_block: int, playback_block: int, phase: float, processing: flo
 
 LEAD = 0.004 + Lead().margin
 """What the playout reserves for a tick that decodes in 4 ms: the floor it can reach counts that."""
-STEP = SubFrameSteps(RATE, HOP).settles_within / RATE
+STEP = SubFrameSteps(RATE).settles_within / RATE
 """How far above the floor sub-frame steps may leave the delay: the margin they keep (0.5 ms) and
 the shortest step (1.5 ms), under which a frame is not shortened."""
 

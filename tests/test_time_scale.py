@@ -55,7 +55,7 @@ def test_slack_counts_the_offset_within_the_block_and_whole_blocks_of_time():
 
 
 def test_frames_at_the_target_pass_through_untouched():
-    steps = SubFrameSteps(RATE, HOP)
+    steps = SubFrameSteps(RATE)
     frame = tone(200.0, 0)
     for _ in range(100):
         assert steps.scale(frame, slack=steps.margin + 10) is frame
@@ -66,7 +66,7 @@ def test_an_excess_is_cut_once_and_counted():
     """Frames that come 200 samples earlier than needed, every tick: the steps cut about those 200
     samples (less the margin) over the next ticks and stop; each cut moves the later frames, so
     nothing is cut twice. A stretch of the jitter buffer (a whole frame more) is cut again."""
-    steps = SubFrameSteps(RATE, HOP)
+    steps = SubFrameSteps(RATE)
     cut = 0
     for k in range(200):
         out = steps.scale(tone(200.0, k * HOP), slack=200 - cut)
@@ -82,7 +82,7 @@ def test_an_excess_is_cut_once_and_counted():
 
 
 def test_frames_that_come_later_than_the_target_allows_are_lengthened():
-    steps = SubFrameSteps(RATE, HOP)
+    steps = SubFrameSteps(RATE)
     added = 0
     for k in range(100):
         out = steps.scale(tone(200.0, k * HOP), slack=-100 + added)
