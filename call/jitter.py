@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .dtx import PREROLL
 from .wire import ComfortNoise
 
 STRETCH = -1
@@ -125,10 +126,12 @@ class JitterBuffer:
         self._pauses: deque[Pause] = deque(maxlen=max_pauses)  # the sender's pauses not yet played out
         self.arrival: float | None = None
         """When the frame the last :meth:`playout` gave out landed; ``None`` when that tick gave out no
-        frame that came. Sub-frame playout steps (``call.time_scale``) measure the playout's slack from it."""
+        frame that came, or the first after a pause (sent late with the onset, it says nothing of the
+        link). Sub-frame playout steps (``call.time_scale``) measure the playout's slack from it."""
         self.moved = 0
         """Whole frames by which the last :meth:`playout` moved the playout delay: 1 for a stretch, minus
         the frames it skipped."""
+        self._paused = False  # the last tick played comfort noise
 
     # ----------------------------------------------------------------- filling
 
@@ -268,12 +271,17 @@ class JitterBuffer:
         return len(self._frames)
 
     def _due(self, index: int, now: float) -> bool:
-        """Frame ``index`` would have come by now on the fastest path the stream has shown. Comfort
-        noise is played from then on: in a pause playout keeps the pace speech had, neither
-        running ahead of the sender nor drifting later by waiting for the target delay."""
+        """Frame ``index`` of a pause would have come by now on the fastest path the stream has shown,
+        had it been sent with the frames after it as the one before an onset is (``call.dtx.PREROLL``
+        frames late). Comfort noise is played from then on: in a pause playout keeps the pace speech
+        had, neither running ahead of the sender nor drifting later by waiting for the target delay,
+        but that many frames later, so that the frames sent with the onset still find their turn
+        (the first comfort tick of a pause stretches, which no one hears in comfort noise; the
+        sub-frame steps, ``call.time_scale``, take the frame back once speech is there again). Played
+        at the pace of speech itself, the frame before each onset came too late for its turn."""
         if self.end_index is not None:
             return True
-        return bool(self._transits) and now >= index * self.frame_period + min(self._transits)
+        return bool(self._transits) and now >= (index + PREROLL) * self.frame_period + min(self._transits)
 
     def _overdue(self, index: int, now: float) -> bool:
         """A missing frame is lost once it is later than the earliest arrivals by the target."""
@@ -343,6 +351,7 @@ class JitterBuffer:
                 return STRETCH, comfort
             self.stats.comfort += 1
             self.next_index = i + 1
+            self._paused = True
             return i, comfort
         if i not in self._frames:
             if self._frames and self._overdue(i, now) or self.end_index is not None:
@@ -364,8 +373,9 @@ class JitterBuffer:
             excess -= 1
             self._owed = max(0, self._owed - 1)
         self.moved = self.next_index - i
-        self.arrival = next((at for index, at in reversed(self._landed) if index == i), None)
-        self.next_index = i + 1
+        if not self._paused:  # (the frames that end a pause come late by design: the pause's delay is theirs)
+            self.arrival = next((at for index, at in reversed(self._landed) if index == i), None)
+        self.next_index, self._paused = i + 1, False
         return i, self._frames.pop(i)
 
     def _note_level(self, level: int) -> None:

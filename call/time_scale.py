@@ -30,18 +30,21 @@ def _fades(lag: int) -> tuple[np.ndarray, np.ndarray]:
     return 1.0 - fade_in, fade_in
 
 
-def best_lag(audio: np.ndarray, low: int, high: int) -> int:
+def best_lag(audio: np.ndarray, low: int, high: int, tolerance: float = 0.02) -> int:
     """The lag in ``[low, high]`` (``2 * high <= n``) at which the frame's first ``lag`` samples best
     match the next ``lag`` (normalised cross-correlation over all channels): a pitch period of voiced
-    audio, so that cutting or repeating that many samples keeps the waveform's period."""
-    best, best_score = low, -math.inf
+    audio, or a whole number of them, so that cutting or repeating that many samples keeps the
+    waveform's period. Of the lags within ``tolerance`` of the best match, the longest: a step
+    of two periods takes the delay back in half the steps."""
+    scores = []
     for lag in range(low, high + 1):
         a, b = audio[:, :lag], audio[:, lag:2 * lag]
         energy = float(np.sqrt(np.sum(a * a) * np.sum(b * b)))
-        score = float(np.sum(a * b)) / energy if energy > 0 else 1.0  # silence: any lag is seamless
-        if score > best_score + 1e-6:
-            best, best_score = lag, score
-    return best
+        scores.append(float(np.sum(a * b)) / energy if energy > 0 else 1.0)  # silence: any lag is seamless
+    best = max(scores)
+    peaks = [k for k, score in enumerate(scores) if score >= best - tolerance  # (a peak: not its slope)
+             and score >= max(scores[max(0, k - 1):k + 2])]
+    return low + peaks[-1]
 
 
 def shorten(audio: np.ndarray, lag: int) -> np.ndarray:

@@ -44,7 +44,8 @@ def test_a_scaled_tone_keeps_its_pitch_and_has_no_step(hz, step):
 
 def test_the_best_lag_of_a_tone_is_its_period():
     assert best_lag(tone(200.0, 0), 36, 160) == 120  # 24000 / 200
-    assert best_lag(np.zeros((1, HOP), np.float32), 36, 160) == 36  # silence: the shortest step
+    assert best_lag(tone(310.0, 0), 36, 160) == 155  # two periods (77.4 samples each): the longer step
+    assert best_lag(np.zeros((1, HOP), np.float32), 36, 160) == 160  # silence: any step, the longest
 
 
 def test_slack_counts_the_offset_within_the_block_and_whole_blocks_of_time():
