@@ -232,3 +232,22 @@ def test_the_jitter_buffer_says_what_is_worth_waiting_for():
     assert not jb.waiting(0.032)
     jb.end(2)
     assert jb.playout(0.04)[0] == 1 and not jb.waiting(0.05)
+
+
+def test_the_jitter_buffer_says_when_its_frame_landed_and_how_far_it_moved_the_delay():
+    """What the sub-frame steps measure from: the landing time of the frame a tick plays, none for a
+    stretch (the delay then grows by a frame), and the frames a skip moved the delay back."""
+    jb = JitterBuffer(RATE / HOP, initial_delay=0.0)
+    jb.put(0, (np.zeros(8, np.int64),), now=0.001)
+    assert jb.playout(0.002)[0] == 0 and (jb.arrival, jb.moved) == (0.001, 0)
+    assert jb.playout(0.003) == (STRETCH, None) and (jb.arrival, jb.moved) == (None, 1)
+    jb, ticks = JitterBuffer(RATE / HOP, initial_delay=0.0), []
+    jb.put(0, (np.zeros(8, np.int64),), now=0.001)
+    for k in range(1, 100):  # frames on time, each played once the next one is there: a frame too many
+        jb.put(k, (np.zeros(8, np.int64),), now=k * FRAME + 0.001)
+        index = jb.playout(k * FRAME + 0.002)[0]
+        ticks.append((index, jb.moved, jb.arrival))
+    skips = [(index, arrival) for index, moved, arrival in ticks if moved == -1]
+    assert len(skips) == 1 and skips[0][1] == pytest.approx(skips[0][0] * FRAME + 0.001)
+    assert all(moved == 0 and arrival == pytest.approx(index * FRAME + 0.001)
+               for index, moved, arrival in ticks if moved != -1)
