@@ -140,6 +140,7 @@ class FarEnd:
         return frame
 
     decoded = True  # each tick's frame is the far end's voice
+    arrival, moved = None, 0  # no slack to measure: playout takes no sub-frame steps (call.time_scale)
 
     def waiting(self, now: float) -> bool:
         return False  # its next frame is always there

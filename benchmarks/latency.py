@@ -40,7 +40,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks.latency_call import STAGES, UNTRAINED, CallSpec, CpuLoad, run_call  # noqa: E402
 from benchmarks.latency_floor import call_floor_ms  # noqa: E402
-from benchmarks.latency_quality import SPEECH_DIR  # noqa: E402
+from benchmarks.latency_quality import CODEC_RATE, SPEECH_DIR  # noqa: E402
+from call.front_end import chunk_samples  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 BLOCKS = {"10ms": 240, "256": 256, "320": 320, "480": 480, "1024": 1024}  # 320: one frame, what the client asks of a microphone
@@ -72,7 +73,7 @@ def summarize_call(result: dict) -> dict:
             "directions_end_to_end": [percentiles(d["end_to_end"]) for d in result["directions"]],
             "samples_ms": np.round(1000 * np.asarray(pooled["end_to_end"]), 1).tolist(),
             "frames": len(pooled["end_to_end"]), "lost": sum(d["lost"] for d in result["directions"]),
-            "kbps": result["kbps"], "jitter_stats": result["jitter_stats"],
+            "kbps": result["kbps"], "jitter_stats": result["jitter_stats"], "step_stats": result.get("step_stats", []),
             "device_late_max_ms": result["device_late_max_ms"],
             "floor_ms": call_floor_ms(result["spec"], stages, result.get("phases", [0.0]),
                                       result["senders"][0]["rate"], result["senders"][0]["hop"])}
@@ -91,7 +92,7 @@ def plan(args: argparse.Namespace, model: str) -> list[tuple[str, CallSpec]]:
     """``(group, spec)`` of every call to run, the headline first."""
     engines = ["torch", "onnx"] if args.engine == "both" else [args.engine]
     base = dict(seconds=args.seconds, warmup=args.warmup, bandwidth=6.0, engine=engines[0])
-    chunked = BLOCKS[args.block] % 240 == 0  # whole 10 ms chunks for the microphone's front end
+    chunked = BLOCKS[args.block] % chunk_samples(CODEC_RATE) == 0  # whole chunks for the microphone's front end
     head = {**base, "block": BLOCKS[args.block], "front_end": chunked}
     blocks = ("10 ms blocks" if args.block == "10ms" else f"{args.block}-sample blocks") \
         + ("" if chunked else ", no AEC/NS/AGC")
@@ -160,7 +161,16 @@ def run_calls(args: argparse.Namespace, model: str, files) -> list[dict]:
                 print(f"  {stage:10s} median {s['p50']:6.1f} ms  p99 {s['p99']:6.1f}  mean {s['mean']:6.1f}", flush=True)
         else:
             print(p_line(spec.label, summary["end_to_end"], summary["floor_ms"]), flush=True)
+        print("  per direction p50 " + " / ".join(f"{d['p50']:.1f}" for d in summary["directions_end_to_end"])
+              + " ms; " + step_line(summary["step_stats"]), flush=True)
     return results
+
+
+def step_line(step_stats: list[list[dict]]) -> str:
+    """What the sub-frame playout steps (``call.time_scale``) of each peer did in a call."""
+    return "sub-frame steps " + "; ".join(", ".join(
+        f"{s['shortened']} shorter (-{s['samples_cut']} samples) {s['lengthened']} longer (+{s['samples_added']})"
+        for s in peer) or "none" for peer in step_stats)
 
 
 def fake_result(spec: CallSpec) -> dict:  # --dry: exercise the reporting without calls
@@ -194,11 +204,11 @@ def rolling_median(captured: np.ndarray, latency: np.ndarray,
     return c[keep], medians
 
 
-def recovery_time(captured, latency, since: float, threshold: float, window: float = RECOVERY_WINDOW) -> float:
-    """Seconds from ``since`` (the load's end) until the rolling median latency (see
-    :func:`rolling_median`) is at most ``threshold`` and stays there to the end of the call:
+def recovery_time(rolled: tuple[np.ndarray, np.ndarray], since: float, threshold: float) -> float:
+    """Seconds from ``since`` (the load's end) until the rolling median latency (``rolled``, what
+    :func:`rolling_median` returns) is at most ``threshold`` and stays there to the end of the call:
     0 when it never rose above it after ``since``; ``inf`` when it is not back by the end."""
-    times, medians = rolling_median(captured, latency, window)
+    times, medians = rolled
     later = times >= since
     times, medians = times[later], medians[later]
     if not len(times):
@@ -240,10 +250,11 @@ def load_summary(result: dict, idle: dict | None = None) -> dict:
     # the load. Playout moves in whole frames (13.3 ms for ours, 20 ms for Opus 20 ms), more than 10 % of a
     # 60 ms call, so a call can settle a frame above its old level with nothing queued: "frame" allows that.
     recovery = {}
+    rolled = [rolling_median(d["captured"], d["end_to_end"]) for d in directions]  # once: four thresholds read it
     for name, references in (("idle", idle["directions_p50"] if idle else p50s), ("pre_load", pre_load)):
         limits = [(1 + RECOVERY_TOLERANCE) * ms / 1000 for ms in references]
-        strict = [recovery_time(d["captured"], d["end_to_end"], stop, t) for d, t in zip(directions, limits)]
-        loose = [recovery_time(d["captured"], d["end_to_end"], stop, t + frame) for d, t in zip(directions, limits)]
+        strict = [recovery_time(r, stop, t) for r, t in zip(rolled, limits)]
+        loose = [recovery_time(r, stop, t + frame) for r, t in zip(rolled, limits)]
         recovery[name] = {"thresholds_ms": [1000 * t for t in limits], "s": max(strict), "frame_s": max(loose),
                           "directions_s": strict}
     playout = {}  # the receivers' jitter buffers, by tick time: what the jitter stage is made of

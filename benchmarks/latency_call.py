@@ -380,6 +380,21 @@ def trace_jitter(receiver) -> list[tuple[float, float, int]]:
     return trace
 
 
+def trace_steps() -> list:
+    """The sub-frame playout steps (``call.time_scale``) that speaker loops of this process open from
+    now on: their counters say what each cut and added."""
+    from call import media
+
+    opened = []
+
+    class Traced(media.SubFrameSteps):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            opened.append(self)
+    media.SubFrameSteps = Traced
+    return opened
+
+
 def instrument(client, spec: CallSpec, devices: ClockedDevices,
                sleep: Callable[[float], None] = time.sleep) -> Callable[[], dict]:
     """Make ``client`` (not yet running) a measured peer: timestamp every frame through the
@@ -414,6 +429,7 @@ def instrument(client, spec: CallSpec, devices: ClockedDevices,
             return stream
         client.receiver._open = slowed_open
     trace = trace_jitter(client.receiver)
+    steps = trace_steps()
 
     def collect() -> dict:
         stats = [s.jitter.stats for s in client.receiver.streams.values()]
@@ -426,6 +442,7 @@ def instrument(client, spec: CallSpec, devices: ClockedDevices,
                 "late_max": {k: s.late_max for k, s in devices.streams.items()},
                 "late_at_block": {k: getattr(s, "late_at", -1) for k, s in devices.streams.items()},
                 "jitter_stats": [asdict(s) for s in stats],
+                "step_stats": [asdict(s.stats) for s in steps],
                 "lookahead": getattr(model, "lookahead_samples", 0),
                 "rate": model.config.sampling_rate, "hop": model.config.hop_length,
                 "device_rate": devices.device_rate,
@@ -677,6 +694,7 @@ def call_result(spec: CallSpec, outs: list[dict]) -> dict:
     return {"spec": asdict(spec), "directions": directions,
             "kbps": [8 * o["up_bytes"] / max(o["sent_frames"] * o["hop"] / o["rate"], 1e-9) / 1000 for o in outs],
             "jitter_stats": [o["jitter_stats"] for o in outs],
+            "step_stats": [o.get("step_stats", []) for o in outs],
             "device_late_max_ms": [{k: 1000 * v for k, v in o["late_max"].items()} for o in outs],
             "device_late_at_block": [o["late_at_block"] for o in outs],
             "senders": [{key: o.get(key) for key in ("dropped_samples", "sheds", "shed_log", "input_overflows",

@@ -29,6 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from call.wire import AUDIO_FLAG
+
+MASK_BIT = 0x80
+"""RFC 6455: the bit of a frame's second byte that says its payload is masked (a client's frames are)."""
+LENGTH_BITS = 0x7F
+"""RFC 6455: the payload length bits of a frame's second byte (126 and 127: a longer length follows)."""
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -86,7 +93,7 @@ def split_frames(buffer: bytes) -> tuple[list[bytes], bytes]:
     """Whole websocket frames at the start of ``buffer`` (RFC 6455 framing) and what is left."""
     frames, pos = [], 0
     while len(buffer) - pos >= 2:
-        length, head = buffer[pos + 1] & 0x7F, 2
+        length, head = buffer[pos + 1] & LENGTH_BITS, 2
         if length == 126:
             if len(buffer) - pos < 4:
                 break
@@ -95,7 +102,7 @@ def split_frames(buffer: bytes) -> tuple[list[bytes], bytes]:
             if len(buffer) - pos < 10:
                 break
             length, head = int.from_bytes(buffer[pos + 2:pos + 10], "big"), 10
-        head += 4 if buffer[pos + 1] & 0x80 else 0  # masked (a client's frame)
+        head += 4 if buffer[pos + 1] & MASK_BIT else 0  # masked (a client's frame)
         if len(buffer) - pos < head + length:
             break
         frames.append(buffer[pos:pos + head + length])
@@ -104,9 +111,10 @@ def split_frames(buffer: bytes) -> tuple[list[bytes], bytes]:
 
 
 def is_audio(frame: bytes) -> bool:
-    """A binary frame from the relay whose message is an audio packet: the only kind one may drop."""
-    head = 2 + {126: 2, 127: 8}.get(frame[1] & 0x7F, 0)
-    return frame[0] & 0x0F == 0x2 and not frame[1] & 0x80 and len(frame) > head and bool(frame[head] & 0x80)
+    """A binary frame from the relay whose message is an audio packet: the only kind one may drop (one
+    in a ``ROUTED`` envelope is not: the envelope names the sender of the packets after it)."""
+    head = 2 + {126: 2, 127: 8}.get(frame[1] & LENGTH_BITS, 0)
+    return frame[0] & 0x0F == 0x2 and not frame[1] & MASK_BIT and len(frame) > head and bool(frame[head] & AUDIO_FLAG)
 
 
 class LinkSchedule:

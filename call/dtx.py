@@ -11,8 +11,8 @@ the evaluation speech with 55 % pauses: 9 dB over the floor and 200 ms cost 0.01
 and still save 44 % of the bytes and messages. An onset
 cannot be foreseen without lookahead, so speech resumes on the first frame over the threshold,
 and the ``preroll`` frames before it, encoded all along, go out with it: a soft consonant under
-the threshold is not clipped, at the cost of those frames arriving one frame late (within the
-jitter buffer's delay).
+the threshold is not clipped, at the cost of those frames arriving one frame late (a receiver
+plays pauses that much later, ``call.jitter``).
 
 The encoder runs through the pauses too, so its state is the audio's when speech resumes.
 """
@@ -26,6 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import wire
+
+PREROLL = 1
+"""Frames before an onset sent with it: a soft consonant under the threshold is not clipped. A
+receiver plays a pause that many frames later (``call.jitter``), so that they arrive in time."""
 
 NOISE_BANDS = 8
 """Bands of the comfort-noise spectrum: 1.5 kHz each at 24 kHz, enough to tell hum from hiss."""
@@ -109,7 +113,7 @@ class Dtx:
     """
 
     def __init__(self, sample_rate: int, hop: int, threshold: float = 6.0, hangover: float = 0.3,
-                 update: float = 0.2, preroll: int = 1, smoothing: float = 0.2) -> None:
+                 update: float = 0.2, preroll: int = PREROLL, smoothing: float = 0.2) -> None:
         frame_rate = sample_rate / hop
         self.hop = hop
         self.vad = VoiceActivity(frame_rate, threshold, hangover)

@@ -45,6 +45,13 @@ log = logging.getLogger("call")
 CHUNK_SECONDS = 0.01
 """The audio processing module's frame: 10 ms, whatever the rate."""
 
+
+def chunk_samples(rate: int) -> int:
+    """Samples of one chunk of the audio processing module at ``rate``: capture blocks that are whole
+    chunks pass through the front end without waiting."""
+    return round(rate * CHUNK_SECONDS)
+
+
 LEVEL_WINDOW = 0.5
 """Seconds over which the status line's input level and echo reduction are measured."""
 
@@ -150,7 +157,7 @@ class FrontEnd:
 
     def __init__(self, rate: int, channels: int, stages: Stages = Stages()) -> None:
         self.rate, self.channels, self.stages = rate, channels, stages
-        self.chunk = round(rate * CHUNK_SECONDS)
+        self.chunk = chunk_samples(rate)
         webrtc = load_processing_library()
         self._cleaner = webrtc.AudioProcessor(sample_rate=rate, num_channels=channels, echo_cancellation=stages.echo,
                                               noise_suppression=stages.noise, high_pass_filter=True, ns_level=NOISE_LEVEL)

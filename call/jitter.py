@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .dtx import PREROLL
 from .wire import ComfortNoise
 
 STRETCH = -1
@@ -123,6 +124,14 @@ class JitterBuffer:
         self.stats = JitterStats()
         self._started_at: float | None = None
         self._pauses: deque[Pause] = deque(maxlen=max_pauses)  # the sender's pauses not yet played out
+        self.arrival: float | None = None
+        """When the frame the last :meth:`playout` gave out landed; ``None`` when that tick gave out no
+        frame that came, or the first after a pause (sent late with the onset, it says nothing of the
+        link). Sub-frame playout steps (``call.time_scale``) measure the playout's slack from it."""
+        self.moved = 0
+        """Whole frames by which the last :meth:`playout` moved the playout delay: 1 for a stretch, minus
+        the frames it skipped."""
+        self._paused = False  # the last tick played comfort noise
 
     # ----------------------------------------------------------------- filling
 
@@ -262,12 +271,17 @@ class JitterBuffer:
         return len(self._frames)
 
     def _due(self, index: int, now: float) -> bool:
-        """Frame ``index`` would have come by now on the fastest path the stream has shown. Comfort
-        noise is played from then on: in a pause playout keeps the pace speech had, neither
-        running ahead of the sender nor drifting later by waiting for the target delay."""
+        """Frame ``index`` of a pause would have come by now on the fastest path the stream has shown,
+        had it been sent with the frames after it as the one before an onset is (``call.dtx.PREROLL``
+        frames late). Comfort noise is played from then on: in a pause playout keeps the pace speech
+        had, neither running ahead of the sender nor drifting later by waiting for the target delay,
+        but that many frames later, so that the frames sent with the onset still find their turn
+        (the first comfort tick of a pause stretches, which no one hears in comfort noise; the
+        sub-frame steps, ``call.time_scale``, take the frame back once speech is there again). Played
+        at the pace of speech itself, the frame before each onset came too late for its turn."""
         if self.end_index is not None:
             return True
-        return bool(self._transits) and now >= index * self.frame_period + min(self._transits)
+        return bool(self._transits) and now >= (index + PREROLL) * self.frame_period + min(self._transits)
 
     def _overdue(self, index: int, now: float) -> bool:
         """A missing frame is lost once it is later than the earliest arrivals by the target."""
@@ -321,10 +335,11 @@ class JitterBuffer:
         run (a sink that ticks as soon as its frame is there, ahead of the sound card's need,
         ``call.playout``); the fill level that decides what delay is not needed is then that at
         ``due``, not at ``now``."""
+        self.arrival, self.moved = None, 0
         if self.next_index is None or self.finished:
             return STRETCH, None
         if self._started_at is not None and now < self._started_at + self.target_delay:
-            return STRETCH, None  # first fill: build up the target delay before playing
+            return STRETCH, None  # first fill: build up the target delay before playing (no tick plays)
         self._started_at = None
         i = self.next_index
         self._excess_level(now, due)
@@ -332,9 +347,11 @@ class JitterBuffer:
         if comfort is not None:
             if not self._frames and not self._due(i, now):
                 self.stats.stretched += 1
+                self.moved = 1
                 return STRETCH, comfort
             self.stats.comfort += 1
             self.next_index = i + 1
+            self._paused = True
             return i, comfort
         if i not in self._frames:
             if self._frames and self._overdue(i, now) or self.end_index is not None:
@@ -342,6 +359,7 @@ class JitterBuffer:
                 self.next_index = i + 1
                 return i, None
             self.stats.stretched += 1
+            self.moved = 1
             return STRETCH, None
         target = self.target_delay
         target_frames = target / self.frame_period
@@ -354,7 +372,10 @@ class JitterBuffer:
             i += 1
             excess -= 1
             self._owed = max(0, self._owed - 1)
-        self.next_index = i + 1
+        self.moved = self.next_index - i
+        if not self._paused:  # (the frames that end a pause come late by design: the pause's delay is theirs)
+            self.arrival = next((at for index, at in reversed(self._landed) if index == i), None)
+        self.next_index, self._paused = i + 1, False
         return i, self._frames.pop(i)
 
     def _note_level(self, level: int) -> None:

@@ -17,6 +17,7 @@ from .front_end import FrontEnd
 from .playout import Lead, tick_deadline, until_due
 from .receiver import Receiver
 from .recording import Recording
+from .time_scale import SubFrameSteps, sample_slack
 
 FILE_BLOCK = 480
 """Samples per block read from a file (20 ms at 24 kHz), unrelated to the 320-sample frame
@@ -55,12 +56,15 @@ async def play(receiver: Receiver, rate: int, channels: int, device: int | str |
                arrived: asyncio.Event, front_end: FrontEnd | None = None) -> None:
     """Speaker sink, pulled by the sound card: after each callback, tick only when the card would
     run short before the next one, and let the tick wait for the frames due (``arrived`` wakes it)
-    until the last moment that leaves it time to decode (``call.playout``). Every sample queued
-    here is latency. ``front_end`` hears what is played: its echo canceller's reference."""
+    until the last moment that leaves it time to decode (``call.playout``), and play its frame a few
+    ms shorter or longer when the frames come earlier or later than needed (``call.time_scale``).
+    Every sample queued here is latency. ``front_end`` hears what is played: its echo canceller's reference."""
     from .sound_card import Speaker
 
     speaker = Speaker(rate, channels, device, clock=time.monotonic)
     lead = Lead()
+    steps = SubFrameSteps(rate)
+    block = round(speaker.block_seconds * rate)
     speaker.start()
     try:
         while True:
@@ -72,6 +76,8 @@ async def play(receiver: Receiver, rate: int, channels: int, device: int | str |
                 audio = await receiver.tick(started, deadline)
                 if audio is None:
                     break
+                audio = steps.scale(audio, None if receiver.arrival is None else sample_slack(
+                    deadline, receiver.arrival, speaker.block_offset, block, rate), receiver.moved)
                 if receiver.decoded:  # comfort noise alone costs next to nothing: a pause must not shrink the lead
                     lead.note(time.monotonic() - started)
                 speaker.write(audio)

@@ -199,6 +199,12 @@ class Receiver:
         """Where this receiver's own ``RATE`` requests go (the connection); ``None``: nowhere."""
         self.decoded = False
         """The last :meth:`tick` ran the decoder (not only comfort noise): its time says what a tick costs."""
+        self.arrival: float | None = None
+        """When the last frame of the last :meth:`tick` landed; ``None`` when a stream played no frame that
+        came (:attr:`JitterBuffer.arrival`): the playout's slack (``call.time_scale``) comes from it."""
+        self.moved = 0
+        """Whole frames by which the last :meth:`tick` moved the playout delay (:attr:`JitterBuffer.moved`;
+        the least of the streams': a sub-frame step then cuts no delay a stream still needs)."""
 
     # ---------------------------------------------------------------- messages
 
@@ -379,20 +385,20 @@ class Receiver:
         """One playout tick (speaker mode): one frame of every live stream, mixed; ``due``: see
         :meth:`JitterBuffer.playout`."""
         self._expire(now)
-        live = [s for s in self._live() if s.jitter.next_index is not None]
-        if not live:
+        for stream in [s for s in self._live() if s.jitter.finished]:
+            self._retire(stream)
+        playing = self._playing()  # (a peer that left, played out: concealing it would cost a decode per tick)
+        if not playing:
             return None
         loop = asyncio.get_running_loop()
         mixed = None
         self.decoded = False
-        for stream in live:
-            if stream.jitter.finished:
-                self._retire(stream)
-                continue
-            if stream.departed and not stream.jitter.buffered:
-                continue  # played out: concealing a peer that left would cost a decode per tick
+        arrivals, moves = [], []
+        for stream in playing:
             entry = stream.jitter.playout(now, due)
             self.decoded |= not isinstance(entry[1], wire.ComfortNoise)
+            arrivals.append(stream.jitter.arrival)
+            moves.append(stream.jitter.moved)
             if entry[0] == STRETCH and stream.first_index is None:
                 continue  # still filling the buffer before the first frame: nothing to play
             try:
@@ -404,4 +410,5 @@ class Receiver:
                 self._fail(stream, error)
                 continue
             mixed = audio if mixed is None or mixed.shape != audio.shape else mixed + audio
+        self.arrival, self.moved = None if None in arrivals else max(arrivals), min(moves)
         return mixed

@@ -202,6 +202,12 @@ class Speaker(_Device):
         needed by then, not before."""
         return self.next_callback + self.ring.available // self.stream.blocksize * self.block_seconds
 
+    @property
+    def block_offset(self) -> int:
+        """Where in its callback's block the next sample written will play, in samples at the
+        model's rate (``call.time_scale.sample_slack``)."""
+        return self.ring.available % self.stream.blocksize * self.rate // self.device_rate
+
     def write(self, block: np.ndarray) -> None:
         samples = block.T.astype(np.float32, copy=False)
         if self.resample is not None:

@@ -220,9 +220,9 @@ def test_recovery_is_when_the_rolling_median_is_back_for_good():
     t = np.arange(0, 20, T)
     latency = np.where((t >= 3) & (t < 14), 0.2, 0.05)
     latency[(t >= 16) & (t < 16.1)] = 0.3  # a blip shorter than half the window: the median ignores it
-    assert recovery_time(t, latency, since=13.0, threshold=0.055) == pytest.approx(1.0, abs=2 * T)
-    assert recovery_time(t, np.full_like(t, 0.05), since=13.0, threshold=0.055) == 0.0
-    assert recovery_time(t, np.where(t >= 3, 0.2, 0.05), since=13.0, threshold=0.055) == float("inf")
+    assert recovery_time(rolling_median(t, latency), since=13.0, threshold=0.055) == pytest.approx(1.0, abs=2 * T)
+    assert recovery_time(rolling_median(t, np.full_like(t, 0.05)), since=13.0, threshold=0.055) == 0.0
+    assert recovery_time(rolling_median(t, np.where(t >= 3, 0.2, 0.05)), since=13.0, threshold=0.055) == float("inf")
     times, medians = rolling_median(t, latency)
     assert times[0] >= 0.25 - 1e-9 and times[-1] <= t[-1] - 0.25 + 1e-9 and len(times) == len(medians)
 

@@ -127,22 +127,27 @@ def test_band_powers_and_comfort_noise_reproduce_level_and_spectrum():
 # --------------------------------------------------------------- jitter buffer
 
 
-def test_jitter_buffer_plays_a_pause_as_comfort_noise_at_the_pace_of_speech():
+def test_jitter_buffer_plays_a_pause_as_comfort_noise_at_the_pace_of_speech_a_frame_later():
+    """In a pause, frames are due a frame after the fastest path would have brought them: the frame
+    before an onset comes with it (``call.dtx.PREROLL``) and still finds its turn. Played at the
+    pace of speech itself, it came a frame too late (3-4 late frames a direction in a call)."""
     jitter = JitterBuffer(75, initial_delay=PERIOD, min_delay=0.0)
     for i in range(3):
         jitter.put(i, (codes(i),), now=i * PERIOD)
     jitter.put_comfort(NOISE, now=3 * PERIOD)
     played = [jitter.playout(now=t * PERIOD)[0] for t in (1, 2, 2.5)]
-    # Frames 3.. are due when the fastest path would have brought them: one a tick, never ahead.
-    assert jitter.playout(now=2.9 * PERIOD) == (STRETCH, NOISE)
-    played += [jitter.playout(now=t * PERIOD)[0] for t in range(3, 9)]
+    # The pause's first tick stretches its comfort noise; then one frame a tick, never ahead.
+    assert jitter.playout(now=3 * PERIOD) == (STRETCH, NOISE)
+    assert jitter.playout(now=3.9 * PERIOD) == (STRETCH, NOISE)
+    played += [jitter.playout(now=t * PERIOD)[0] for t in range(4, 10)]
     assert played == list(range(9))
-    jitter.put(10, (codes(10),), now=10 * PERIOD)  # speech resumes at frame 10
-    assert jitter.playout(now=9 * PERIOD) == (9, NOISE)
+    jitter.put(9, (codes(9), codes(10)), now=10 * PERIOD)  # speech resumes at frame 10, frame 9 sent with it
     index, entry = jitter.playout(now=10 * PERIOD)
+    assert index == 9 and np.array_equal(entry, codes(9))
+    index, entry = jitter.playout(now=11 * PERIOD)
     assert index == 10 and np.array_equal(entry, codes(10))
-    assert jitter.playout(now=11 * PERIOD) == (STRETCH, None)  # speech again: a missing frame is no pause
-    assert (jitter.stats.comfort, jitter.stats.lost) == (7, 0)
+    assert jitter.playout(now=12 * PERIOD) == (STRETCH, None)  # speech again: a missing frame is no pause
+    assert (jitter.stats.comfort, jitter.stats.lost, jitter.stats.late) == (6, 0, 0)
 
 
 def test_jitter_buffer_pop_gives_a_pause_between_frames_at_once():

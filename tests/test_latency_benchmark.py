@@ -27,6 +27,7 @@ from benchmarks.latency_floor import call_floor_ms
 from benchmarks.opus_codec import OpusCodec
 from call.playout import Lead
 from call.resample import WholeFactorResampler
+from call.time_scale import SubFrameSteps
 from client import Client, Options
 from tests.models import small_model, speech_like
 
@@ -283,8 +284,9 @@ def test_the_shipped_playout_reaches_the_floor_on_a_quiet_virtual_machine(talker
     4 ms to decode: with frame-aligned blocks (no front end: its 10 ms chunks would hold a block's
     rest) every frame plays at the floor, sound cards at 48 kHz adding only their resamplers' delay
     (0.67 ms each way; dropping the filter's first samples instead cost a block each way); with 10 ms
-    blocks within a frame of it (playout moves in whole frames) of the floor that reserving the tick's
-    lead (4 ms + 1.5) allows. Nothing is concealed. (The top-up after each callback gave 80 and 56.7 ms.)"""
+    blocks within the sub-frame steps' margin (2 ms) of the floor that reserving the tick's lead (4 ms +
+    1.5) allows (in whole frames: within a frame). Nothing is concealed. (The top-up after each callback
+    gave 80 and 56.7 ms.)"""
     inject = {"encode": 0.005, "network": 0.001, "decode": 0.004}
     spec = CallSpec(label="quiet", model="untrained-small", seconds=3.0, warmup=2.5, block=block, inject=inject,
                     front_end=block == 240, device_rate=device_rate)
@@ -295,9 +297,10 @@ def test_the_shipped_playout_reaches_the_floor_on_a_quiet_virtual_machine(talker
     reachable = call_floor_ms(result["spec"], lead, result["phases"], RATE, HOP)
     print(f"\nblock {block}: p50 {e2e['p50']:.1f} p99 {e2e['p99']:.1f} ms, floor {floor:.1f} ms ({reachable:.1f} with the lead)")
     resampling = 2 * WholeFactorResampler.HALF / 48000 * 1000 if device_rate else 0.0  # both ways, ms
+    steps = 1000 * SubFrameSteps(RATE).settles_within / RATE  # what sub-frame steps may leave above the floor
     if block == 320:
-        assert e2e["p50"] == pytest.approx(floor + resampling) and e2e["max"] == pytest.approx(floor + resampling)
-    assert floor - 1e-6 <= e2e["p50"] and e2e["p99"] < reachable + 1000 * HOP / RATE
+        assert floor + resampling - 1e-6 <= e2e["p50"] and e2e["max"] <= floor + resampling + steps
+    assert floor - 1e-6 <= e2e["p50"] and e2e["p99"] <= reachable + steps
     assert summary["lost"] == 0 and all(s["stretched"] == 0 for peer in summary["jitter_stats"] for s in peer)
 
 

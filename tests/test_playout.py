@@ -11,6 +11,7 @@ import pytest
 from benchmarks.latency_floor import capture_done, floor_samples
 from call.jitter import STRETCH, JitterBuffer
 from call.playout import Lead, tick_deadline, until_due
+from call.time_scale import SubFrameSteps, sample_slack
 
 RATE, HOP = 24000, 320
 FRAME = HOP / RATE
@@ -24,10 +25,27 @@ class Played:
     delays: dict[int, float] = field(default_factory=dict)
     underruns: int = 0
     buffer: JitterBuffer | None = None
+    steps: SubFrameSteps | None = None
+
+
+def tone(index: int, hz: float = 180.0) -> np.ndarray:
+    """Frame ``index`` of a steady tone: what the simulated decoder gives out."""
+    t = (index * HOP + np.arange(HOP)) / RATE
+    return (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)[None]
+
+
+class Unscaled:
+    """Playout in whole frames only (no sub-frame steps): the policy before ``call.time_scale``."""
+
+    stats = None
+
+    def scale(self, audio: np.ndarray, slack: int | None, moved: int = 0) -> np.ndarray:
+        return audio
 
 
 def simulate(capture_block: int = 240, playback_block: int = 240, phase: float = 0.0, transit: float = 0.006,
-             decode: float = 0.004, seconds: float = 6.0, jitter: np.ndarray | None = None) -> Played:
+             decode: float = 0.004, seconds: float = 6.0, jitter: np.ndarray | None = None,
+             sub_frame: bool = True, initial_delay: float | None = None) -> Played:
     """A one-way call: frame ``k`` reaches the receiver ``transit`` (+ ``jitter[k]``, in order as TCP
     delivers) after the capture block that completes it; playback callbacks every ``playback_block``
     samples from ``phase`` s; each tick decodes for ``decode`` s. The speaker loop is
@@ -37,8 +55,9 @@ def simulate(capture_block: int = 240, playback_block: int = 240, phase: float =
     landed = np.array([capture_done(HOP, capture_block, 1, k) / RATE + transit for k in range(n)])
     if jitter is not None:
         landed = np.maximum.accumulate(landed + jitter[:n])
-    jb, lead, out = JitterBuffer(RATE / HOP), Lead(), Played()
-    out.buffer = jb
+    jb, lead, out = JitterBuffer(RATE / HOP, initial_delay), Lead(), Played()
+    steps = SubFrameSteps(RATE) if sub_frame else Unscaled()
+    out.buffer, out.steps = jb, steps
     writes: list[tuple[float, int, int | None]] = []  # (time written, samples, frame whose first sample leads them)
     queued_until = 0.0  # when the last write landed
     arrived = 0
@@ -81,8 +100,11 @@ def simulate(capture_block: int = 240, playback_block: int = 240, phase: float =
             lead.note(decode)
             if index != STRETCH and codes is not None:
                 starts[index] = written
-            writes.append((now, HOP, None))
-            written += HOP
+            slack = None if jb.arrival is None else \
+                sample_slack(deadline, jb.arrival, (written - read) % playback_block, playback_block, RATE)
+            samples = steps.scale(tone(max(index, 0)), slack, jb.moved).shape[-1]
+            writes.append((now, samples, None))
+            written += samples
             queued_until = now
     return out
 
@@ -98,6 +120,9 @@ def floor(capture_block: int, playback_block: int, phase: float, processing: flo
 
 LEAD = 0.004 + Lead().margin
 """What the playout reserves for a tick that decodes in 4 ms: the floor it can reach counts that."""
+STEP = SubFrameSteps(RATE).settles_within / RATE
+"""How far above the floor sub-frame steps may leave the delay: the margin they keep (0.5 ms) and
+the shortest step (1.5 ms), under which a frame is not shortened."""
 
 
 @pytest.mark.parametrize("phase", [0.0, 0.004, 0.009, 0.012])
@@ -107,34 +132,49 @@ def test_frame_aligned_blocks_play_at_the_floor(phase):
     follows), nothing concealed, the sound card never short, whatever the playback clock's phase. The
     top-up after each callback played them a frame later or more."""
     played = simulate(capture_block=320, playback_block=320, phase=phase)
-    delays = settled(played)
-    assert max(delays) == pytest.approx(floor(320, 320, phase, 0.006 + LEAD)), (min(delays), max(delays))
+    delays, least = settled(played), floor(320, 320, phase, 0.006 + LEAD)
+    assert least - 1e-9 <= min(delays) and max(delays) <= least + STEP, (min(delays), max(delays))
     assert played.buffer.stats.stretched == 0 and played.buffer.stats.lost == 0 and played.underruns == 0
 
 
 @pytest.mark.parametrize("phase", [0.0, 0.003, 0.006, 0.009])
-def test_ten_ms_blocks_play_within_a_frame_of_the_floor(phase):
-    """10 ms blocks against 13.3 ms frames: arrivals come 10, 10 and 20 ms apart; playout settles
-    within a frame of the floor (it moves in whole frames) and never below it."""
+def test_ten_ms_blocks_play_at_the_floor_by_sub_frame_steps(phase):
+    """10 ms blocks against 13.3 ms frames: arrivals come 10, 10 and 20 ms apart. In whole frames
+    playout settles 3.3 ms above the floor at every phase (a frame's first sample lands within its
+    callback's block); frames played a few ms shorter take it to within a step of the floor and never
+    below it, with nothing concealed and the sound card never short."""
+    least = floor(240, 240, phase, 0.006 + LEAD)
+    whole = settled(simulate(phase=phase, sub_frame=False))
     played = simulate(phase=phase)
     delays = settled(played)
-    assert floor(240, 240, phase, 0.006 + 0.004) - 1e-9 <= min(delays)
-    assert max(delays) < floor(240, 240, phase, 0.006 + LEAD) + FRAME, (min(delays), max(delays))
+    assert min(whole) > least + 0.003
+    assert least - 1e-9 <= min(delays) and max(delays) <= least + STEP, (min(delays), max(delays))
+    assert played.steps.stats.shortened > 0 and played.steps.stats.lengthened == 0
     assert played.buffer.stats.stretched == 0 and played.buffer.stats.lost == 0 and played.underruns == 0
+
+
+def test_a_constant_extra_delay_is_taken_back_by_sub_frame_steps_within_two_seconds():
+    """A jitter buffer that starts 50 ms deep on a link without jitter: the whole-frame rules take
+    back the whole frames, the steps the rest, all within the first two seconds."""
+    played = simulate(phase=0.004, initial_delay=0.05)
+    delays = settled(played)
+    assert max(delays) <= floor(240, 240, 0.004, 0.006 + LEAD) + STEP
+    assert played.steps.stats.samples_cut > 0 and played.buffer.stats.stretched == 0
 
 
 @pytest.mark.parametrize("block", [320, 240])
 def test_jitter_of_20_ms_p99_costs_at_most_1_percent_late_frames(block):
     """The emulator's jitter (exponential, 20 ms at the 99th percentile, delivered in order as TCP
-    does): at most 1 % of the frames are played late (stretched or lost), and the median delay is
-    within the floor plus the jitter's 99th percentile rounded up to whole frames (two): playout
-    moves in whole frames, and a frame less would make 3-5 % of them late."""
+    does): at most 1 % of the frames are late or lost and 1.5 % of the ticks stretched, and the
+    median delay is below what whole-frame playout keeps, and within the floor plus two frames."""
     rng = np.random.default_rng(5)
     jitter = rng.exponential(0.02 / np.log(100), 20 * 75)  # exponential: p99 = 20 ms
     played = simulate(capture_block=block, playback_block=block, phase=0.003, seconds=20, jitter=jitter)
+    whole = simulate(capture_block=block, playback_block=block, phase=0.003, seconds=20, jitter=jitter, sub_frame=False)
     stats, frames = played.buffer.stats, len(played.delays)
-    assert stats.stretched + stats.lost + stats.late <= 0.01 * frames, stats
+    assert stats.lost + stats.late <= 0.01 * frames and stats.stretched <= 0.015 * frames, stats
     assert np.median(settled(played)) <= floor(block, block, 0.003, 0.006 + LEAD) + 2 * FRAME + 1e-9
+    assert np.median(settled(played)) < np.median(settled(whole))
     assert played.underruns == 0
 
 
@@ -192,3 +232,22 @@ def test_the_jitter_buffer_says_what_is_worth_waiting_for():
     assert not jb.waiting(0.032)
     jb.end(2)
     assert jb.playout(0.04)[0] == 1 and not jb.waiting(0.05)
+
+
+def test_the_jitter_buffer_says_when_its_frame_landed_and_how_far_it_moved_the_delay():
+    """What the sub-frame steps measure from: the landing time of the frame a tick plays, none for a
+    stretch (the delay then grows by a frame), and the frames a skip moved the delay back."""
+    jb = JitterBuffer(RATE / HOP, initial_delay=0.0)
+    jb.put(0, (np.zeros(8, np.int64),), now=0.001)
+    assert jb.playout(0.002)[0] == 0 and (jb.arrival, jb.moved) == (0.001, 0)
+    assert jb.playout(0.003) == (STRETCH, None) and (jb.arrival, jb.moved) == (None, 1)
+    jb, ticks = JitterBuffer(RATE / HOP, initial_delay=0.0), []
+    jb.put(0, (np.zeros(8, np.int64),), now=0.001)
+    for k in range(1, 100):  # frames on time, each played once the next one is there: a frame too many
+        jb.put(k, (np.zeros(8, np.int64),), now=k * FRAME + 0.001)
+        index = jb.playout(k * FRAME + 0.002)[0]
+        ticks.append((index, jb.moved, jb.arrival))
+    skips = [(index, arrival) for index, moved, arrival in ticks if moved == -1]
+    assert len(skips) == 1 and skips[0][1] == pytest.approx(skips[0][0] * FRAME + 0.001)
+    assert all(moved == 0 and arrival == pytest.approx(index * FRAME + 0.001)
+               for index, moved, arrival in ticks if moved != -1)
