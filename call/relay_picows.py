@@ -43,6 +43,9 @@ HANDSHAKE_TIMEOUT = 10.0
 NOT_A_PACKET = ""
 """What the relay is handed for a text or fragmented message: a ``str``, which it counts as malformed."""
 
+BINARY, TEXT, CLOSE = WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CLOSE
+"""Compared by identity in ``on_ws_frame`` (every packet): picows hands each frame's type as these members."""
+
 picows_log = logging.getLogger("relay.picows")
 """picows' own lines: warnings and errors only. Its INFO says every connection, its DEBUG holds raw
 requests (tokens included), and a parent logger's ``Redact`` filter would not see them."""
@@ -81,7 +84,8 @@ class PicowsLink:
         return self.raw.get_write_buffer_size()
 
     def write(self, frame: bytes) -> None:
-        if self.is_open:
+        ws = self.ws  # is_open, inline: every forwarded packet passes here
+        if not (ws.is_close_frame_sent or ws.is_disconnected):
             self.raw.write(frame)
 
     async def send(self, message: bytes) -> None:
@@ -132,15 +136,15 @@ class PeerListener(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
-        if kind == WSMsgType.BINARY and frame.fin:
-            self._receive(frame.get_payload_as_bytes())
-        elif kind == WSMsgType.CLOSE:
+        if kind is BINARY and frame.fin:
+            message: bytes | str = frame.get_payload_as_bytes()
+        elif kind is CLOSE:
             self.link.peer_closed(frame)
-        elif kind == WSMsgType.TEXT or kind == WSMsgType.BINARY:  # text, or the first fragment of a message
-            self._receive(NOT_A_PACKET)
-        # the rest of a fragmented message (counted at its start) and pongs: nothing to do
-
-    def _receive(self, message: bytes | str) -> None:
+            return
+        elif kind is TEXT or kind is BINARY:  # text, or the first fragment of a message
+            message = NOT_A_PACKET
+        else:
+            return  # the rest of a fragmented message (counted at its start) and pongs: nothing to do
         if self.peer is None:
             return  # refused (1013): its close handshake is under way
         wait = self.relay.receive(self.peer, message)
