@@ -18,21 +18,23 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def run_suite(before: str, levels: list[int] | None, room_size: int, command: str, transports: bool = False) -> dict:
     """Ramp each configuration in turn, print as it goes, write the report: ``relay_capacity``, or with
-    ``transports`` the one-node relay on each websocket library (``--transport``), ``relay_transports``."""
-    old = Path(tempfile.mkdtemp()) / "server_before.py"
-    old.write_text(subprocess.run(["git", "show", f"{before}:server.py"], cwd=ROOT, capture_output=True, text=True,
-                                  check=True).stdout)
-    configurations = {f"before ({before}), one node": dict(server=old)}
+    ``transports`` the one-node relay on each websocket library (``--transport``), ``relay_transports``.
+    The relay before is that revision's whole tree (its ``call/`` package too: the relay's hot path
+    spans ``server.py``, ``call/wire.py`` and ``call/relay_picows.py``)."""
+    old = before_tree(before) / "server.py"
     if transports:
+        configurations = {f"before ({before}), --transport picows, one node":
+                          dict(server=old, relay_args=["--transport", "picows"])}
         configurations.update({f"after, --transport {name}, one node": dict(relay_args=["--transport", name])
                                for name in ("websockets", "picows")})
     else:
-        configurations.update({
+        configurations = {
+            f"before ({before}), one node": dict(server=old),
             "after, --loop asyncio, one node": dict(relay_args=["--loop", "asyncio"]),
             "after, one node": {},
             "after, two nodes, rooms split": dict(nodes=2, placement="split"),
             "after, two nodes, rooms affine": dict(nodes=2, placement="affine"),
-        })
+        }
     runs = {}
     for name, options in configurations.items():
         print(f"== {name}", flush=True)
@@ -45,6 +47,16 @@ def run_suite(before: str, levels: list[int] | None, room_size: int, command: st
     (RESULTS / f"{name}.md").write_text(markdown(report))
     print(markdown(report))
     return report
+
+
+def before_tree(revision: str) -> Path:
+    """The project's files at ``revision``, in a directory of their own (its ``server.py`` imports
+    its own ``call/``: a script's directory comes first on ``sys.path``)."""
+    tree = Path(tempfile.mkdtemp(prefix="relay_before_"))
+    archive = subprocess.run(["git", "archive", revision, "server.py", "call"], cwd=ROOT, capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
 
 
 def markdown(report: dict) -> str:
