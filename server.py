@@ -390,13 +390,20 @@ class Relay:
 
     # ------------------------------------------------------------- handshake
 
-    def check_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        """Refuse bad room names, tokens in the URL, throttled addresses, wrong or missing
-        tokens and a full relay or room before the upgrade; :attr:`routes` answer first."""
+    def route(self, ws: ServerConnection, request: Request) -> Response | None:
+        """The answer of the first of :attr:`routes` that serves ``request`` (``None``: none does)."""
         for route in self.routes:
             response = route(ws, request)
             if response is not None:
                 return response
+        return None
+
+    def check_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        """Refuse bad room names, tokens in the URL, throttled addresses, wrong or missing
+        tokens and a full relay or room before the upgrade; :meth:`route` answers first."""
+        response = self.route(ws, request)
+        if response is not None:
+            return response
         url = urlsplit(request.path)
         room = url.path.lstrip("/")
         if not is_room_name(room):
@@ -573,12 +580,12 @@ class Relay:
         if self.transport == "picows":
             if web is not None:
                 raise ValueError("--web needs --transport websockets (the page's files are read asynchronously)")
-            from call.relay_picows import serve_picows
+            from call.relay_picows import PicowsServer
 
-            return serve_picows(self, host, port, tls, ping_interval, ping_timeout, reuse_port)
+            return PicowsServer(self, host, port, tls, ping_interval, ping_timeout, reuse_port)
         return serve(
             self.handle, host, port, ssl=tls,
-            process_request=web.before(self.check_request, self.routes) if web else self.check_request,
+            process_request=web.before(self.check_request, self.route) if web else self.check_request,
             select_subprotocol=select_subprotocol if web else None,
             compression=None,  # codes are incompressible; deflate would only cost memory
             max_size=self.limits.hard_max_message, max_queue=self.limits.receive_queue, write_limit=WRITE_LIMIT,

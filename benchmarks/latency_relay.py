@@ -271,7 +271,8 @@ them again: the last flag wins)."""
 def start_nodes(nodes: int, server: Path, relay_args: list[str]) -> tuple[list[subprocess.Popen], list[int]]:
     """``nodes`` relays (node i pinned to core i) and, for more than one, the nats-server joining
     them (first in the list); their ports."""
-    from benchmarks.latency_call import free_port, wait_for_port
+    from benchmarks.latency_call import wait_for_port
+    from call.ports import free_loopback_port
     from call.relay_workers import embedded_nats
 
     processes, cluster = [], []
@@ -279,7 +280,7 @@ def start_nodes(nodes: int, server: Path, relay_args: list[str]) -> tuple[list[s
         nats, url = embedded_nats()
         processes.append(nats)
         cluster = ["--cluster", url]
-    ports = [free_port() for _ in range(nodes)]
+    ports = [free_loopback_port() for _ in range(nodes)]
     for i, port in enumerate(ports):
         processes.append(subprocess.Popen(
             [sys.executable, str(server), "--port", str(port), *cluster, *UNCAPPED, *relay_args], cwd=ROOT,

@@ -255,9 +255,3 @@ class PicowsServer:
                 while self.listeners:
                     await asyncio.sleep(0.05)
         await self.server.wait_closed()
-
-
-def serve_picows(relay: RelayCore, host: str | None, port: int, tls: ssl.SSLContext | None,
-                 ping_interval: float, ping_timeout: float, reuse_port: bool) -> PicowsServer:
-    """The relay served by picows (use as ``async with``)."""
-    return PicowsServer(relay, host, port, tls, ping_interval, ping_timeout, reuse_port)

@@ -20,7 +20,7 @@ import mimetypes
 import re
 from http import HTTPStatus
 from pathlib import Path
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from websockets.datastructures import Headers
@@ -83,16 +83,13 @@ class WebRoutes:
         kind = TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return _response(HTTPStatus.OK, kind, body)
 
-    def before(self, relay_check: Handler, routes: Sequence[Handler] = ()) -> AsyncHandler:
+    def before(self, relay_check: Handler, relay_route: Handler | None = None) -> AsyncHandler:
         """A ``process_request`` for websockets' ``serve``: HTTP here, upgrades to ``relay_check``.
-        The relay's own ``routes`` (``/metrics``) answer plain HTTP before the page's files do."""
+        The relay's own routes (``relay_route``: ``/metrics``) answer plain HTTP before the page's files do."""
         async def process_request(connection: object, request: Request) -> Response | None:
             if request.headers.get("Upgrade", "").lower() != "websocket":
-                for route in routes:
-                    response = route(connection, request)
-                    if response is not None:
-                        return response
-                return await self.answer(request)
+                response = relay_route(connection, request) if relay_route is not None else None
+                return response if response is not None else await self.answer(request)
             bearer_from_subprotocol(request)
             return relay_check(connection, request)
         return process_request
