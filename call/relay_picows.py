@@ -74,14 +74,12 @@ class PicowsLink:
         self.writable = asyncio.Event()
         self.writable.set()
         self.raw.set_write_buffer_limits(high=WRITE_LIMIT)
+        self.backlog = self.raw.get_write_buffer_size  # Link.backlog, bound once: asked for every packet
         self._cut: asyncio.TimerHandle | None = None
 
     @property
     def is_open(self) -> bool:
         return not (self.ws.is_close_frame_sent or self.ws.is_disconnected)
-
-    def backlog(self) -> int:
-        return self.raw.get_write_buffer_size()
 
     def write(self, frame: bytes) -> None:
         ws = self.ws  # is_open, inline: every forwarded packet passes here
