@@ -585,13 +585,11 @@ class Relay:
               web: WebRoutes | None = None) -> contextlib.AbstractAsyncContextManager:
         """The server for this relay (use as ``async with``; it has ``sockets``); ``reuse_port``:
         processes share the port (SO_REUSEPORT), the kernel spreading connections over them; ``web``
-        also serves the browser peer's page over plain HTTP on the same port (websockets only)."""
+        also serves the browser peer's page over plain HTTP on the same port."""
         if self.transport == "picows":
-            if web is not None:
-                raise ValueError("--web needs --transport websockets (the page's files are read asynchronously)")
             from call.relay_picows import PicowsServer
 
-            return PicowsServer(self, host, port, tls, ping_interval, ping_timeout, reuse_port)
+            return PicowsServer(self, host, port, tls, ping_interval, ping_timeout, reuse_port, web)
         return serve(
             self.handle, host, port, ssl=tls,
             process_request=web.before(self.check_request, self.route) if web else self.check_request,
@@ -748,9 +746,9 @@ def build_parser() -> argparse.ArgumentParser:
                         default="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
                         help="event loop (default: uvloop where installed: 0.9x the CPU a packet, "
                         "benchmarks/results/relay_capacity.md)")
-    parser.add_argument("--transport", choices=TRANSPORTS, default="websockets",
-                        help="websocket library serving the peers (default %(default)s; picows: a Cython one, "
-                        "benchmarks/results/relay_capacity.md)")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="picows",
+                        help="websocket library serving the peers (default %(default)s, a Cython one: 0.54-0.73x "
+                        "python-websockets' CPU a packet, benchmarks/results/relay_capacity.md)")
     parser.add_argument("--reuse-port", action="store_true",
                         help="share --port with other processes (SO_REUSEPORT); --workers sets it")
     parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # its index: --metrics PORT + index
@@ -786,8 +784,6 @@ def main(argv: list[str] | None = None) -> None:
                                      args.workers, args.cluster))
     if args.metrics:
         args.metrics += args.worker
-    if args.web and args.transport == "picows":
-        parser.error("--web needs --transport websockets")
     websockets_log.setLevel(logging.WARNING)  # our JSON lines say it all
     relay = relay_from_args(args)
     try:
