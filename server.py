@@ -54,7 +54,7 @@ import signal
 import ssl
 import sys
 import time
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, defaultdict, deque
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -157,10 +157,11 @@ class TokenBucket:
 
     def take(self, amount: float = 1.0) -> float:
         now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        self.tokens -= amount
-        return max(0.0, -self.tokens / self.rate)
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        if tokens > self.capacity:
+            tokens = self.capacity
+        self.tokens, self.stamp = tokens - amount, now
+        return 0.0 if tokens >= amount else (amount - tokens) / self.rate
 
 
 def client_key(host: str) -> str:
@@ -230,6 +231,9 @@ class Peer:
         self.rate = TokenBucket(limits.rate, limits.burst)
         self.strikes = TokenBucket(limits.strike_refill, limits.strikes)
         self.writer: asyncio.Task | None = None
+        self.others: tuple[Peer, ...] = ()
+        """The other local peers of its room, where its packets go: kept by ``Relay.admit`` and
+        ``Relay.depart`` (rooms change at a join or a leave, packets arrive 75 times a second)."""
 
     @property
     def live_header(self) -> bytes | None:
@@ -254,8 +258,9 @@ class Peer:
         if self.closing:
             return
         if not self.queue and self.link.backlog() == 0:
-            routed = self._routed(source, message)
-            self.link.write(frame if routed is message and frame is not None else binary_frame(routed))
+            if frame is None or source != self.last_source:
+                frame = binary_frame(self._routed(source, message))
+            self.link.write(frame)
             return
         is_audio = bool(message[0] & wire.AUDIO_FLAG)
         if len(self.queue) >= self.capacity:
@@ -297,6 +302,12 @@ class Peer:
             self.last_source = source
             return wire.route(source, message)
         return message
+
+
+def share_room(room: dict[int, Peer]) -> None:
+    """Tell each peer of ``room`` who the others are (``Peer.others``), after a join or a leave."""
+    for peer in room.values():
+        peer.others = tuple(other for other in room.values() if other is not peer)
 
 
 class WebsocketsLink:
@@ -355,7 +366,8 @@ class Relay:
         self.rooms: dict[str, dict[int, Peer]] = {}
         self.connections = 0
         """Peers in all rooms."""
-        self.counters: Counter[str] = Counter()
+        self.counters: defaultdict[str, int] = defaultdict(int)
+        """Events by name (a ``defaultdict``: a third of a ``Counter``'s cost a count, four counts a packet)."""
         self.throttle = AuthThrottle(limits, clock)
         self._ids = itertools.count(1)
         self.routes: list[Route] = []
@@ -387,13 +399,20 @@ class Relay:
 
     # ------------------------------------------------------------- handshake
 
-    def check_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        """Refuse bad room names, tokens in the URL, throttled addresses, wrong or missing
-        tokens and a full relay or room before the upgrade; :attr:`routes` answer first."""
+    def route(self, ws: ServerConnection, request: Request) -> Response | None:
+        """The answer of the first of :attr:`routes` that serves ``request`` (``None``: none does)."""
         for route in self.routes:
             response = route(ws, request)
             if response is not None:
                 return response
+        return None
+
+    def check_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        """Refuse bad room names, tokens in the URL, throttled addresses, wrong or missing
+        tokens and a full relay or room before the upgrade; :meth:`route` answers first."""
+        response = self.route(ws, request)
+        if response is not None:
+            return response
         url = urlsplit(request.path)
         room = url.path.lstrip("/")
         if not is_room_name(room):
@@ -470,6 +489,7 @@ class Relay:
         if self.cluster is not None:
             self.cluster.greet(room_name, peer.enqueue)
         room[peer.id] = peer
+        share_room(room)
         self.connections += 1
         log_event("join", room=room_name, peer=peer.id, remote=str(link.remote_address), peers=len(room))
         if self.cluster is not None:
@@ -490,12 +510,10 @@ class Relay:
         if problem is None:
             self.counters["forwarded"] += 1
             self.counters["bytes_in"] += len(message)
-            room = self.rooms[peer.room]
             frame = binary_frame(message)
-            for other in room.values():
-                if other is not peer:
-                    other.enqueue(peer.id, message, frame)
-            self._count_out(len(room) - 1, message)
+            for other in peer.others:
+                other.enqueue(peer.id, message, frame)
+            self._count_out(len(peer.others), message)
             if self.cluster is not None:
                 self.cluster.forward(peer.room, peer.id, message)
             return wait
@@ -512,6 +530,7 @@ class Relay:
             peer.writer.cancel()
         room = self.rooms[peer.room]
         del room[peer.id]
+        share_room(room)
         self.connections -= 1
         if not room:
             del self.rooms[peer.room]
@@ -566,16 +585,14 @@ class Relay:
               web: WebRoutes | None = None) -> contextlib.AbstractAsyncContextManager:
         """The server for this relay (use as ``async with``; it has ``sockets``); ``reuse_port``:
         processes share the port (SO_REUSEPORT), the kernel spreading connections over them; ``web``
-        also serves the browser peer's page over plain HTTP on the same port (websockets only)."""
+        also serves the browser peer's page over plain HTTP on the same port."""
         if self.transport == "picows":
-            if web is not None:
-                raise ValueError("--web needs --transport websockets (the page's files are read asynchronously)")
-            from call.relay_picows import serve_picows
+            from call.relay_picows import PicowsServer
 
-            return serve_picows(self, host, port, tls, ping_interval, ping_timeout, reuse_port)
+            return PicowsServer(self, host, port, tls, ping_interval, ping_timeout, reuse_port, web)
         return serve(
             self.handle, host, port, ssl=tls,
-            process_request=web.before(self.check_request, self.routes) if web else self.check_request,
+            process_request=web.before(self.check_request, self.route) if web else self.check_request,
             select_subprotocol=select_subprotocol if web else None,
             compression=None,  # codes are incompressible; deflate would only cost memory
             max_size=self.limits.hard_max_message, max_queue=self.limits.receive_queue, write_limit=WRITE_LIMIT,
@@ -729,9 +746,9 @@ def build_parser() -> argparse.ArgumentParser:
                         default="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
                         help="event loop (default: uvloop where installed: 0.9x the CPU a packet, "
                         "benchmarks/results/relay_capacity.md)")
-    parser.add_argument("--transport", choices=TRANSPORTS, default="websockets",
-                        help="websocket library serving the peers (default %(default)s; picows: a Cython one, "
-                        "benchmarks/results/relay_capacity.md)")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="picows",
+                        help="websocket library serving the peers (default %(default)s, a Cython one: 0.54-0.73x "
+                        "python-websockets' CPU a packet, benchmarks/results/relay_capacity.md)")
     parser.add_argument("--reuse-port", action="store_true",
                         help="share --port with other processes (SO_REUSEPORT); --workers sets it")
     parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # its index: --metrics PORT + index
@@ -767,8 +784,6 @@ def main(argv: list[str] | None = None) -> None:
                                      args.workers, args.cluster))
     if args.metrics:
         args.metrics += args.worker
-    if args.web and args.transport == "picows":
-        parser.error("--web needs --transport websockets")
     websockets_log.setLevel(logging.WARNING)  # our JSON lines say it all
     relay = relay_from_args(args)
     try:

@@ -27,7 +27,6 @@ import asyncio
 import gc
 import multiprocessing
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ from typing import Callable
 import numpy as np
 
 from benchmarks.latency_floor import playback_phase
+from call.ports import free_loopback_port, wait_until_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("input", "encode", "packetize", "network", "jitter", "decode", "output", "lookahead")
@@ -457,34 +457,21 @@ def instrument(client, spec: CallSpec, devices: ClockedDevices,
 # --------------------------------------------------------------------------- relay
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_for_port(port: int, name: str, process: subprocess.Popen | None = None,
                   close: Callable[[], None] | None = None) -> None:
     """Return once something accepts connections on ``port``; raise if nothing does within 20 s or
     ``process`` exits (``close`` it first)."""
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline or process is not None and process.poll() is not None:
-                if close is not None:
-                    close()
-                raise RuntimeError(f"{name} did not start")
-            time.sleep(0.05)
+    if not wait_until_listening(port, process):
+        if close is not None:
+            close()
+        raise RuntimeError(f"{name} did not start")
 
 
 class RelayProcess:
     """``python server.py`` on a free loopback port, as a user starts it."""
 
     def __init__(self, extra: list[str] | None = None) -> None:
-        self.port = free_port()
+        self.port = free_loopback_port()
         self.url = f"ws://127.0.0.1:{self.port}"
         self.process = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(self.port)]
                                         + (extra or []), cwd=ROOT, stderr=subprocess.DEVNULL)

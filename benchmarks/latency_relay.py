@@ -268,10 +268,22 @@ forwarding, and past 500 streams the generator's peers were refused with 503 (``
 them again: the last flag wins)."""
 
 
+def start_relay(server: Path, relay_args: list[str], core: int) -> tuple[subprocess.Popen, int]:
+    """``server`` (a server.py) on a free loopback port, pinned to ``core``, uncapped, once it listens; its port."""
+    from benchmarks.latency_call import wait_for_port
+    from call.ports import free_loopback_port
+
+    port = free_loopback_port()
+    process = subprocess.Popen([sys.executable, str(server), "--port", str(port), *UNCAPPED, *relay_args], cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL,
+                               preexec_fn=lambda: pin(core))
+    wait_for_port(port, "the relay", process)
+    return process, port
+
+
 def start_nodes(nodes: int, server: Path, relay_args: list[str]) -> tuple[list[subprocess.Popen], list[int]]:
     """``nodes`` relays (node i pinned to core i) and, for more than one, the nats-server joining
     them (first in the list); their ports."""
-    from benchmarks.latency_call import free_port, wait_for_port
     from call.relay_workers import embedded_nats
 
     processes, cluster = [], []
@@ -279,14 +291,51 @@ def start_nodes(nodes: int, server: Path, relay_args: list[str]) -> tuple[list[s
         nats, url = embedded_nats()
         processes.append(nats)
         cluster = ["--cluster", url]
-    ports = [free_port() for _ in range(nodes)]
-    for i, port in enumerate(ports):
-        processes.append(subprocess.Popen(
-            [sys.executable, str(server), "--port", str(port), *cluster, *UNCAPPED, *relay_args], cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL, preexec_fn=lambda i=i: pin(i)))
-    for port in ports:
-        wait_for_port(port, "the relay")
-    return processes, ports
+    relays = [start_relay(server, [*cluster, *relay_args], core) for core in range(nodes)]
+    return processes + [process for process, _ in relays], [port for _, port in relays]
+
+
+def same_core_cpu(servers: list[Path], streams: int, windows: int = 3, relay_args: list[str] = (),
+                  progress=print) -> list[dict]:
+    """Each of ``servers`` (two versions of server.py) pinned to core 0 together, one load generator on
+    core 1 sending ``streams`` streams in rooms of 2, alternate rooms to each: the CPU each relay spends
+    a forwarded packet in each ``windows`` of 8 s. Both relays meet the same interference at the same
+    time (other work on a shared machine, a generator behind its schedule), so their ratio holds where
+    a ramp's capacity does not; it measures cost, not latency."""
+    relays = [start_relay(server, list(relay_args), 0) for server in servers]
+    processes, ports = [process for process, _ in relays], [port for _, port in relays]
+    context = multiprocessing.get_context("spawn")
+    here, there = context.Pipe()
+    generator = context.Process(target=generator_main, args=(ports, 2, "affine", 1, there), daemon=True)
+    rows = []
+    try:
+        generator.start()
+        here.send(("add", streams))
+        opened = here.recv()
+        time.sleep(2.0)
+        for _ in range(windows):
+            here.send(("reset", None))
+            here.recv()
+            cpu0, t0 = [cpu_seconds(p.pid) for p in processes], time.monotonic()
+            time.sleep(8.0)
+            used = [cpu_seconds(p.pid) - c for p, c in zip(processes, cpu0)]
+            here.send(("stats", None))
+            stats = here.recv()
+            packets = max(1, stats["received"]) / len(processes)  # the same rooms and load on each
+            rows.append({"streams": opened, "loadavg": os.getloadavg()[0],
+                         "cpu_us_per_packet": [round(u / packets * 1e6, 2) for u in used],
+                         "cpu_percent": [round(100 * u / (time.monotonic() - t0)) for u in used],
+                         "ratio": round(used[1] / used[0], 3), "load_late_p99_ms": round(stats["late_p99_ms"], 1)})
+            progress(f"same core: {rows[-1]}")
+    finally:
+        here.send(("stop", None))
+        generator.join(5)
+        if generator.is_alive():
+            generator.kill()
+        for process in processes:
+            process.terminate()
+            process.wait(5)
+    return rows
 
 
 def capacity(quick: bool = False, progress=print, room_size: int = 2, budget_ms: float = BUDGET_MS,
@@ -404,10 +453,18 @@ if __name__ == "__main__":
                         "benchmarks/results/relay_capacity.{json,md}")
     parser.add_argument("--transports", action="store_true", help="with --suite: the one-node relay before and on "
                         "each --transport instead; writes benchmarks/results/relay_transports.{json,md}")
-    parser.add_argument("--before", default="main", help="with --suite: the git revision of the relay to compare with")
+    parser.add_argument("--before", default="main", help="with --suite or --same-core: the git revision of the relay "
+                        "to compare with")
+    parser.add_argument("--same-core", type=int, metavar="STREAMS", help="the relay at --before and this one pinned to "
+                        "one core together, STREAMS streams split between them: CPU a packet of each, in one run; "
+                        "writes benchmarks/results/relay_same_core.{json,md}")
     args = parser.parse_args()
     levels = [int(n) for n in args.levels.split(",")] if args.levels else None
-    if args.suite:
+    if args.same_core:
+        from benchmarks.relay_capacity_report import run_same_core
+
+        run_same_core(args.before, args.same_core, args.relay_args.split(), " ".join(sys.argv[1:]))
+    elif args.suite:
         from benchmarks.relay_capacity_report import run_suite
 
         run_suite(args.before, levels, args.room_size, " ".join(sys.argv[1:]), args.transports)

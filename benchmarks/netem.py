@@ -256,10 +256,11 @@ class NetemProcess:
     is what the clients connect to instead."""
 
     def __init__(self, upstream_url: str, conditions: Conditions) -> None:
-        from benchmarks.latency_call import free_port, wait_for_port
+        from benchmarks.latency_call import wait_for_port
+        from call.ports import free_loopback_port
 
         conditions.check()
-        self.port = free_port()
+        self.port = free_loopback_port()
         self.url = f"ws://127.0.0.1:{self.port}"
         host, port = upstream_url.removeprefix("ws://").split(":")
         args = [f"--{k.replace('_', '-')}={v}" for k, v in asdict(conditions).items() if v is not None]

@@ -11,28 +11,30 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.latency_relay import ROOT, capacity
+from benchmarks.latency_relay import ROOT, capacity, same_core_cpu
 
 RESULTS = ROOT / "benchmarks" / "results"
 
 
 def run_suite(before: str, levels: list[int] | None, room_size: int, command: str, transports: bool = False) -> dict:
     """Ramp each configuration in turn, print as it goes, write the report: ``relay_capacity``, or with
-    ``transports`` the one-node relay on each websocket library (``--transport``), ``relay_transports``."""
-    old = Path(tempfile.mkdtemp()) / "server_before.py"
-    old.write_text(subprocess.run(["git", "show", f"{before}:server.py"], cwd=ROOT, capture_output=True, text=True,
-                                  check=True).stdout)
-    configurations = {f"before ({before}), one node": dict(server=old)}
+    ``transports`` the one-node relay on each websocket library (``--transport``), ``relay_transports``.
+    The relay before is that revision's whole tree (its ``call/`` package too: the relay's hot path
+    spans ``server.py``, ``call/wire.py`` and ``call/relay_picows.py``)."""
+    old = before_tree(before) / "server.py"
     if transports:
+        configurations = {f"before ({before}), --transport picows, one node":
+                          dict(server=old, relay_args=["--transport", "picows"])}
         configurations.update({f"after, --transport {name}, one node": dict(relay_args=["--transport", name])
                                for name in ("websockets", "picows")})
     else:
-        configurations.update({
+        configurations = {
+            f"before ({before}), one node": dict(server=old),
             "after, --loop asyncio, one node": dict(relay_args=["--loop", "asyncio"]),
             "after, one node": {},
             "after, two nodes, rooms split": dict(nodes=2, placement="split"),
             "after, two nodes, rooms affine": dict(nodes=2, placement="affine"),
-        })
+        }
     runs = {}
     for name, options in configurations.items():
         print(f"== {name}", flush=True)
@@ -45,6 +47,39 @@ def run_suite(before: str, levels: list[int] | None, room_size: int, command: st
     (RESULTS / f"{name}.md").write_text(markdown(report))
     print(markdown(report))
     return report
+
+
+def run_same_core(before: str, streams: int, relay_args: list[str], command: str) -> dict:
+    """The relay at ``before`` and this checkout's on one core at once (``same_core_cpu``), written to
+    ``benchmarks/results/relay_same_core.{json,md}``."""
+    rows = same_core_cpu([before_tree(before) / "server.py", ROOT / "server.py"], streams, relay_args=relay_args)
+    report = {"command": f"python benchmarks/latency_relay.py {command}", "date": time.strftime("%Y-%m-%d %H:%M UTC",
+              time.gmtime()), "before": before, "relay_args": relay_args, "windows": rows}
+    ratios = sorted(row["ratio"] for row in rows)
+    lines = [f"# Relay CPU a packet, before ({before}) and after on one core at once, {report['date']}", "",
+             f"`{report['command']}` — both relays pinned to core 0, one load generator on core 1 sending "
+             f"{rows[0]['streams']} six-kbps streams in rooms of 2, alternate rooms to each relay; 8 s windows. "
+             "Both meet the same interference at the same time, so the ratio holds on a shared machine; the "
+             "absolute µs do not (they fall as a late generator batches packets).", "",
+             "| window | load average | before µs a packet | after µs a packet | after / before | generator late p99 |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {k + 1} | {row['loadavg']:.1f} | {row['cpu_us_per_packet'][0]:.1f} | {row['cpu_us_per_packet'][1]:.1f} "
+              f"| {row['ratio']:.3f} | {row['load_late_p99_ms']:.0f} ms |" for k, row in enumerate(rows)]
+    lines += ["", f"Median after / before: {ratios[len(ratios) // 2]:.3f}.", ""]
+    (RESULTS / "relay_same_core.json").write_text(json.dumps(report, indent=1))
+    (RESULTS / "relay_same_core.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return report
+
+
+def before_tree(revision: str) -> Path:
+    """The project's files at ``revision``, in a directory of their own (its ``server.py`` imports
+    its own ``call/``: a script's directory comes first on ``sys.path``)."""
+    tree = Path(tempfile.mkdtemp(prefix="relay_before_"))
+    archive = subprocess.run(["git", "archive", revision, "server.py", "call"], cwd=ROOT, capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
 
 
 def markdown(report: dict) -> str:

@@ -8,7 +8,9 @@ one plain call. The relay itself (rooms, auth, limits, queues, drops, metrics, c
 ``server.Relay``, reached through ``call/relay_link.py``; this module only translates:
 
 * the upgrade request → ``Relay.check_request`` (a websockets ``Request``, so the checks, the refusals
-  and ``/metrics`` answer exactly as they do under websockets), its ``Response`` → picows';
+  and ``/metrics`` answer exactly as they do under websockets), its ``Response`` → picows'; with
+  ``--web`` a plain GET is the page's (``call/web_routes.py``: its files are in memory, so the answer
+  is ready within picows' synchronous handshake callback) and the page's subprotocol is chosen;
 * frames → ``Relay.receive``: a binary message whole in one frame is a packet; text and fragmented
   messages are no packet of a call (counted malformed, never reassembled, so never buffered); a
   frame over ``Limits.hard_max_message`` closes the connection with 1009 before it is buffered;
@@ -36,12 +38,16 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from .relay_link import GOING_AWAY, WRITE_LIMIT, LinkClosed, limit_send_buffer
+from .web_routes import WebRoutes, offered_subprotocols, select_subprotocol
 
 CLOSE_TIMEOUT = 10.0
 """Seconds a peer has to answer our close frame before its connection is cut (websockets' default)."""
 HANDSHAKE_TIMEOUT = 10.0
 NOT_A_PACKET = ""
 """What the relay is handed for a text or fragmented message: a ``str``, which it counts as malformed."""
+
+BINARY, TEXT, CLOSE = WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CLOSE
+"""Compared by identity in ``on_ws_frame`` (every packet): picows hands each frame's type as these members."""
 
 picows_log = logging.getLogger("relay.picows")
 """picows' own lines: warnings and errors only. Its INFO says every connection, its DEBUG holds raw
@@ -56,6 +62,7 @@ class RelayCore(Protocol):
     limits: object
 
     def check_request(self, connection: object, request: Request) -> Response | None: ...
+    def route(self, connection: object, request: Request) -> Response | None: ...
     def admit(self, link: PicowsLink, room: str) -> object | None: ...
     def receive(self, peer: object, message: bytes | str) -> float: ...
     def depart(self, peer: object) -> None: ...
@@ -71,17 +78,16 @@ class PicowsLink:
         self.writable = asyncio.Event()
         self.writable.set()
         self.raw.set_write_buffer_limits(high=WRITE_LIMIT)
+        self.backlog = self.raw.get_write_buffer_size  # Link.backlog, bound once: asked for every packet
         self._cut: asyncio.TimerHandle | None = None
 
     @property
     def is_open(self) -> bool:
         return not (self.ws.is_close_frame_sent or self.ws.is_disconnected)
 
-    def backlog(self) -> int:
-        return self.raw.get_write_buffer_size()
-
     def write(self, frame: bytes) -> None:
-        if self.is_open:
+        ws = self.ws  # is_open, inline: every forwarded packet passes here
+        if not (ws.is_close_frame_sent or ws.is_disconnected):
             self.raw.write(frame)
 
     async def send(self, message: bytes) -> None:
@@ -132,15 +138,15 @@ class PeerListener(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
-        if kind == WSMsgType.BINARY and frame.fin:
-            self._receive(frame.get_payload_as_bytes())
-        elif kind == WSMsgType.CLOSE:
+        if kind is BINARY and frame.fin:
+            message: bytes | str = frame.get_payload_as_bytes()
+        elif kind is CLOSE:
             self.link.peer_closed(frame)
-        elif kind == WSMsgType.TEXT or kind == WSMsgType.BINARY:  # text, or the first fragment of a message
-            self._receive(NOT_A_PACKET)
-        # the rest of a fragmented message (counted at its start) and pongs: nothing to do
-
-    def _receive(self, message: bytes | str) -> None:
+            return
+        elif kind is TEXT or kind is BINARY:  # text, or the first fragment of a message
+            message = NOT_A_PACKET
+        else:
+            return  # the rest of a fragmented message (counted at its start) and pongs: nothing to do
         if self.peer is None:
             return  # refused (1013): its close handshake is under way
         wait = self.relay.receive(self.peer, message)
@@ -190,15 +196,22 @@ def picows_response(response: Response) -> WSUpgradeResponse:
     return translated
 
 
-def upgrade(relay: RelayCore, request: WSUpgradeRequest, remote_address: tuple,
+def upgrade(relay: RelayCore, web: WebRoutes | None, request: WSUpgradeRequest, remote_address: tuple,
             listeners: set[PeerListener]) -> PeerListener | WSUpgradeResponseWithListener:
-    """The relay's answer to an upgrade request: a listener for the peer, or the refusal to send."""
+    """The relay's answer to a request: a listener for the peer, or the response to send (a refusal,
+    ``/metrics``, with ``web`` the page's files)."""
     path = request.path.decode("latin-1")
     checked = Request(path, Headers(request.headers.items()))
-    response = relay.check_request(Handshake(remote_address), checked)
+    check = web.before(relay.check_request, relay.route) if web is not None else relay.check_request
+    response = check(Handshake(remote_address), checked)
     if response is not None:
         return WSUpgradeResponseWithListener(picows_response(response), None)
-    return PeerListener(relay, path.partition("?")[0].lstrip("/"), remote_address, listeners)
+    listener = PeerListener(relay, path.partition("?")[0].lstrip("/"), remote_address, listeners)
+    chosen = select_subprotocol(None, offered_subprotocols(checked)) if web is not None else None
+    if chosen is None:
+        return listener
+    return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response({"Sec-WebSocket-Protocol": chosen}),
+                                         listener)
 
 
 class PicowsServer:
@@ -206,8 +219,8 @@ class PicowsServer:
     ``wait_closed``, and ``async with`` (which closes every peer with 1001 on the way out)."""
 
     def __init__(self, relay: RelayCore, host: str | None, port: int, tls: ssl.SSLContext | None,
-                 ping_interval: float, ping_timeout: float, reuse_port: bool) -> None:
-        self.relay, self.host, self.port, self.tls, self.reuse_port = relay, host, port, tls, reuse_port
+                 ping_interval: float, ping_timeout: float, reuse_port: bool, web: WebRoutes | None = None) -> None:
+        self.relay, self.host, self.port, self.tls, self.reuse_port, self.web = relay, host, port, tls, reuse_port, web
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.listeners: set[PeerListener] = set()
         self.server: asyncio.Server | None = None
@@ -217,7 +230,7 @@ class PicowsServer:
         throttle counts per address), which picows' own server does not pass on."""
         def listener_for(request: WSUpgradeRequest) -> PeerListener | WSUpgradeResponseWithListener:
             remote = protocol.transport.underlying_transport.get_extra_info("peername")
-            return upgrade(self.relay, request, remote, self.listeners)
+            return upgrade(self.relay, self.web, request, remote, self.listeners)
 
         protocol = WSProtocol(
             None, None, False, listener_for, picows_log, True, HANDSHAKE_TIMEOUT,
@@ -251,9 +264,3 @@ class PicowsServer:
                 while self.listeners:
                     await asyncio.sleep(0.05)
         await self.server.wait_closed()
-
-
-def serve_picows(relay: RelayCore, host: str | None, port: int, tls: ssl.SSLContext | None,
-                 ping_interval: float, ping_timeout: float, reuse_port: bool) -> PicowsServer:
-    """The relay served by picows (use as ``async with``)."""
-    return PicowsServer(relay, host, port, tls, ping_interval, ping_timeout, reuse_port)

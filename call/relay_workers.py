@@ -10,15 +10,14 @@ No torch here: the relay imports it.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from .ports import free_loopback_port, wait_until_listening
 from .relay_log import log_event
 
 NATS_BINARIES = ("nats-server", "/usr/sbin/nats-server")
@@ -27,12 +26,6 @@ NATS_BINARIES = ("nats-server", "/usr/sbin/nats-server")
 
 def nats_binary() -> str | None:
     return next((path for path in map(shutil.which, NATS_BINARIES) if path), None)
-
-
-def free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def without_workers(argv: list[str]) -> list[str]:
@@ -57,16 +50,10 @@ def embedded_nats(port: int | None = None) -> tuple[subprocess.Popen, str]:
     port = port or free_loopback_port()
     process = subprocess.Popen([binary, "-a", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process, f"nats://127.0.0.1:{port}"
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise SystemExit(f"the local nats-server ({binary}) did not start on port {port}") from None
-            time.sleep(0.05)
+    if wait_until_listening(port, process, timeout=10):
+        return process, f"nats://127.0.0.1:{port}"
+    process.kill()
+    raise SystemExit(f"the local nats-server ({binary}) did not start on port {port}")
 
 
 def run_workers(script: Path, argv: list[str], workers: int, cluster: list[str]) -> int:

@@ -3,7 +3,8 @@ onnxruntime-web runtime (``web/node_modules``, installed from the lockfile) and 
 (``call.web_bundle``). Torch-free: the relay imports it.
 
 A request that asks for a websocket upgrade goes on to the relay's own checks; any other GET is
-answered here, from an allow-list of single file names (no path is ever joined from the URL).
+answered here, from the files of an allow-list read once at start (no path is ever joined from the
+URL; an answer never waits for a disk, so either websocket library can give it in its handshake).
 
 Browsers cannot put an ``Authorization`` header on a websocket, so the page offers its token as a
 websocket subprotocol, ``bearer.<base64url(token)>``, beside ``encodec-stream``; this turns it
@@ -13,14 +14,13 @@ whose server picked none of the protocols it offered). A token never goes in the
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import mimetypes
 import re
 from http import HTTPStatus
 from pathlib import Path
-from typing import Awaitable, Callable, Sequence
+from typing import Callable
 from urllib.parse import urlsplit
 
 from websockets.datastructures import Headers
@@ -38,7 +38,6 @@ TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "applicat
          ".onnx": "application/octet-stream", ".json": "application/json"}
 
 Handler = Callable[[object, Request], "Response | None"]
-AsyncHandler = Callable[[object, Request], Awaitable["Response | None"]]
 
 
 class WebRoutes:
@@ -50,57 +49,50 @@ class WebRoutes:
                                     f"(python -m call.web_bundle --model default --out {graphs})")
         if not runtime_installed(runtime):
             raise FileNotFoundError(f"onnxruntime-web is not installed in {runtime.parents[1]}: run npm ci in {root}")
-        self.folders: dict[str, tuple[Path, Callable[[str], bool]]] = {
-            "": (root, lambda name: name.endswith(PAGE_SUFFIXES)),
-            "vendor": (runtime, RUNTIME_FILES.__contains__),
-            "models": (graphs, lambda name: name.endswith((".onnx", ".json"))),
+        folders: dict[str, tuple[Path, Callable[[str], bool]]] = {
+            "/": (root, lambda name: name.endswith(PAGE_SUFFIXES)),
+            "/vendor/": (runtime, RUNTIME_FILES.__contains__),
+            "/models/": (graphs, lambda name: name.endswith((".onnx", ".json"))),
         }
-        self.cache: dict[Path, bytes] = {}
+        self.files = {prefix + path.name: (content_type(path), path.read_bytes())
+                      for prefix, (directory, allowed) in folders.items() for path in sorted(directory.iterdir())
+                      if FILE_NAME.fullmatch(path.name) and allowed(path.name) and path.is_file()}
+        """URL path → (type, body): ``/NAME`` a file of the page, ``/vendor/NAME`` a runtime file,
+        ``/models/NAME`` a graph or the manifest. Read now, at start: the graphs and the runtime are
+        what a relay held anyway once the first page had loaded (a change in ``web/`` shows at a restart)."""
 
-    def file_for(self, url_path: str) -> Path | None:
-        """The file a URL path names, or ``None``: ``/`` is the page, ``/NAME`` a file of the page,
-        ``/vendor/NAME`` a runtime file, ``/models/NAME`` a graph or the manifest."""
-        folder, _, name = url_path.lstrip("/").rpartition("/")
-        name = name or "index.html"
-        if folder not in self.folders or not FILE_NAME.fullmatch(name):
-            return None
-        directory, allowed = self.folders[folder]
-        if not allowed(name):
-            return None
-        path = directory / name
-        return path if path.is_file() else None
-
-    async def answer(self, request: Request) -> Response:
-        path = self.file_for(urlsplit(request.path).path)
-        if path is None:
+    def answer(self, request: Request) -> Response:
+        """The file a GET names (``/`` is the page), or 404."""
+        path = urlsplit(request.path).path
+        found = self.files.get("/index.html" if path == "/" else path)
+        if found is None:
             return _response(HTTPStatus.NOT_FOUND, "text/plain", b"Not found\n")
-        body = self.cache.get(path)
-        if body is None:
-            # Off the event loop: a 20 MB graph read from a cold disk would stall the calls it forwards.
-            body = await asyncio.to_thread(path.read_bytes)
-            if path.suffix in (".onnx", ".wasm"):  # large and unchanging while the relay runs
-                self.cache[path] = body
-        kind = TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return _response(HTTPStatus.OK, kind, body)
+        return _response(HTTPStatus.OK, *found)
 
-    def before(self, relay_check: Handler, routes: Sequence[Handler] = ()) -> AsyncHandler:
-        """A ``process_request`` for websockets' ``serve``: HTTP here, upgrades to ``relay_check``.
-        The relay's own ``routes`` (``/metrics``) answer plain HTTP before the page's files do."""
-        async def process_request(connection: object, request: Request) -> Response | None:
+    def before(self, relay_check: Handler, relay_route: Handler | None = None) -> Handler:
+        """A ``process_request``: HTTP here, upgrades to ``relay_check`` (the page's token made a header
+        first). The relay's own routes (``relay_route``: ``/metrics``) answer plain HTTP before the page's files do."""
+        def process_request(connection: object, request: Request) -> Response | None:
             if request.headers.get("Upgrade", "").lower() != "websocket":
-                for route in routes:
-                    response = route(connection, request)
-                    if response is not None:
-                        return response
-                return await self.answer(request)
+                response = relay_route(connection, request) if relay_route is not None else None
+                return response if response is not None else self.answer(request)
             bearer_from_subprotocol(request)
             return relay_check(connection, request)
         return process_request
 
 
+def content_type(path: Path) -> str:
+    return TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
 def runtime_installed(runtime: Path = RUNTIME) -> bool:
     """Whether ``npm ci`` in ``web/`` has put onnxruntime-web's files where the page loads them from."""
     return all((runtime / name).is_file() for name in RUNTIME_FILES)
+
+
+def offered_subprotocols(request: Request) -> list[str]:
+    """The subprotocols a websocket handshake offers, in order."""
+    return [p.strip() for value in request.headers.get_all("Sec-WebSocket-Protocol") for p in value.split(",")]
 
 
 def select_subprotocol(connection: object, offered: list[str]) -> str | None:
@@ -114,8 +106,7 @@ def bearer_from_subprotocol(request: Request) -> None:
     (a header the client sent wins); a token that does not decode is left out, so it fails as a wrong one."""
     if "Authorization" in request.headers:
         return
-    offered = [p.strip() for value in request.headers.get_all("Sec-WebSocket-Protocol") for p in value.split(",")]
-    for protocol in offered:
+    for protocol in offered_subprotocols(request):
         if protocol.startswith(TOKEN_PREFIX):
             encoded = protocol[len(TOKEN_PREFIX):]
             try:

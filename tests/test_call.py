@@ -1,7 +1,6 @@
 """Whole calls on real loopback connections: sender client → relay → receiver client."""
 
 import asyncio
-import socket
 import types
 
 import numpy as np
@@ -15,6 +14,7 @@ from client import Client, Options
 from server import Relay
 from call import connection as call_connection, media as call_media, wire
 from call.model_header import stream_header_for
+from call.ports import free_loopback_port as free_port
 from call.receiver import Receiver
 from call.search_width import default_search_width
 from tests.models import small_model, speech_wav
@@ -31,12 +31,6 @@ def model():
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory):
     return speech_wav(tmp_path_factory.mktemp("audio"), LENGTH, RATE, seed=3)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def start_relay(port: int):

@@ -152,6 +152,46 @@ def test_random_bytes_never_raise_anything_but_protocol_error():
     assert {None, p.ProtocolError} <= outcomes  # both valid and refused messages were exercised
 
 
+@pytest.mark.parametrize("nbits", [8, 10, 13, 16])
+def test_check_shortcut_follows_accept_through_a_stream(nbits):
+    """`check`'s shortcut for one-frame audio leaves the verdicts, their messages and the stream's
+    state exactly as `accept` would: in order, late, stale and wrapped indices, every size, stray
+    padding bits, multi-frame packets, ENDs and new headers, in one long stream."""
+    header = p.StreamHeader(fingerprint=b"12345678", sample_rate=24000, channels=1, samples_per_frame=320,
+                            codebook_nbits=nbits, max_codebooks=12)
+    rng = np.random.default_rng(nbits)
+    relay, receiver = p.StreamValidator(), p.StreamValidator()
+    outcomes, newest = set(), 0
+    for i in range(6000):
+        roll = rng.random()
+        if roll < 0.01:
+            data = header.encode() if rng.random() < 0.5 else p.EndOfStream(newest + 1, 0).encode()
+        else:
+            newest += int(rng.integers(-200, 3)) if roll < 0.2 else int(rng.integers(0, 3))
+            newest = max(newest, 0) if rng.random() > 0.003 else newest + p.INDEX_MODULUS // 2
+            wire_index = newest % p.INDEX_MODULUS
+            data = bytearray([0x80 | wire_index >> 8, wire_index & 0xFF])
+            data += rng.integers(0, 256, int(rng.integers(0, 26)), dtype=np.uint8).tobytes()
+            if roll > 0.3:  # mostly valid: whole codes and zero padding
+                data = data[:2] + p.pack_codes(rng.integers(0, 1 << nbits, int(rng.integers(1, 13))), nbits)
+            if roll > 0.97:
+                data[0] |= p.MULTI_FLAG
+            data = bytes(data)
+
+        def verdict(check):
+            try:
+                check(data)
+            except p.ProtocolError as error:
+                return type(error), str(error)
+            return None
+
+        result = verdict(receiver.accept)
+        assert verdict(relay.check) == result, (i, data)
+        assert (relay.newest, relay.ended, relay.header) == (receiver.newest, receiver.ended, receiver.header)
+        outcomes.add(result[0] if result else None)
+    assert {None, p.ProtocolError, p.OutOfOrderError} <= outcomes
+
+
 def test_file_round_trip_and_truncation():
     messages = [HEADER.encode(), audio(0), audio(1), p.EndOfStream(2, 500).encode()]
     buffer = io.BytesIO()
