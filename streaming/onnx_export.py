@@ -102,17 +102,18 @@ class _Step(nn.Module):
     """Runs a codec `layers` list on one frame from explicit state; the state order is `stateful_layers`'.
 
     The matrix products of one step (LSTM gates, the convs of one output step, the transposed convs of one
-    input step: nearly all the weight bytes a frame reads) are 1×1 convs in a float32 graph: ONNX Runtime
-    runs those in its blocked NCHWc layout, which reads the weights from memory faster than its MatMul does
-    (measured, one thread, matrices far larger than the cache: 1024×2048 26.0 against 21.3 GB/s, 4096×512
-    26.7 against 19.8, 704×1408 24.5 against 20.0). With `quantizable` they stay MatMul, the op that the int8
-    variant's dynamic quantization reads (its ``ConvInteger`` measured slower)."""
+    input step: nearly all the weight bytes a frame reads) are MatMul, or with `products_as_convs` 1×1 convs:
+    ONNX Runtime's native CPU builds run those in their blocked NCHWc layout, which reads the weights from
+    memory faster than their MatMul does (measured, one thread, matrices far larger than the cache: 1024×2048
+    26.0 against 21.3 GB/s, 4096×512 26.7 against 19.8, 704×1408 24.5 against 20.0). MatMul is what the int8
+    variant's quantization reads (int8 ``ConvInteger`` measured slower) and what the browser's WASM build,
+    which has no NCHWc, runs faster (page codec 8.5–9.9 against 9.9–15.1 ms a frame, noisy runs)."""
 
-    def __init__(self, layers: nn.ModuleList, steps: int, quantizable: bool = False) -> None:
+    def __init__(self, layers: nn.ModuleList, steps: int, products_as_convs: bool = False) -> None:
         super().__init__()
         self.specs: list[StateSpec] = []
         self._tensors = 0
-        self.quantizable = quantizable
+        self.products_as_convs = products_as_convs
         # (kind, what it needs, input steps per frame) per layer; a resnet block holds two sub-plans
         self.plan: list[tuple[str, object, int]] = self._build(layers, steps)
 
@@ -124,14 +125,14 @@ class _Step(nn.Module):
 
     def _matrix(self, matrix: torch.Tensor) -> str:
         """A `(in, out)` matrix of `_product`, held as its op reads it."""
-        return self._tensor(matrix if self.quantizable else matrix.t()[..., None, None])
+        return self._tensor(matrix.t()[..., None, None] if self.products_as_convs else matrix)
 
     def _product(self, x: torch.Tensor, matrix: str, bias: str | None = None) -> torch.Tensor:
         """`x @ matrix (+ bias)` for `x` of `(batch, in)`."""
         weight, offset = getattr(self, matrix), None if bias is None else getattr(self, bias)
-        if self.quantizable:
-            return x @ weight if offset is None else x @ weight + offset
-        return F.conv2d(x[..., None, None], weight, offset).flatten(1)
+        if self.products_as_convs:
+            return F.conv2d(x[..., None, None], weight, offset).flatten(1)
+        return x @ weight if offset is None else x @ weight + offset
 
     def _state(self, prefix: str, shape: tuple[int, ...]) -> None:
         self.specs.append(StateSpec(f"{prefix}{len(self.specs)}", shape))
@@ -267,8 +268,10 @@ class _Step(nn.Module):
 class EncoderStep(_Step):
     """(audio `(batch, channels, hop)`, *state) → (embeddings `(batch, dim)`, [codes `(batch, n_q)`,] *new state)."""
 
-    def __init__(self, model: EncodecModel, num_codebooks: int | None = None, search_width: int = 1, quantizable: bool = False) -> None:
-        super().__init__(model.encoder.layers, model.config.hop_length, quantizable)
+    def __init__(
+        self, model: EncodecModel, num_codebooks: int | None = None, search_width: int = 1, products_as_convs: bool = False
+    ) -> None:
+        super().__init__(model.encoder.layers, model.config.hop_length, products_as_convs)
         self.num_codebooks, self.search_width = num_codebooks, search_width
         if num_codebooks:
             quantizer = FrameQuantizer(model)
@@ -317,8 +320,8 @@ class EncoderStep(_Step):
 class DecoderStep(_Step):
     """(codes `(batch, n_q)` int64, any n_q, *state) → (audio `(batch, channels, hop)`, *new state)."""
 
-    def __init__(self, model: EncodecModel, quantizable: bool = False) -> None:
-        super().__init__(model.decoder.layers, 1, quantizable)
+    def __init__(self, model: EncodecModel, products_as_convs: bool = False) -> None:
+        super().__init__(model.decoder.layers, 1, products_as_convs)
         embeds = FrameQuantizer(model).embeds
         self.register_buffer("table", torch.cat(embeds).contiguous(), persistent=False)
         self.size = model.config.codebook_size
@@ -423,20 +426,23 @@ def quantized_int8(graph: onnx.ModelProto, path: str | os.PathLike) -> None:
 
 def export_step(
     model: EncodecModel, path: str | os.PathLike, kind: str, num_codebooks: int | None = None, search_width: int = 1,
-    precision: str = "float32",
+    precision: str = "float32", nchwc: bool = True,
 ) -> Path:
-    """Writes one step graph to `path` (atomically: a half-written file is never seen) and returns it."""
+    """Writes one step graph to `path` (atomically: a half-written file is never seen) and returns it.
+    `nchwc`: for a runtime with ONNX Runtime's NCHWc kernels (its native CPU builds, not the browser's WASM):
+    a float32 graph's matrix products are then 1×1 convs (see `_Step`)."""
     check_exportable(model)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     config = model.config
+    products_as_convs = nchwc and precision == "float32"
     step: _Step
     if kind == "encoder":
-        step = EncoderStep(model, num_codebooks, search_width, quantizable=precision == "int8")
+        step = EncoderStep(model, num_codebooks, search_width, products_as_convs)
         example = torch.zeros(1, config.audio_channels, config.hop_length)
         inputs, outputs = ["audio"], ["embeddings"] + (["codes"] if num_codebooks else [])
     elif kind == "decoder":
-        step = DecoderStep(model, quantizable=precision == "int8")
+        step = DecoderStep(model, products_as_convs)
         example = torch.zeros(1, num_codebooks or 1, dtype=torch.int64)
         inputs, outputs = ["codes"], ["audio"]
     else:
