@@ -20,8 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import add_model_arguments, benchmark_audio, benchmark_model  # noqa: E402
-from benchmarks.streaming_speed import ENGINES  # noqa: E402
-from streaming import StreamingEncoder  # noqa: E402
+from benchmarks.streaming_speed import STREAMING_ENGINES  # noqa: E402
+from streaming import StartMode, StreamingEncoder  # noqa: E402
+from streaming.onnx_engine import engine_decoder  # noqa: E402
 
 
 def main() -> None:
@@ -33,9 +34,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = benchmark_model(args.model)
     codes = StreamingEncoder(model, args.bandwidth).push(benchmark_audio(model, args.seconds))
-    engines = {name: decoder for name, (_, decoder) in ENGINES.items()}
-    decoders = {name: [make(model) for _ in range(args.peers)] for name, make in engines.items()}
-    rounds: dict[str, list[float]] = {name: [] for name in engines}
+    decoders = {name: [engine_decoder(model, StartMode.IMMEDIATE, name) for _ in range(args.peers)] for name in STREAMING_ENGINES}
+    rounds: dict[str, list[float]] = {name: [] for name in STREAMING_ENGINES}
     for frame in range(codes.shape[-1]):
         for name, peers in decoders.items():
             began = time.perf_counter()

@@ -7,7 +7,8 @@ Exports the encoder (greedy, the bandwidth's codebooks) and decoder steps of thi
 checkout `--before` (its own code, the same model), then runs each graph and its twin alternately, 20 steps a
 round, fed the same random frame and state, and prints the CPU time of this thread per step (the fastest
 round and the 20th percentile: what other processes' time slices do not disturb; a shared cache or memory
-bus still does) and the ratio now / before. Then whole streams (`--seconds` of the benchmark's audio, encoder
+bus still does) and the ratio now / before; then the encoder and decoder steps in turn, as a stream runs
+them (a graph run many times in a row keeps more of its weights in the cache than a stream does). Then whole streams (`--seconds` of the benchmark's audio, encoder
 and decoder, 320-sample blocks) on this version's engine with either version's graphs, alternately, `--repeats`
 times each: × real time in CPU time, the fastest run. Both need the two versions' graphs to take the same state.
 """
@@ -58,11 +59,28 @@ def feeds(session, num_codebooks: int, codebook_size: int, rng: np.random.Genera
     return values
 
 
-def cpu_per_step(session, values: dict[str, np.ndarray]) -> float:
+def cpu_per_step(steps: list[tuple[object, dict[str, np.ndarray]]]) -> float:
+    """CPU time of one pass of `steps` (sessions and their feeds, run in turn), the fastest round's mean."""
     began = time.thread_time()
     for _ in range(STEPS_PER_ROUND):
-        session.run(None, values)
+        for session, values in steps:
+            session.run(None, values)
     return (time.thread_time() - began) / STEPS_PER_ROUND
+
+
+def interleaved(rounds: int, steps: list[list[tuple[object, dict[str, np.ndarray]]]]) -> list[list[float]]:
+    """CPU times per pass of the two versions' `steps`, alternately, `rounds` each."""
+    times: list[list[float]] = [[], []]
+    for round_ in range(rounds):
+        for which in (0, 1) if round_ % 2 else (1, 0):
+            times[which].append(cpu_per_step(steps[which]))
+    return times
+
+
+def report(label: str, times: list[list[float]]) -> None:
+    fastest, p20 = [min(t) for t in times], [np.percentile(t, 20) for t in times]
+    print(f"{label:24s} before {1e6 * fastest[0]:6.0f} µs, now {1e6 * fastest[1]:6.0f} µs: now / before "
+          f"{fastest[1] / fastest[0]:.2f} (20th percentile {p20[1] / p20[0]:.2f})")
 
 
 def stream_cpu_time(model, audio, bandwidth: float, cache: Path, precision: str) -> float:
@@ -94,6 +112,7 @@ def main() -> None:
           f"{args.rounds} rounds of {STEPS_PER_ROUND} steps, interleaved")
     with tempfile.TemporaryDirectory() as folder:
         caches = [Path(folder) / "before", Path(folder) / "now"]  # as the engine's cache folders
+        pairs: list[list[tuple[object, dict[str, np.ndarray]]]] = [[], []]
         for kind, count in (("encoder", num_codebooks), ("decoder", None)):
             name = graph_name(kind, count, precision=args.precision)
             paths = [graph_dir(model, cache) / name for cache in caches]
@@ -101,13 +120,11 @@ def main() -> None:
                 export(source, args.model, path, kind, count, args.precision)
             sessions = [ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"]) for path in paths]
             values = feeds(sessions[0], num_codebooks, model.config.codebook_size, rng)
-            times: list[list[float]] = [[], []]
-            for round_ in range(args.rounds):
-                for which in (0, 1) if round_ % 2 else (1, 0):
-                    times[which].append(cpu_per_step(sessions[which], values))
-            fastest, p20 = [min(t) for t in times], [np.percentile(t, 20) for t in times]
-            print(f"{name:24s} before {1e6 * fastest[0]:6.0f} µs, now {1e6 * fastest[1]:6.0f} µs: now / before "
-                  f"{fastest[1] / fastest[0]:.2f} (20th percentile {p20[1] / p20[0]:.2f})")
+            report(name, interleaved(args.rounds, [[(session, values)] for session in sessions]))
+            for pair, session in zip(pairs, sessions):
+                pair.append((session, values))
+        # As a stream runs them: each step's weights wait in the cache while the other graph runs
+        report("encoder + decoder", interleaved(args.rounds, pairs))
         audio = benchmark_audio(model, args.seconds)
         runs: list[list[float]] = [[], []]
         for repeat in range(args.repeats):

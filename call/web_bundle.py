@@ -5,8 +5,10 @@ in their ``HEADER`` (fingerprint, rate, frame size, code bits) and the state eac
     python -m call.web_bundle --model default --out web/models [--bandwidth 6 …]
 
 Run once, before the relay serves the page (``server.py --web DIR``): the relay never imports torch,
-so it only reads what this wrote. The graphs are the files ``streaming.onnx_engine`` builds and runs,
-so the page and a Python ONNX peer agree code for code.
+so it only reads what this wrote. The graphs compute what ``streaming.onnx_engine``'s do, with the
+matrix products as MatMul (``export_step(nchwc=False)``: WASM has no NCHWc kernels, and the native
+engine's 1×1 convs run slower there), so the page and a Python ONNX peer agree code for code, float
+near-ties aside.
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ def write_bundle(model: EncodecModel, out: Path, bandwidths: list[float] | None 
         model.config.check_bandwidth(bandwidth)
     out.mkdir(parents=True, exist_ok=True)
     counts = sorted({model.config.num_quantizers_for_bandwidth(b) for b in bandwidths})
-    written = [export_step(model, out / graph_name("decoder"), "decoder")]
-    written += [export_step(model, out / graph_name("encoder", n), "encoder", n) for n in counts]
+    written = [export_step(model, out / graph_name("decoder"), "decoder", nchwc=False)]
+    written += [export_step(model, out / graph_name("encoder", n), "encoder", n, nchwc=False) for n in counts]
     path = out / MANIFEST
     path.write_text(json.dumps(manifest(model, bandwidths), indent=1) + "\n")
     return written + [path]
