@@ -13,8 +13,10 @@ the linear path by how much the chunk looks like the near end:
 * Speex took little out of it (4 dB: the near end dominates; 10 dB or more: echo it cancels),
 * the far end has talked long enough for Speex's filter to converge (1.5-2.5 s of far-end talk
   after the first half second, which finds the echo path's bulk delay; before that it cancels
-  2-6 dB and the echo alone would pass as near end), counted again from zero, the delay found
-  again, when Speex's filter shows it no longer matches the echo path.
+  2-6 dB and the echo alone would pass as near end), counted again from zero when Speex's filter
+  shows it no longer matches the echo path (the delay is kept: finding it again restarted Speex
+  each time, and with the far end in headphones, where there is no echo to find, near-end STOI
+  fell 0.689 → 0.656; kept, 0.685).
 
 Measured in the room (100 ms delay, 200 ms decay): STOI loss 0.147 → 0.047 with ERLE unchanged
 (35.6 dB); the weights are ramped over each chunk so that a change makes no click. A chunk both
@@ -137,7 +139,7 @@ class DoubleTalk:
             suppressed_took = input_db - level_db(mean_power(suppressed))
             linear_took = input_db - level_db(mean_power(linear))
             if suppressed_took >= ECHO_ONLY_TOOK_DB and linear_took < DIVERGED_DB:
-                self._delay_found, self._far_talked = False, 0.0
+                self._far_talked = 0.0
             weight = (_ramp(suppressed_took, SUPPRESSED_NEAR_DB, SUPPRESSED_ECHO_DB)
                       * _ramp(linear_took, LINEAR_NEAR_DB, LINEAR_ECHO_DB)
                       * (1.0 - _ramp(self._far_talked, *CONVERGING_SECONDS)))
