@@ -190,6 +190,8 @@ class _BulkDelay:
         played, captured = self._played.mean(axis=1), self._captured.mean(axis=1)
         size = len(played) + len(captured)
         cross = np.fft.rfft(played, size) * np.conj(np.fft.rfft(captured, size))
+        if not cross.any():
+            return  # nothing played or captured: no delay to find, the last one stays
         weights = np.abs(cross) + 1e-3 * np.abs(cross).max()  # bands where neither has sound stay out
         correlation = np.fft.irfft(cross / weights, size)[: self._most + 1]
         lag = self._most - int(np.argmax(correlation))  # the captured window starts ``most`` into the played one
