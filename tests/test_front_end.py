@@ -4,8 +4,8 @@ nothing depends on the machine's speed. Real speech from ../shared/audio/speech 
 
 Issue 20's targets and where the front end (WebRTC's AEC3 through pywebrtc-audio 0.2, Speex DSP's
 linear canceller beside it for double talk) stands on them, measured here: ERLE >= 30 dB after 1 s
-holds with every stage on, from a cold start (36 dB) and after a near-end turn (35 dB), in the rooms
-at both ends of the issue's range (30-37 dB cold); double talk costs the near end 0.05 STOI against
+holds with every stage on, from a cold start (36 dB) and after a near-end turn (37 dB), in the rooms
+at both ends of the issue's range (32-39 dB cold); double talk costs the near end 0.05 STOI against
 no echo (0.15 with AEC3 alone); the noise suppressor keeps STOI at 6 kbps level with the noisy
 input (+0.006 over 6 s with every stage, -0.001 alone over 4 s: WebRTC's suppressor does not raise
 it, the issue asks it to). The tests assert what holds; the quality numbers are deterministic (the
@@ -49,16 +49,17 @@ def test_any_block_sizes_give_every_whole_chunk_back():
     assert front_end.status().startswith("mic ") and "dBFS" in front_end.status()
 
 
-@pytest.mark.parametrize("delay, decay, least", [(0.06, 0.1, 30.0), (0.15, 0.3, 29.0)], ids=["near-short", "far-long"])
-def test_echo_canceller_reaches_30_db_within_a_second(delay, decay, least):
+@pytest.mark.parametrize("delay, decay", [(0.06, 0.1), (0.15, 0.3)], ids=["near-short", "far-long"])
+def test_echo_canceller_reaches_30_db_within_a_second(delay, decay):
     """Far end only, the rooms at the ends of the issue's range, every stage on from a cold start:
-    30 dB or more out of everything after the first second (measured 38.0 and 29.5 dB; the far,
-    long room's margin is too thin to assert 30 on another CPU's SIMD paths)."""
+    30 dB or more out of everything after the first second (measured 38.5 and 31.9 dB; the far,
+    long room had 29.5 before Speex's reference was delayed by the bulk delay and the chunks both
+    cancellers judge echo alone were taken 10 dB further down)."""
     room = Room(delay=delay, decay=decay, snr=float("inf"))
     call, _ = far_end_only(room, Stages(), seconds=3.0)
     erle = erle_after(call.heard, call.sent, 1.0)
     print(f"\ndelay {delay * 1000:.0f} ms, decay {decay * 1000:.0f} ms: ERLE after 1 s {erle:.1f} dB; {call.status}")
-    assert erle >= least
+    assert erle >= 30.0
     # The status line says the echo is being cancelled, by about what the test measures.
     shown = float(call.status.split("echo cancelled ")[1].split(" dB")[0])
     assert call.status.startswith("mic -") and shown >= 25.0
@@ -81,8 +82,8 @@ def test_default_front_end_cancels_echo_and_says_so(default_front_end):
     print(f"\nERLE after 1 s {r.erle_after_1s:.1f} dB (coded {r.erle_after_1s_coded:.1f}, after a near-end turn "
           f"{r.erle_after_1s_after_near_turn:.1f}); "
           f"curve {[round(e) for _, e in r.erle_curve]}")
-    assert r.erle_after_1s >= 30.0  # measured 35.7 dB: the gain holds at 0 dB until the near end talks
-    assert r.erle_after_1s_after_near_turn >= 30.0  # measured 35.4 dB: it holds on echo-only chunks
+    assert r.erle_after_1s >= 30.0  # measured 36.2 dB: the gain holds at 0 dB until the near end talks
+    assert r.erle_after_1s_after_near_turn >= 30.0  # measured 37.3 dB: it holds on echo-only chunks
     assert r.erle_curve[0][1] < 15.0 < min(e for t, e in r.erle_curve if t >= 1.0)  # it learns, then holds
 
 
@@ -90,8 +91,8 @@ def test_double_talk_keeps_the_near_end_intelligible(default_front_end):
     r = default_front_end
     print(f"\nnear-end STOI in double talk {r.double_talk_stoi:.3f}, no echo {r.double_talk_stoi_no_echo:.3f}, "
           f"no front end {r.double_talk_stoi_no_front_end:.3f}, headphones {r.double_talk_stoi_headphones:.3f}")
-    # Issue 20's target. Measured 0.851 against 0.895 (loss 0.044); AEC3 alone lost 0.15 and kept
-    # less than no front end at all; with headphones 0.881 (AEC3 alone 0.60).
+    # Issue 20's target. Measured 0.856 against 0.895 (loss 0.039); AEC3 alone lost 0.15 and kept
+    # less than no front end at all; with headphones 0.882 (AEC3 alone 0.60).
     assert r.double_talk_stoi >= r.double_talk_stoi_no_echo - 0.05
     assert r.double_talk_stoi > r.double_talk_stoi_no_front_end + 0.03
     assert r.double_talk_stoi_headphones > r.double_talk_stoi_no_front_end  # AEC3 alone: 0.60
