@@ -133,9 +133,10 @@ class DoubleTalk:
         if far_talking:
             self._far_talked += seconds
             if not self._delay_found and self._far_talked >= DELAY_FINDING_SECONDS:
-                self._bulk.find()
-                self._cancellers = self._new_cancellers(len(self._cancellers))
-                self._delay_found, self._far_talked = True, 0.0
+                self._delay_found = self._bulk.find()
+                if self._delay_found:
+                    self._cancellers = self._new_cancellers(len(self._cancellers))
+                self._far_talked = 0.0  # (not found: looked for again after the next half second)
             suppressed_took = input_db - level_db(mean_power(suppressed))
             linear_took = input_db - level_db(mean_power(linear))
             if suppressed_took >= ECHO_ONLY_TOOK_DB and linear_took < DIVERGED_DB:
@@ -184,15 +185,17 @@ class _BulkDelay:
         end = len(self._played) - self.samples
         return self._played[end - len(played) : end]
 
-    def find(self) -> None:
-        """The phase transform weighs every frequency alike, so the peak is the first echo's
+    def find(self) -> bool:
+        """Whether a delay was found (not where nothing was played or captured, e.g. a muted
+        microphone: then it is looked for again later). The phase transform weighs every frequency alike, so the peak is the first echo's
         arrival rather than the speech's low-frequency bulk smeared over the tail."""
         played, captured = self._played.mean(axis=1), self._captured.mean(axis=1)
         size = len(played) + len(captured)
         cross = np.fft.rfft(played, size) * np.conj(np.fft.rfft(captured, size))
         if not cross.any():
-            return  # nothing played or captured: no delay to find, the last one stays
+            return False
         weights = np.abs(cross) + 1e-3 * np.abs(cross).max()  # bands where neither has sound stay out
         correlation = np.fft.irfft(cross / weights, size)[: self._most + 1]
         lag = self._most - int(np.argmax(correlation))  # the captured window starts ``most`` into the played one
         self.samples = max(0, lag - self._margin)
+        return True
