@@ -122,16 +122,16 @@ class DoubleTalk:
         self._gain = 1.0
         self._floor = _NoiseFloor(seconds_per_chunk=chunk / rate)
 
-    def __call__(self, chunk: np.ndarray, far: np.ndarray, suppressed: np.ndarray, input_db: float, far_talking: bool,
-                 seconds: float) -> np.ndarray:
+    def __call__(self, chunk: np.ndarray, far: np.ndarray, suppressed: np.ndarray, input_db: float,
+                 far_talking: bool) -> np.ndarray:
         """``suppressed`` (AEC3's output for ``chunk``) blended toward the linear path's where the
-        near end talks; ``input_db`` is ``chunk``'s level, ``seconds`` its length."""
+        near end talks; ``input_db`` is ``chunk``'s level."""
         reference = self._bulk.delayed(chunk, far)
         linear = np.stack([canceller.cancel(chunk[:, c], reference[:, c]) for c, canceller in enumerate(self._cancellers)], axis=1)
         linear = self._cleaner.process(linear.ravel()).reshape(chunk.shape)
         weight, echo_alone = 0.0, False
         if far_talking:
-            self._far_talked += seconds
+            self._far_talked += self._chunk / self._rate
             if not self._delay_found and self._far_talked >= DELAY_FINDING_SECONDS:
                 self._delay_found = self._bulk.find()
                 if self._delay_found:

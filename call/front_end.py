@@ -187,7 +187,7 @@ class FrontEnd:
             power_in = mean_power(chunk)
             out = self._cleaner.process(chunk.ravel(), far.ravel() if self.stages.echo else None).reshape(chunk.shape)
             if self._double_talk is not None:
-                out = self._double_talk(chunk, far, out, level_db(power_in), self.far_end_talking, CHUNK_SECONDS)
+                out = self._double_talk(chunk, far, out, level_db(power_in), self.far_end_talking)
             out, power_out = self._gained(out, power_in)
             cleaned.append(out)
             self._measure(power_in, power_out)
