@@ -31,6 +31,9 @@ async function init(folder, bandwidth) {
   offeredKbps = bandwidths.map(Number);
   if (!bandwidths.includes(bandwidth)) bandwidth = bandwidths[0];
   [decoderSession] = await Promise.all([loadSession(`${models}/${manifest.decoder}`), encoderSession(bandwidth)]);
+  // A session's first run sets up its kernels (hundreds of ms in WASM): done now, not on the first remote
+  // peer's first frame, where the stall would back its stream up and cost skipped frames.
+  await new Decoder(manifest, decoderSession).decode(new Array(manifest.max_codebooks).fill(0));
   return { bandwidths, bandwidth, fingerprint: manifest.fingerprint };
 }
 
