@@ -3,12 +3,13 @@ input quantized to uint8 every frame with that frame's range (``DynamicQuantizeL
 input scale times a ratio measured once, at export, by running the float32 graph on music.
 
 ONNX Runtime's int8 conv kernels do these convs' arithmetic faster than its float32 ones (full-size shapes, one
-thread, with the quantization nodes around them: 0.47–0.69× the float32 ``Conv`` for kernels of 3 to 10 at 8–160
+thread, with the quantization nodes around them: 0.46–0.79× the float32 ``Conv`` for kernels of 3 to 10 at 8–160
 steps). A scale fixed at export for the input too (``QuantizeLinear``, no per-frame range) was faster still but
 cost real speech 0.007–0.03 STOI (bundled model, 6 kbps): a fixed step is coarse for quiet passages, which a
 frame's own range follows. Left float32: the convs that read or write audio (the encoder's first, the decoder's
-last: 8-bit audio would be heard), the 1×1 convs and those over more than `DYNAMIC_MAX_STEPS` steps (the
-quantization nodes cost about what the int8 arithmetic saves there).
+last: 8-bit audio would be heard), those over more than `DYNAMIC_MAX_STEPS` steps (1.15–1.23× the float32 time
+as int8) and the 1×1 convs (with them and the 320-step ones as int8 too, PESQ-WB lost 0.03 at 6 kbps for no
+measurable speed in the step graphs).
 
 The calibration signal is 5 s of music (``calibration_music.flac``: seconds 10–15 of ``test_24k.wav`` from the
 ``encodec`` 0.1.1 source distribution on PyPI, MIT licence), never speech, so that the speech that judges the
