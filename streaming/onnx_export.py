@@ -40,6 +40,7 @@ from codec.seanet import EncodecLSTM, EncodecResnetBlock
 
 from .coder import check_streamable
 from .frame_quantizer import FrameQuantizer
+from .onnx_conv_int8 import calibration_streams, conv_calibrations, int8_conv, quantizes
 from .layers import (
     StreamingConv1d, StreamingConvTranspose1d, StreamingLSTM, StreamingStack, _packed_lstm, derived, folded_weight,
 )
@@ -334,7 +335,7 @@ class DecoderStep(_Step):
         return (audio, *new)
 
 
-GRAPH_FORMAT = 4
+GRAPH_FORMAT = 5
 """Version of what the graphs compute and how (part of their cache folder's name): bump it with any change
 to the export, so that graphs cached by an older version are not used."""
 PRECISIONS = ("float32", "int8")
@@ -351,66 +352,83 @@ def graph_name(kind: str, num_codebooks: int | None = None, search_width: int = 
     return name + ("" if precision == "float32" else f"_{precision}") + ".onnx"
 
 
-INT8_BLOCK = 128
-"""Inputs per scale of the large int8 matrices (``MatMulNBits``' block size)."""
+BLOCK_INPUTS = 128
+"""Inputs per scale of the large matrices (``MatMulNBits``' block size)."""
 BLOCKWISE_MIN_WEIGHTS = 1 << 20
-"""Matrices of at least this many weights (4 MB in float32: the full-size model's LSTMs and stride-8 convs,
-8 of them a frame) are int8 as ``MatMulNBits``, whose kernel streams them from memory faster than
-``quantize_dynamic``'s per-tensor ``DynamicQuantizeMatMul`` (full-size encoder + decoder step 0.90× the time,
-same run); the smaller ones stay ``DynamicQuantizeMatMul``, faster where they come from the cache (the bundled
-model's 1 M-weight matrices as ``MatMulNBits``: its step pair 1.03×)."""
+"""Matrices of at least this many weights (4 MB in float32: the full-size model's LSTMs, its stride-8 conv and
+first transposed conv, 6 of them a frame) are ``MatMulNBits`` blocks of `BLOCK_BITS`, whose kernel streams them
+from memory faster than ``quantize_dynamic``'s per-tensor ``DynamicQuantizeMatMul`` (8-bit blocks: full-size
+encoder + decoder step 0.90× the time, same run); the smaller ones stay ``DynamicQuantizeMatMul``, faster where
+they come from the cache (the bundled model's 1 M-weight matrices as 8-bit ``MatMulNBits``: its step pair 1.03×)."""
 
 
-def _int8_blocks(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`(in, out)` float32 weights as ``MatMulNBits`` reads 8-bit ones: per output, blocks of `INT8_BLOCK`
-    inputs with one scale each, symmetric (the op's default zero point, 128)."""
+BLOCK_BITS = 4
+"""Bits of the large matrices' weights. A 1024 × 2048 matrix read from memory (one thread, 16 distinct copies
+in turn): 4-bit blocks of 128 in 52 µs, 8-bit in 78 µs (4-bit blocks of 32: 86 µs, its scales cost more than the
+halved weights save); from the cache both take 36 µs. Real speech, bundled model with its matrices of ≥ 0.5 M
+weights (the same layers: LSTMs, stride-8 conv, first transposed conv) in 4-bit blocks: STOI 0.8814 (encoder)
+and 0.8830 (decoder) against 0.8840 float32, 0.8837 and 0.8840 with 8-bit blocks (13 files, 6 kbps)."""
+
+
+def _blocks(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(in, out)` float32 weights as ``MatMulNBits`` reads `bits`-bit ones: per output, blocks of `BLOCK_INPUTS`
+    inputs with one scale each, symmetric about the op's default zero point (2^(bits − 1)); 4-bit values two to
+    a byte, the first in the low half."""
     rows, columns = weight.shape
-    blocks = -(-rows // INT8_BLOCK)
-    padded = np.zeros((columns, blocks * INT8_BLOCK), np.float32)
+    blocks = -(-rows // BLOCK_INPUTS)
+    padded = np.zeros((columns, blocks * BLOCK_INPUTS), np.float32)
     padded[:, :rows] = weight.T
-    padded = padded.reshape(columns, blocks, INT8_BLOCK)
-    scales = np.abs(padded).max(axis=-1) / 127
+    padded = padded.reshape(columns, blocks, BLOCK_INPUTS)
+    largest = 2 ** (bits - 1) - 1
+    scales = np.abs(padded).max(axis=-1) / largest
     scales[scales == 0] = 1
-    values = np.clip(np.round(padded / scales[..., None]), -127, 127) + 128
-    return values.astype(np.uint8), scales.astype(np.float32).reshape(-1)
+    values = (np.clip(np.round(padded / scales[..., None]), -largest, largest) + largest + 1).astype(np.uint8)
+    if bits == 4:
+        values = values[..., 0::2] | (values[..., 1::2] << 4)
+    return values, scales.astype(np.float32).reshape(-1)
 
 
-def _blockwise_int8(node: onnx.NodeProto, weight: np.ndarray, graph: onnx.ModelProto) -> onnx.NodeProto:
-    """`node`, a MatMul by the constant `weight`, as ``MatMulNBits`` with 8-bit blocks (its activations
-    quantized to int8 per block at run time: ``accuracy_level`` 4), the weights stored in `graph`."""
+def _blockwise(node: onnx.NodeProto, weight: np.ndarray, graph: onnx.ModelProto) -> onnx.NodeProto:
+    """`node`, a MatMul by the constant `weight`, as ``MatMulNBits`` with `BLOCK_BITS`-bit blocks (its
+    activations quantized to int8 per block at run time: ``accuracy_level`` 4), the weights stored in `graph`."""
     from onnx import helper, numpy_helper
 
-    values, scales = _int8_blocks(weight)
+    values, scales = _blocks(weight, BLOCK_BITS)
     name = node.input[1]
-    graph.graph.initializer.extend([numpy_helper.from_array(values, f"{name}_int8"), numpy_helper.from_array(scales, f"{name}_scales")])
+    graph.graph.initializer.extend([numpy_helper.from_array(values, f"{name}_blocks"), numpy_helper.from_array(scales, f"{name}_scales")])
     return helper.make_node(
-        "MatMulNBits", [node.input[0], f"{name}_int8", f"{name}_scales"], list(node.output), name=node.name,
-        domain="com.microsoft", K=weight.shape[0], N=weight.shape[1], bits=8, block_size=INT8_BLOCK, accuracy_level=4,
+        "MatMulNBits", [node.input[0], f"{name}_blocks", f"{name}_scales"], list(node.output), name=node.name,
+        domain="com.microsoft", K=weight.shape[0], N=weight.shape[1], bits=BLOCK_BITS, block_size=BLOCK_INPUTS, accuracy_level=4,
     )
 
 
-def quantized_int8(graph: onnx.ModelProto, path: str | os.PathLike) -> None:
+def quantized_int8(graph: onnx.ModelProto, path: str | os.PathLike, calibration: list[list[np.ndarray]], audio_channels: int) -> None:
     """Writes `graph` with the weights of its matrix products (convs of one output step, transposed convs of
-    one input step, LSTMs, the codebook search) as int8: a frame reads a quarter of the bytes. The large ones
-    with a scale per block of inputs (``MatMulNBits``, see `BLOCKWISE_MIN_WEIGHTS`), the others dynamically
-    quantized per tensor (ONNX Runtime's ``quantize_dynamic``). The convs and transposed convs over many steps
-    stay float32 (int8
-    ``ConvInteger`` measured slower than float ``Conv``: full-size encoder step 0.90× float32 against 0.33×
-    with the products alone). The search in int8 measured 15 % faster than in float32 (full-size encoder
+    one input step, LSTMs, the codebook search) as int8: a frame reads a quarter of the bytes or less. The large
+    ones 4-bit with a scale per block of inputs (``MatMulNBits``, see `BLOCKWISE_MIN_WEIGHTS`), the others
+    dynamically quantized per tensor (ONNX Runtime's ``quantize_dynamic``). Most convs over many steps run as
+    int8 ``QLinearConv``, their output scales measured on the `calibration` streams (the step graph's first
+    input, frame by frame: ``streaming.onnx_conv_int8``). The search in int8 measured 15 % faster than in float32 (full-size encoder
     step 0.96 against 1.13 ms) at no cost on real speech (bundled model, STOI 0.8839 against 0.8838 at 6
     kbps, 0.9034 against 0.9027 at 12 kbps)."""
     from onnx import helper, numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    calibrations = iter(conv_calibrations(graph, calibration))
     # The exporter writes constant tensors as Constant nodes; the quantizer reads weights from initializers.
-    constants = {node.output[0]: numpy_helper.to_array(node.attribute[0].t) for node in graph.graph.node
-                 if node.op_type == "Constant" and node.attribute[0].name == "value" and len(node.attribute[0].t.dims) >= 2}
+    values = {node.output[0]: numpy_helper.to_array(node.attribute[0].t) for node in graph.graph.node
+              if node.op_type == "Constant" and node.attribute[0].name == "value"}
+    constants = {name: value for name, value in values.items() if value.ndim >= 2}
     nodes = list(graph.graph.node)
     del graph.graph.node[:]
     for node in nodes:
-        weight = constants.get(node.input[1]) if node.op_type == "MatMul" else None
-        if weight is not None and weight.ndim == 2 and weight.size >= BLOCKWISE_MIN_WEIGHTS:
-            graph.graph.node.append(_blockwise_int8(node, weight, graph))
+        weight = constants.get(node.input[1]) if node.op_type in ("MatMul", "Conv") else None
+        found = next(calibrations) if node.op_type == "Conv" else None
+        if found and weight is not None and quantizes(weight, found, audio_channels):
+            bias = values[node.input[2]] if len(node.input) > 2 else None
+            graph.graph.node.extend(int8_conv(node, weight, bias, found, graph))
+        elif node.op_type == "MatMul" and weight is not None and weight.ndim == 2 and weight.size >= BLOCKWISE_MIN_WEIGHTS:
+            graph.graph.node.append(_blockwise(node, weight, graph))
         elif node.output[0] not in constants:
             graph.graph.node.append(node)
     used = {name for node in graph.graph.node for name in node.input}
@@ -468,7 +486,7 @@ def export_step(
         if precision == "int8":
             import onnx
 
-            quantized_int8(onnx.load(temporary), temporary)
+            quantized_int8(onnx.load(temporary), temporary, calibration_streams(model, kind), config.audio_channels)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
