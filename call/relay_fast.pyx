@@ -44,14 +44,34 @@ cdef inline double monotonic() noexcept:
     return <double>now.tv_sec + <double>now.tv_nsec * 1e-9
 
 
+cdef class Receiver:
+    """What the compiled path needs of one receiver, fetched once per change of its room (``Peer.others``)."""
+
+    cdef object peer, queue, backlog
+    cdef WSTransport ws
+
+    def __cinit__(self, peer):
+        self.peer, self.queue = peer, peer.queue
+        self.ws = <WSTransport?>peer.link.ws
+        self.backlog = peer.link.backlog
+
+
 cdef class FastFrames(WSListener):
     """The compiled ``on_ws_frame`` of ``relay_picows.PeerListener`` (the class that mixes this in
-    sets ``python_path`` to its own Python ``on_ws_frame``, which takes whatever this one does not)."""
+    sets ``python_path`` to its own Python ``on_ws_frame``, which takes whatever this one does not).
+
+    What never changes in a peer's life (its stream's and token bucket's objects, its id, the relay's
+    counters and limits) is fetched at its first packet, the receivers at each change of its room:
+    a Python attribute read from C costs as much as the bytecode it replaces."""
 
     cdef public object relay
     """``server.Relay`` (its ``limits``, ``counters``, ``cluster``)."""
     cdef public object peer
     """``server.Peer`` of this connection, ``None`` until admitted (and when refused)."""
+    cdef object stream, bucket, counters, source, others
+    cdef tuple receivers
+    cdef double rate, capacity
+    cdef Py_ssize_t max_message
     cdef unsigned char out[HEADROOM + LARGEST]
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
@@ -60,14 +80,21 @@ cdef class FastFrames(WSListener):
             return
         self.python_path(transport, frame)
 
+    cdef bind(self):
+        peer, relay = self.peer, self.relay
+        self.stream, self.bucket, self.counters, self.source = peer.stream, peer.rate, relay.counters, peer.id
+        self.rate, self.capacity, self.max_message = self.bucket.rate, self.bucket.capacity, relay.limits.max_message
+
     cdef bint forward(self, uint8_t* data, Py_ssize_t size) except -1:
         """Check, count and forward a one-frame audio packet as ``Relay.receive`` would; ``False``
         (nothing done) for anything ``Relay.receive`` must decide itself."""
-        peer, relay = self.peer, self.relay
-        if size < 3 or peer.closing or size > relay.limits.max_message:
+        if self.stream is None:
+            self.bind()
+        peer = self.peer
+        if size < 3 or size > self.max_message or peer.closing:
             return False
         # StreamValidator.check's shortcut, on the frame in picows' buffer.
-        stream = peer.stream
+        stream = self.stream
         padding = (<dict>stream.single_frame_padding).get(size)
         if padding is None or data[0] & KIND_MASK != AUDIO_FLAG or data[size - 1] & <long>padding or stream.ended:
             return False
@@ -84,38 +111,40 @@ cdef class FastFrames(WSListener):
             else:
                 return False  # stale: Python counts it
         # TokenBucket.take, only when it lets the packet through at once.
-        bucket = peer.rate
+        bucket = self.bucket
         cdef double now = monotonic()
-        cdef double tokens = bucket.tokens + (now - <double>bucket.stamp) * <double>bucket.rate
-        if tokens > <double>bucket.capacity:
-            tokens = bucket.capacity
+        cdef double tokens = bucket.tokens + (now - <double>bucket.stamp) * self.rate
+        if tokens > self.capacity:
+            tokens = self.capacity
         if tokens < 1.0:
             return False  # over its rate: Python counts it and pauses the reading
         bucket.tokens, bucket.stamp = tokens - 1.0, now
         if placed != newest:
             stream.newest = placed
-        counters = relay.counters
+        counters = self.counters
         counters["forwarded"] += 1
         counters["bytes_in"] += size
         memcpy(&self.out[HEADROOM], data, size)
-        source = peer.id
+        source = self.source
         message = None
         others = peer.others
-        for other in <tuple>others:
-            if not other.closing and not other.queue and other.last_source == source:
-                link = other.link
-                if link.backlog() == 0:  # Peer.enqueue's direct write, the frame built by picows
-                    (<WSTransport?>link.ws).send_reuse_external_buffer(WSMsgType.BINARY, <char*>&self.out[HEADROOM],
-                                                                       size)
-                    continue
+        if others is not self.others:
+            self.others, self.receivers = others, tuple([Receiver(other) for other in <tuple>others])
+        cdef Receiver receiver
+        for receiver in self.receivers:
+            other = receiver.peer
+            if not other.closing and not receiver.queue and other.last_source == source and receiver.backlog() == 0:
+                # Peer.enqueue's direct write, the frame's header put before the payload by picows
+                receiver.ws.send_reuse_external_buffer(WSMsgType.BINARY, <char*>&self.out[HEADROOM], size)
+                continue
             if message is None:
                 message = bytes(data[:size])
                 frame = binary_frame(message)
             other.enqueue(source, message, frame)
-        receivers = len(<tuple>others)
+        receivers = len(self.receivers)
         counters["messages_out"] += receivers
         counters["bytes_out"] += receivers * size
-        cluster = relay.cluster
+        cluster = self.relay.cluster
         if cluster is not None:
             cluster.forward(peer.room, source, bytes(data[:size]) if message is None else message)
         return True
