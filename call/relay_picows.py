@@ -227,9 +227,9 @@ def picows_response(response: Response) -> WSUpgradeResponse:
 
 
 def upgrade(relay: RelayCore, web: WebRoutes | None, request: WSUpgradeRequest, remote_address: tuple,
-            listeners: set[PeerListener], listener: type[PeerListener] = PeerListener,
+            listeners: set[PeerListener], kind: type[PeerListener] = PeerListener,
             ) -> PeerListener | WSUpgradeResponseWithListener:
-    """The relay's answer to a request: a ``listener`` for the peer, or the response to send (a refusal,
+    """The relay's answer to a request: a listener (of ``kind``) for the peer, or the response to send (a refusal,
     ``/metrics``, with ``web`` the page's files)."""
     path = request.path.decode("latin-1")
     checked = Request(path, Headers(request.headers.items()))
@@ -237,12 +237,12 @@ def upgrade(relay: RelayCore, web: WebRoutes | None, request: WSUpgradeRequest, 
     response = check(Handshake(remote_address), checked)
     if response is not None:
         return WSUpgradeResponseWithListener(picows_response(response), None)
-    peer = listener(relay, path.partition("?")[0].lstrip("/"), remote_address, listeners)
+    listener = kind(relay, path.partition("?")[0].lstrip("/"), remote_address, listeners)
     chosen = select_subprotocol(None, offered_subprotocols(checked)) if web is not None else None
     if chosen is None:
-        return peer
+        return listener
     return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response({"Sec-WebSocket-Protocol": chosen}),
-                                         peer)
+                                         listener)
 
 
 class PicowsServer:
