@@ -9,9 +9,13 @@ pairs, so the compiled path writes through the same picows call as in a running 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,3 +223,17 @@ async def test_a_sender_over_its_rate_is_throttled_alike():
             room.frame(0, WSMsgType.BINARY, p.AudioPacket(i, (np.full(8, 3),)).encode(10))
     assert compiled.state() == python.state()
     assert python.relay.counters["throttled"] == 6 and not python.sockets[0].reading
+
+
+@pytest.mark.parametrize("flag, path", [([], "compiled"), (["--forwarding", "python"], "python")])
+def test_the_relay_says_which_path_forwards(flag, path):
+    """``server.py``'s ``listening`` line names the path, and why it is not the compiled one."""
+    process = subprocess.Popen([sys.executable, "server.py", "--port", "0", *flag], cwd=Path(__file__).parent.parent,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        line = json.loads(process.stderr.readline())
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert line["event"] == "listening" and line["forwarding"]["path"] == path
+    assert path == "compiled" or line["forwarding"]["why"] == "--forwarding python"
