@@ -4,7 +4,7 @@
                      [--room-token-file FILE] [--max-connections N] [--max-rooms N]
                      [--max-peers-per-room N] [--tls-cert C --tls-key K]
                      [--cluster nats://HOST:4222,…] [--workers N] [--metrics [PORT]] [--loop uvloop|asyncio]
-                     [--transport websockets|picows]
+                     [--transport websockets|picows] [--forwarding compiled|python]
 
 Peers connect to ``ws://HOST:PORT/ROOM`` with the token in an ``Authorization: Bearer …``
 header. ``--token`` opens every room; ``--room-token ROOM=SECRET`` (or a file of such lines)
@@ -579,6 +579,8 @@ class Relay:
 
     transport = "websockets"
     """The library :meth:`start` serves peers with (``--transport``; ``TRANSPORTS``)."""
+    compiled = True
+    """picows: forward plain audio packets in C where ``call/relay_fast.pyx`` was built (``--forwarding``)."""
 
     def start(self, host: str | None, port: int, tls: ssl.SSLContext | None = None,
               ping_interval: float = 5.0, ping_timeout: float = 10.0, reuse_port: bool = False,
@@ -589,7 +591,7 @@ class Relay:
         if self.transport == "picows":
             from call.relay_picows import PicowsServer
 
-            return PicowsServer(self, host, port, tls, ping_interval, ping_timeout, reuse_port, web)
+            return PicowsServer(self, host, port, tls, ping_interval, ping_timeout, reuse_port, web, self.compiled)
         return serve(
             self.handle, host, port, ssl=tls,
             process_request=web.before(self.check_request, self.route) if web else self.check_request,
@@ -648,7 +650,8 @@ async def run(relay: Relay, host: str, port: int, tls: ssl.SSLContext | None,
         bound = [s.getsockname() for s in server.sockets]
         log_event("listening", addresses=[f"{a[0]}:{a[1]}" for a in bound], tls=tls is not None,
                   web=web is not None, auth=relay.token is not None, room_tokens=len(relay.room_tokens),
-                  cluster=relay.cluster.servers if relay.cluster is not None else None)
+                  cluster=relay.cluster.servers if relay.cluster is not None else None,
+                  forwarding=server.forwarding if relay.transport == "picows" else {"path": "python"})
         await stop.wait()
         log_event("shutting_down", peers=sum(len(r) for r in relay.rooms.values()))
     if relay.cluster is not None:
@@ -749,6 +752,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--transport", choices=TRANSPORTS, default="picows",
                         help="websocket library serving the peers (default %(default)s, a Cython one: 0.54-0.73x "
                         "python-websockets' CPU a packet, benchmarks/results/relay_capacity.md)")
+    parser.add_argument("--forwarding", choices=["compiled", "python"], default="compiled",
+                        help="with picows: check and forward plain audio packets in C (call/relay_fast.pyx, built by "
+                        "pip install; Python where it was not) or always in Python (default %(default)s)")
     parser.add_argument("--reuse-port", action="store_true",
                         help="share --port with other processes (SO_REUSEPORT); --workers sets it")
     parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # its index: --metrics PORT + index
@@ -768,6 +774,7 @@ def relay_from_args(args: argparse.Namespace) -> Relay:
                     auth_failures=args.auth_failures, auth_window=args.auth_window, auth_block=args.auth_block)
     relay = Relay(token=args.token, limits=limits, room_tokens=dict(room_tokens))
     relay.transport = args.transport
+    relay.compiled = args.forwarding == "compiled"
     if args.cluster:
         relay.join_cluster(args.cluster)
     return relay

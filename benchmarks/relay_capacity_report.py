@@ -27,6 +27,8 @@ def run_suite(before: str, levels: list[int] | None, room_size: int, command: st
                           dict(server=old, relay_args=["--transport", "picows"])}
         configurations.update({f"after, --transport {name}, one node": dict(relay_args=["--transport", name])
                                for name in ("websockets", "picows")})
+        configurations["after, --transport picows --forwarding python, one node"] = dict(
+            relay_args=["--transport", "picows", "--forwarding", "python"])  # the compiled path's twin (call/relay_fast.pyx)
     else:
         configurations = {
             f"before ({before}), one node": dict(server=old),

@@ -18,6 +18,10 @@ one plain call. The relay itself (rooms, auth, limits, queues, drops, metrics, c
   back); frames already read in the same chunk are still handled, and their debt lengthens the pause;
 * close handshakes, with a timeout after which a peer that never answers is cut off, and pings.
 
+Where ``call/relay_fast.pyx`` was built (``pip install``), a plain one-frame audio packet is checked and
+forwarded in C (``CompiledPeerListener``) and everything else comes here; without it (no compiler at
+install, or a picows whose layout differs from the one it was built against) this module does it all.
+
 No torch here: the relay imports it.
 """
 
@@ -173,6 +177,32 @@ class PeerListener(WSListener):
         self.link.writable.set()
 
 
+try:
+    from .relay_fast import FastFrames
+    UNCOMPILED: str | None = None
+except (ImportError, ValueError) as error:  # not built; built against another picows (a size check fails)
+    FastFrames, UNCOMPILED = None, f"call.relay_fast not importable ({error}): pip install -e . builds it"
+
+if FastFrames is not None:
+    class CompiledPeerListener(FastFrames, PeerListener):
+        """A ``PeerListener`` whose frames go to the compiled path first (``call/relay_fast.pyx``)."""
+
+        python_path = PeerListener.on_ws_frame
+        """What the compiled path hands every frame it does not take itself."""
+
+
+def listener_class(compiled: bool) -> type[PeerListener]:
+    """The listener for each peer: the compiled path where asked for and built, else the Python one."""
+    return CompiledPeerListener if compiled and FastFrames is not None else PeerListener
+
+
+def forwarding(compiled: bool) -> dict[str, str]:
+    """Which path forwards packets, and why not the compiled one (for the relay's log)."""
+    if listener_class(compiled) is not PeerListener:
+        return {"path": "compiled"}
+    return {"path": "python", "why": "--forwarding python" if not compiled else UNCOMPILED}
+
+
 class Handshake:
     """What ``Relay.check_request`` reads of the connection being upgraded (websockets' names)."""
 
@@ -197,8 +227,9 @@ def picows_response(response: Response) -> WSUpgradeResponse:
 
 
 def upgrade(relay: RelayCore, web: WebRoutes | None, request: WSUpgradeRequest, remote_address: tuple,
-            listeners: set[PeerListener]) -> PeerListener | WSUpgradeResponseWithListener:
-    """The relay's answer to a request: a listener for the peer, or the response to send (a refusal,
+            listeners: set[PeerListener], kind: type[PeerListener] = PeerListener,
+            ) -> PeerListener | WSUpgradeResponseWithListener:
+    """The relay's answer to a request: a listener (of ``kind``) for the peer, or the response to send (a refusal,
     ``/metrics``, with ``web`` the page's files)."""
     path = request.path.decode("latin-1")
     checked = Request(path, Headers(request.headers.items()))
@@ -206,7 +237,7 @@ def upgrade(relay: RelayCore, web: WebRoutes | None, request: WSUpgradeRequest, 
     response = check(Handshake(remote_address), checked)
     if response is not None:
         return WSUpgradeResponseWithListener(picows_response(response), None)
-    listener = PeerListener(relay, path.partition("?")[0].lstrip("/"), remote_address, listeners)
+    listener = kind(relay, path.partition("?")[0].lstrip("/"), remote_address, listeners)
     chosen = select_subprotocol(None, offered_subprotocols(checked)) if web is not None else None
     if chosen is None:
         return listener
@@ -216,11 +247,14 @@ def upgrade(relay: RelayCore, web: WebRoutes | None, request: WSUpgradeRequest, 
 
 class PicowsServer:
     """The listening socket and its peers; like websockets' ``Server``: ``sockets``, ``close``,
-    ``wait_closed``, and ``async with`` (which closes every peer with 1001 on the way out)."""
+    ``wait_closed``, and ``async with`` (which closes every peer with 1001 on the way out); ``compiled``:
+    forward in C where ``call/relay_fast.pyx`` was built."""
 
     def __init__(self, relay: RelayCore, host: str | None, port: int, tls: ssl.SSLContext | None,
-                 ping_interval: float, ping_timeout: float, reuse_port: bool, web: WebRoutes | None = None) -> None:
+                 ping_interval: float, ping_timeout: float, reuse_port: bool, web: WebRoutes | None = None,
+                 compiled: bool = True) -> None:
         self.relay, self.host, self.port, self.tls, self.reuse_port, self.web = relay, host, port, tls, reuse_port, web
+        self.compiled = compiled
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.listeners: set[PeerListener] = set()
         self.server: asyncio.Server | None = None
@@ -230,7 +264,7 @@ class PicowsServer:
         throttle counts per address), which picows' own server does not pass on."""
         def listener_for(request: WSUpgradeRequest) -> PeerListener | WSUpgradeResponseWithListener:
             remote = protocol.transport.underlying_transport.get_extra_info("peername")
-            return upgrade(self.relay, self.web, request, remote, self.listeners)
+            return upgrade(self.relay, self.web, request, remote, self.listeners, listener_class(self.compiled))
 
         protocol = WSProtocol(
             None, None, False, listener_for, picows_log, True, HANDSHAKE_TIMEOUT,
@@ -246,6 +280,11 @@ class PicowsServer:
         self.server = await asyncio.get_running_loop().create_server(
             self._protocol, self.host, self.port, ssl=self.tls, reuse_port=self.reuse_port or None)
         return self
+
+    @property
+    def forwarding(self) -> dict[str, str]:
+        """Which path forwards packets, and why not the compiled one (the relay's ``listening`` line says it)."""
+        return forwarding(self.compiled)
 
     async def __aexit__(self, *_: object) -> None:
         self.close()
