@@ -1,0 +1,42 @@
+"""Speex DSP's noise suppressor (its preprocessor's spectral denoiser), through ``call.speex_dsp``.
+
+Chosen over WebRTC's suppressor by STOI at 6 kbps in the echo room's noise (pink, near end only,
+what the bundled codec makes of it against what it makes of the noisy input; both after the same
+high-pass filter, 6 s, offline): at 15 dB SNR Speex at −10 dB +0.004, WebRTC level 0 +0.001, 1 ±0.000,
+2 −0.002, 3 −0.010; at 5 dB SNR +0.023 against +0.015, +0.023, +0.023, +0.028. Speex at −6 dB:
++0.004/+0.018, −15 dB: +0.002/+0.028, −20 dB: −0.001/+0.029. WebRTC's followed by Speex's lost 0.010 at 15 dB.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .speex_dsp import float32, int16, library, set_int
+
+SPEEX_PREPROCESS_SET_DENOISE, SPEEX_PREPROCESS_SET_NOISE_SUPPRESS = 0, 18
+"""``speex_preprocess.h``'s requests: denoising on or off; the most it takes out of the noise, dB (negative)."""
+
+SUPPRESS_DB = -10
+"""The most the suppressor takes out of the noise (Speex's default −15): see the module's measurements."""
+
+
+class SpeexNoise:
+    """One channel's noise suppressor, ``chunk`` samples at a time. Raises
+    :class:`call.speex_dsp.SpeexUnavailable` where the library is not installed."""
+
+    def __init__(self, rate: int, chunk: int, suppress_db: int = SUPPRESS_DB) -> None:
+        self._library = library()
+        self._state = self._library.speex_preprocess_state_init(chunk, rate)
+        set_int(self._state, self._library.speex_preprocess_ctl, SPEEX_PREPROCESS_SET_DENOISE, 1)
+        set_int(self._state, self._library.speex_preprocess_ctl, SPEEX_PREPROCESS_SET_NOISE_SUPPRESS, suppress_db)
+
+    def __call__(self, chunk: np.ndarray) -> np.ndarray:
+        """``chunk`` (float32, ``chunk`` samples) with its noise taken down."""
+        samples = int16(chunk)
+        self._library.speex_preprocess_run(self._state, samples)
+        return float32(samples)
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None):
+            self._library.speex_preprocess_state_destroy(self._state)
+            self._state = None
