@@ -3,13 +3,13 @@ room around the client's sound card (``benchmarks/echo_room.py``), stepped block
 nothing depends on the machine's speed. Real speech from ../shared/audio/speech for both talkers.
 
 Issue 20's targets and where the front end (WebRTC's AEC3 through pywebrtc-audio 0.2, Speex DSP's
-linear canceller beside it for double talk) stands on them, measured here: ERLE >= 30 dB after 1 s
-holds with every stage on, from a cold start (36 dB) and after a near-end turn (37 dB), in the rooms
-at both ends of the issue's range (32-39 dB cold); double talk costs the near end 0.05 STOI against
-no echo (0.15 with AEC3 alone); the noise suppressor keeps STOI at 6 kbps level with the noisy
-input (+0.006 over 6 s with every stage, -0.001 alone over 4 s: WebRTC's suppressor does not raise
-it, the issue asks it to). The tests assert what holds; the quality numbers are deterministic (the
-room is stepped block by block), so the bounds are the measured values with a small margin.
+linear canceller beside it for double talk, Speex DSP's noise suppressor) stands on them, measured
+here: ERLE >= 30 dB after 1 s holds with every stage on, from a cold start and after a near-end
+turn, in the rooms at both ends of the issue's range; double talk costs the near end 0.015-0.05
+STOI against no echo (0.15 with AEC3 alone); the noise suppressor raises STOI at 6 kbps over the
+noisy input at 15 dB SNR (+0.010 alone over 4 s, +0.004 with every stage) and more at 5 dB.
+The tests assert what holds; the quality numbers are deterministic (the room is stepped block by
+block), so the bounds are the measured values with a small margin.
 """
 
 import numpy as np
@@ -104,33 +104,34 @@ def test_front_end_cost_and_delay(default_front_end):
     assert 0 < r.front_end_delay_ms < 25  # measured 16 ms with every stage
 
 
-def test_noise_suppression_lowers_the_noise_and_keeps_the_words(codec):
-    """Near end only, in pink noise at 15 dB SNR: NS alone takes the noise in the talker's pauses
-    down and keeps STOI at 6 kbps level with the noisy input (issue 20 asks it to raise STOI:
-    WebRTC's suppressor does not, at any of its levels; see call.front_end.NOISE_LEVEL)."""
+def test_noise_suppression_raises_stoi_at_the_rooms_15_db_snr(codec):
+    """Near end only, in pink noise at 15 dB SNR after a second of the noise alone: NS alone (Speex
+    DSP's suppressor) takes the noise in the talker's pauses down and raises STOI at 6 kbps over
+    the noisy input. Fails if the suppressor stops doing so (WebRTC's, level 0, in its place: STOI
+    level with the noisy input)."""
     call, clean = noisy_talk(ROOM, Stages(echo=False, gain=False), seconds=4.0)
     sent, noisy = stoi_of(clean, codec(call.sent)), stoi_of(clean, codec(call.heard))
     reduction = pause_reduction(clean, call.heard, call.sent)
     print(f"\nSTOI at 6 kbps {sent:.3f} with NS, {noisy:.3f} noisy; noise in pauses {reduction:.1f} dB lower")
-    assert reduction >= 6.0  # measured 8.7 dB (level 0: 6 dB)
-    assert sent >= noisy - 0.01  # measured -0.001 (0.895 against 0.896)
+    assert reduction >= 8.0  # measured 12.3 dB
+    assert sent >= noisy + 0.005  # measured +0.010 (0.901 against 0.891)
 
 
 def test_noise_suppression_raises_stoi_where_the_noise_is_loud(codec):
     """Near end only, in pink noise at 5 dB SNR: there NS alone raises STOI at 6 kbps over the
-    noisy input (at 15 dB the codec copes with the noise itself and NS keeps STOI level)."""
+    noisy input by more than at 15 dB."""
     call, clean = noisy_talk(Room(snr=5.0), Stages(echo=False, gain=False), seconds=4.0)
     sent, noisy = stoi_of(clean, codec(call.sent)), stoi_of(clean, codec(call.heard))
     print(f"\n5 dB SNR: STOI at 6 kbps {sent:.3f} with NS, {noisy:.3f} noisy")
-    assert sent >= noisy + 0.01
+    assert sent >= noisy + 0.03  # measured +0.053 (0.844 against 0.791; WebRTC's level 0 over 6 s: +0.019)
 
 
 def test_default_front_end_keeps_noisy_speech_as_intelligible(default_front_end):
     r = default_front_end
     print(f"\nnoisy speech at 6 kbps: {r.noisy_stoi_sent:.3f} sent, {r.noisy_stoi_input:.3f} as it is; "
           f"noise in pauses {r.noise_reduction_in_pauses:.1f} dB lower")
-    assert r.noisy_stoi_sent >= r.noisy_stoi_input - 0.01
-    assert r.noise_reduction_in_pauses >= 6.0
+    assert r.noisy_stoi_sent >= r.noisy_stoi_input  # measured +0.004 (0.895 against 0.891)
+    assert r.noise_reduction_in_pauses >= 8.0  # measured 12.3 dB
 
 
 @pytest.mark.parametrize("level_db", [-20.0, 10.0], ids=["quiet", "loud"])
