@@ -14,8 +14,8 @@ the rest of the delay (the device buffers and the room, up to about half a secon
 
 While both ends talk, a second path beside AEC3 keeps the near end that its suppressor would take
 out with the echo: Speex DSP's linear canceller over the whole echo path (``call.double_talk``).
-The noise is then taken down by Speex DSP's suppressor (``call.speex_noise``: it keeps more of the
-words at 6 kbps than WebRTC's). Without ``libspeexdsp`` one log line says so, AEC3 runs alone and
+Speex DSP's noise suppressor (``call.speex_noise``: it keeps more of the words at 6 kbps than
+WebRTC's) runs on each path before the blend, whose weights were measured on suppressed chunks. Without ``libspeexdsp`` one log line says so, AEC3 runs alone and
 WebRTC's suppressor takes the noise.
 
 The gain controller only decides a gain, which is applied here, aimed at the level the codec
@@ -165,11 +165,12 @@ class FrontEnd:
         self.chunk = chunk_samples(rate)
         webrtc = load_processing_library()
         speex = self._speex_loads()
-        self._denoisers = [SpeexNoise(rate, self.chunk) for _ in range(channels)] if stages.noise and speex else []
-        webrtc_noise = stages.noise and not self._denoisers
+        self._denoiser = SpeexNoise(rate, channels, self.chunk) if stages.noise and speex else None
+        webrtc_noise = stages.noise and self._denoiser is None
         self._cleaner = webrtc.AudioProcessor(sample_rate=rate, num_channels=channels, echo_cancellation=stages.echo,
                                               noise_suppression=webrtc_noise, high_pass_filter=True, ns_level=NOISE_LEVEL)
-        self._double_talk = (DoubleTalk(webrtc, rate, channels, self.chunk, webrtc_noise, NOISE_LEVEL)
+        self._double_talk = (DoubleTalk(webrtc, rate, channels, self.chunk, webrtc_noise, NOISE_LEVEL,
+                                        SpeexNoise(rate, channels, self.chunk) if self._denoiser else None)
                              if stages.echo and speex else None)
         self._gain = webrtc.AudioProcessor(sample_rate=rate, num_channels=channels, auto_gain_control=True) if stages.gain else None
         self.gain_db = 0.0
@@ -195,9 +196,10 @@ class FrontEnd:
             self._far.add(mean_power(far))
             power_in = mean_power(chunk)
             out = self._cleaner.process(chunk.ravel(), far.ravel() if self.stages.echo else None).reshape(chunk.shape)
+            if self._denoiser is not None:
+                out = self._denoiser(out)
             if self._double_talk is not None:
                 out = self._double_talk(chunk, far, out, level_db(power_in), self.far_end_talking)
-            out = self._denoised(out)
             out, power_out = self._gained(out, power_in)
             cleaned.append(out)
             self._measure(power_in, power_out)
@@ -216,12 +218,6 @@ class FrontEnd:
                         "out, and the noise to WebRTC's suppressor, which keeps fewer of the words", error)
             return False
         return True
-
-    def _denoised(self, cleaned: np.ndarray) -> np.ndarray:
-        """``cleaned`` (``(chunk, channels)``) through Speex's noise suppressor, channel by channel (where it runs)."""
-        if not self._denoisers:
-            return cleaned
-        return np.stack([denoise(cleaned[:, c]) for c, denoise in enumerate(self._denoisers)], axis=1)
 
     def _gained(self, cleaned: np.ndarray, power_in: float) -> tuple[np.ndarray, float]:
         """``cleaned`` at the gain controller's gain, decided on the near end's voice only, and its power."""

@@ -21,22 +21,24 @@ SUPPRESS_DB = -10
 
 
 class SpeexNoise:
-    """One channel's noise suppressor, ``chunk`` samples at a time. Raises
+    """The noise suppressor on ``(chunk, channels)`` float32 chunks, one state per channel. Raises
     :class:`call.speex_dsp.SpeexUnavailable` where the library is not installed."""
 
-    def __init__(self, rate: int, chunk: int, suppress_db: int = SUPPRESS_DB) -> None:
+    def __init__(self, rate: int, channels: int, chunk: int, suppress_db: int = SUPPRESS_DB) -> None:
         self._library = library()
-        self._state = self._library.speex_preprocess_state_init(chunk, rate)
-        set_int(self._state, self._library.speex_preprocess_ctl, SPEEX_PREPROCESS_SET_DENOISE, 1)
-        set_int(self._state, self._library.speex_preprocess_ctl, SPEEX_PREPROCESS_SET_NOISE_SUPPRESS, suppress_db)
+        self._states = [self._library.speex_preprocess_state_init(chunk, rate) for _ in range(channels)]
+        for state in self._states:
+            set_int(state, self._library.speex_preprocess_ctl, SPEEX_PREPROCESS_SET_DENOISE, 1)
+            set_int(state, self._library.speex_preprocess_ctl, SPEEX_PREPROCESS_SET_NOISE_SUPPRESS, suppress_db)
 
     def __call__(self, chunk: np.ndarray) -> np.ndarray:
-        """``chunk`` (float32, ``chunk`` samples) with its noise taken down."""
-        samples = int16(chunk)
-        self._library.speex_preprocess_run(self._state, samples)
-        return float32(samples)
+        """``chunk`` with its noise taken down."""
+        samples = int16(chunk.T)
+        for state, channel in zip(self._states, samples):
+            self._library.speex_preprocess_run(state, channel)
+        return np.ascontiguousarray(float32(samples).T)
 
     def __del__(self) -> None:
-        if getattr(self, "_state", None):
-            self._library.speex_preprocess_state_destroy(self._state)
-            self._state = None
+        for state in getattr(self, "_states", []):
+            self._library.speex_preprocess_state_destroy(state)
+        self._states = []
