@@ -5,8 +5,8 @@ residual echo and, while both ends talk, takes most of the near end with it (nea
 6 kbps 0.76 against 0.91 with no echo, in ``benchmarks/echo_room.py``'s room). Speex DSP's linear
 canceller (``call.speex_echo``), whose filter covers the whole echo path, leaves the near end whole
 and the echo 10-20 dB down, where the near end masks it. So a second path runs beside AEC3:
-Speex's linear canceller, then the same high-pass filter and noise suppressor as the main path
-(so both have the same delay and noise), and each 10 ms chunk is a blend of the two, weighted to
+Speex's linear canceller, then the same high-pass filter (and WebRTC's noise suppressor where it
+is the main path's) as the main path (so both have the same delay and noise), and each 10 ms chunk is a blend of the two, weighted to
 the linear path by how much the chunk looks like the near end:
 
 * AEC3 took little out of it (10 dB: the near end is there; 50 dB or more: echo alone),
@@ -26,7 +26,6 @@ cancellers judge echo alone is then taken 10 dB further down, to no lower than t
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from types import ModuleType
 
 import numpy as np
@@ -111,17 +110,13 @@ class DoubleTalk:
     """The linear path beside AEC3 and the blend of the two, chunk by chunk (``(chunk, channels)``
     float32). Raises :class:`call.speex_dsp.SpeexUnavailable` where Speex DSP is not installed."""
 
-    def __init__(self, webrtc: ModuleType, rate: int, channels: int, chunk: int, noise_suppression: bool, ns_level: int,
-                 denoiser: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
-        """``noise_suppression``: WebRTC's suppressor at ``ns_level`` after the high-pass filter, or
-        ``denoiser`` (the main path's kind, a state of its own) where it takes the noise instead."""
+    def __init__(self, webrtc: ModuleType, rate: int, channels: int, chunk: int, noise_suppression: bool, ns_level: int) -> None:
         self._rate, self._chunk = rate, chunk
         self._cancellers = self._new_cancellers(channels)
         self._bulk = _BulkDelay(rate, channels)
         self._delay_found = False
         self._cleaner = webrtc.AudioProcessor(sample_rate=rate, num_channels=channels, noise_suppression=noise_suppression,
                                               high_pass_filter=True, ns_level=ns_level)
-        self._denoiser = denoiser
         self._far_talked = 0.0
         self._weight = 0.0
         self._gain = 1.0
@@ -134,8 +129,6 @@ class DoubleTalk:
         reference = self._bulk.delayed(chunk, far)
         linear = np.stack([canceller.cancel(chunk[:, c], reference[:, c]) for c, canceller in enumerate(self._cancellers)], axis=1)
         linear = self._cleaner.process(linear.ravel()).reshape(chunk.shape)
-        if self._denoiser is not None:
-            linear = self._denoiser(linear)
         weight, echo_alone = 0.0, False
         if far_talking:
             self._far_talked += self._chunk / self._rate
