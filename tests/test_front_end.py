@@ -3,11 +3,12 @@ room around the client's sound card (``benchmarks/echo_room.py``), stepped block
 nothing depends on the machine's speed. Real speech from ../shared/audio/speech for both talkers.
 
 Issue 20's targets and where the front end (WebRTC's AEC3 through pywebrtc-audio 0.2, Speex DSP's
-linear canceller beside it for double talk, Speex DSP's noise suppressor) stands on them, measured
+linear canceller beside it for double talk, Speex DSP's noise suppressor without AEC) stands on them, measured
 here: ERLE >= 30 dB after 1 s holds with every stage on, from a cold start and after a near-end
-turn, in the rooms at both ends of the issue's range; double talk costs the near end 0.015-0.05
+turn, in the rooms at both ends of the issue's range; double talk costs the near end 0.05
 STOI against no echo (0.15 with AEC3 alone); the noise suppressor raises STOI at 6 kbps over the
-noisy input at 15 dB SNR (+0.010 alone over 4 s, +0.004 with every stage) and more at 5 dB.
+noisy input at 15 dB SNR after a second of the noise alone (+0.010 alone, Speex's; +0.010 with every
+stage, WebRTC's beside AEC3; over 4 s) and more at 5 dB.
 The tests assert what holds; the quality numbers are deterministic (the room is stepped block by
 block), so the bounds are the measured values with a small margin.
 """
@@ -107,8 +108,8 @@ def test_front_end_cost_and_delay(default_front_end):
 def test_noise_suppression_raises_stoi_at_the_rooms_15_db_snr(codec):
     """Near end only, in pink noise at 15 dB SNR after a second of the noise alone: NS alone (Speex
     DSP's suppressor) takes the noise in the talker's pauses down and raises STOI at 6 kbps over
-    the noisy input. Fails if the suppressor stops doing so (WebRTC's, level 0, in its place: STOI
-    level with the noisy input)."""
+    the noisy input. Fails if the suppressor stops doing so (WebRTC's level 0 in its place, over
+    6 s: +0.003)."""
     call, clean = noisy_talk(ROOM, Stages(echo=False, gain=False), seconds=4.0)
     sent, noisy = stoi_of(clean, codec(call.sent)), stoi_of(clean, codec(call.heard))
     reduction = pause_reduction(clean, call.heard, call.sent)
@@ -130,8 +131,8 @@ def test_default_front_end_keeps_noisy_speech_as_intelligible(default_front_end)
     r = default_front_end
     print(f"\nnoisy speech at 6 kbps: {r.noisy_stoi_sent:.3f} sent, {r.noisy_stoi_input:.3f} as it is; "
           f"noise in pauses {r.noise_reduction_in_pauses:.1f} dB lower")
-    assert r.noisy_stoi_sent >= r.noisy_stoi_input  # measured +0.004 (0.895 against 0.891)
-    assert r.noise_reduction_in_pauses >= 8.0  # measured 12.3 dB
+    assert r.noisy_stoi_sent >= r.noisy_stoi_input + 0.005  # measured +0.010 (0.901 against 0.891; cold, before: -0.01)
+    assert r.noise_reduction_in_pauses >= 6.0  # measured 7.8 dB (WebRTC's suppressor beside AEC3)
 
 
 @pytest.mark.parametrize("level_db", [-20.0, 10.0], ids=["quiet", "loud"])
