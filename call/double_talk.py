@@ -5,8 +5,8 @@ residual echo and, while both ends talk, takes most of the near end with it (nea
 6 kbps 0.76 against 0.91 with no echo, in ``benchmarks/echo_room.py``'s room). Speex DSP's linear
 canceller (``call.speex_echo``), whose filter covers the whole echo path, leaves the near end whole
 and the echo 10-20 dB down, where the near end masks it. So a second path runs beside AEC3:
-Speex's linear canceller, then the same high-pass filter and noise suppressor as the main path
-(so both have the same delay and noise), and each 10 ms chunk is a blend of the two, weighted to
+Speex's linear canceller, then the same high-pass filter (and WebRTC's noise suppressor where it
+is the main path's) as the main path (so both have the same delay and noise), and each 10 ms chunk is a blend of the two, weighted to
 the linear path by how much the chunk looks like the near end:
 
 * AEC3 took little out of it (10 dB: the near end is there; 50 dB or more: echo alone),
@@ -108,7 +108,7 @@ def _ramp(value: float, near: float, far: float) -> float:
 
 class DoubleTalk:
     """The linear path beside AEC3 and the blend of the two, chunk by chunk (``(chunk, channels)``
-    float32). Raises :class:`call.speex_echo.SpeexUnavailable` where Speex DSP is not installed."""
+    float32). Raises :class:`call.speex_dsp.SpeexUnavailable` where Speex DSP is not installed."""
 
     def __init__(self, webrtc: ModuleType, rate: int, channels: int, chunk: int, noise_suppression: bool, ns_level: int) -> None:
         self._rate, self._chunk = rate, chunk

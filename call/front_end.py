@@ -13,8 +13,14 @@ speaker then plays): the reference reaches AEC3 about when the speaker plays it,
 the rest of the delay (the device buffers and the room, up to about half a second) itself.
 
 While both ends talk, a second path beside AEC3 keeps the near end that its suppressor would take
-out with the echo: Speex DSP's linear canceller over the whole echo path (``call.double_talk``;
-without ``libspeexdsp`` one log line says so and AEC3 runs alone).
+out with the echo: Speex DSP's linear canceller over the whole echo path (``call.double_talk``).
+Without an echo canceller (``--no-aec``: headphones) Speex DSP's noise suppressor takes the noise
+(``call.speex_noise``: it keeps more of the words at 6 kbps than WebRTC's); beside AEC3 WebRTC's does,
+on both paths, as the double-talk blend's thresholds were measured with it. Speex's there, measured
+in ``benchmarks/echo_room.py``: after the blend, double talk lost only 0.015 STOI (0.047 with
+WebRTC's) but ERLE after a near-end turn in the 150 ms / 300 ms room fell to 28.8 dB (30.6); on
+both paths before the blend, double talk lost 0.073 and that ERLE was 29.6 dB. Without
+``libspeexdsp`` one log line says so, AEC3 runs alone and WebRTC's suppressor takes the noise.
 
 The gain controller only decides a gain, which is applied here, aimed at the level the codec
 codes best (:data:`SPEECH_DBFS`): it hears neither the far end's residual echo (chunks where the
@@ -35,10 +41,12 @@ from types import ModuleType
 
 import numpy as np
 
+from . import speex_dsp
 from .double_talk import DoubleTalk
 from .dtx import level_db, mean_power
 from .sound_card import Ring
-from .speex_echo import SpeexUnavailable
+from .speex_dsp import SpeexUnavailable
+from .speex_noise import SpeexNoise
 
 log = logging.getLogger("call")
 
@@ -59,9 +67,10 @@ FAR_END_FLOOR = 1e-4
 """Mean square of the played signal (−40 dBFS) above which the far end counts as talking."""
 
 NOISE_LEVEL = 0
-"""WebRTC's noise suppression level (0-3: 6, 12, 18, 21 dB). Measured in the echo room at 6 kbps
-(STOI of noisy speech at 15 dB SNR, input 0.900): level 0 0.906, 1 0.906, 2 0.903; ``livekit``'s
-fixed level 0.888. Level 1 takes more noise out of the pauses than 0 for the same STOI."""
+"""WebRTC's noise suppression level (0-3: 6, 12, 18, 21 dB), where Speex DSP is missing. Measured in
+the echo room at 6 kbps (STOI of noisy speech at 15 dB SNR, input 0.900): level 0 0.906, 1 0.906,
+2 0.903; ``livekit``'s fixed level 0.888. Level 1 takes more noise out of the pauses than 0 for the
+same STOI."""
 
 ECHO_ONLY_DB = 10.0
 """While the far end talks, a chunk the canceller took this many dB out of is its echo, not the
@@ -159,9 +168,12 @@ class FrontEnd:
         self.rate, self.channels, self.stages = rate, channels, stages
         self.chunk = chunk_samples(rate)
         webrtc = load_processing_library()
+        speex = self._speex_loads()
+        self._denoiser = SpeexNoise(rate, channels, self.chunk) if stages.noise and not stages.echo and speex else None
+        webrtc_noise = stages.noise and self._denoiser is None
         self._cleaner = webrtc.AudioProcessor(sample_rate=rate, num_channels=channels, echo_cancellation=stages.echo,
-                                              noise_suppression=stages.noise, high_pass_filter=True, ns_level=NOISE_LEVEL)
-        self._double_talk = self._double_talk_path(webrtc) if stages.echo else None
+                                              noise_suppression=webrtc_noise, high_pass_filter=True, ns_level=NOISE_LEVEL)
+        self._double_talk = DoubleTalk(webrtc, rate, channels, self.chunk, stages.noise, NOISE_LEVEL) if stages.echo and speex else None
         self._gain = webrtc.AudioProcessor(sample_rate=rate, num_channels=channels, auto_gain_control=True) if stages.gain else None
         self.gain_db = 0.0
         self._capture = _Chunker(self.chunk, channels)
@@ -186,6 +198,8 @@ class FrontEnd:
             self._far.add(mean_power(far))
             power_in = mean_power(chunk)
             out = self._cleaner.process(chunk.ravel(), far.ravel() if self.stages.echo else None).reshape(chunk.shape)
+            if self._denoiser is not None:
+                out = self._denoiser(out)
             if self._double_talk is not None:
                 out = self._double_talk(chunk, far, out, level_db(power_in), self.far_end_talking)
             out, power_out = self._gained(out, power_in)
@@ -195,12 +209,17 @@ class FrontEnd:
             return np.zeros((self.channels, 0), dtype=np.float32)
         return np.ascontiguousarray(np.concatenate(cleaned).T)
 
-    def _double_talk_path(self, webrtc: ModuleType) -> DoubleTalk | None:
+    def _speex_loads(self) -> bool:
+        """Whether Speex DSP is there for the stages that use it; one log line says what is lost if not."""
+        if not (self.stages.echo or self.stages.noise):
+            return False
         try:
-            return DoubleTalk(webrtc, self.rate, self.channels, self.chunk, self.stages.noise, NOISE_LEVEL)
+            speex_dsp.library()
         except SpeexUnavailable as error:
-            log.warning("%s", error)
-            return None
+            log.warning("%s. Without it double talk is left to AEC3's suppressor, which takes more of the near end "
+                        "out, and the noise (with --no-aec) to WebRTC's suppressor, which keeps fewer of the words", error)
+            return False
+        return True
 
     def _gained(self, cleaned: np.ndarray, power_in: float) -> tuple[np.ndarray, float]:
         """``cleaned`` at the gain controller's gain, decided on the near end's voice only, and its power."""

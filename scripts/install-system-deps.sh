@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System libraries the Python packages load at run time, installed only where missing:
 #   libopus0     — the Opus baseline of the latency benchmark and its tests (opuslib loads it).
-#   libspeexdsp1 — the microphone front end's linear echo canceller for double talk (call/speex_echo.py loads it).
+#   libspeexdsp1 — the microphone front end's linear echo canceller for double talk and its noise suppressor without AEC (call/speex_dsp.py loads it).
 #   nats-server  — the message bus of a relay cluster (server.py --cluster); its tests start one.
 #   openssl      — tests/test_server.py makes the certificate of its wss:// relay with it.
 #   chromium, npm — the browser peer (web/): its tests drive Debian's Chromium with Playwright, and npm

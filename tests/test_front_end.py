@@ -3,13 +3,14 @@ room around the client's sound card (``benchmarks/echo_room.py``), stepped block
 nothing depends on the machine's speed. Real speech from ../shared/audio/speech for both talkers.
 
 Issue 20's targets and where the front end (WebRTC's AEC3 through pywebrtc-audio 0.2, Speex DSP's
-linear canceller beside it for double talk) stands on them, measured here: ERLE >= 30 dB after 1 s
-holds with every stage on, from a cold start (36 dB) and after a near-end turn (37 dB), in the rooms
-at both ends of the issue's range (32-39 dB cold); double talk costs the near end 0.05 STOI against
-no echo (0.15 with AEC3 alone); the noise suppressor keeps STOI at 6 kbps level with the noisy
-input (+0.006 over 6 s with every stage, -0.001 alone over 4 s: WebRTC's suppressor does not raise
-it, the issue asks it to). The tests assert what holds; the quality numbers are deterministic (the
-room is stepped block by block), so the bounds are the measured values with a small margin.
+linear canceller beside it for double talk, Speex DSP's noise suppressor without AEC) stands on them, measured
+here: ERLE >= 30 dB after 1 s holds with every stage on, from a cold start and after a near-end
+turn, in the rooms at both ends of the issue's range; double talk costs the near end 0.05
+STOI against no echo (0.15 with AEC3 alone); the noise suppressor raises STOI at 6 kbps over the
+noisy input at 15 dB SNR after a second of the noise alone (+0.010 alone, Speex's; +0.010 with every
+stage, WebRTC's beside AEC3; over 4 s) and more at 5 dB.
+The tests assert what holds; the quality numbers are deterministic (the room is stepped block by
+block), so the bounds are the measured values with a small margin.
 """
 
 import numpy as np
@@ -104,33 +105,34 @@ def test_front_end_cost_and_delay(default_front_end):
     assert 0 < r.front_end_delay_ms < 25  # measured 16 ms with every stage
 
 
-def test_noise_suppression_lowers_the_noise_and_keeps_the_words(codec):
-    """Near end only, in pink noise at 15 dB SNR: NS alone takes the noise in the talker's pauses
-    down and keeps STOI at 6 kbps level with the noisy input (issue 20 asks it to raise STOI:
-    WebRTC's suppressor does not, at any of its levels; see call.front_end.NOISE_LEVEL)."""
+def test_noise_suppression_raises_stoi_at_the_rooms_15_db_snr(codec):
+    """Near end only, in pink noise at 15 dB SNR after a second of the noise alone: NS alone (Speex
+    DSP's suppressor) takes the noise in the talker's pauses down and raises STOI at 6 kbps over
+    the noisy input. Fails if the suppressor stops doing so (WebRTC's level 0 in its place, over
+    6 s: +0.003)."""
     call, clean = noisy_talk(ROOM, Stages(echo=False, gain=False), seconds=4.0)
     sent, noisy = stoi_of(clean, codec(call.sent)), stoi_of(clean, codec(call.heard))
     reduction = pause_reduction(clean, call.heard, call.sent)
     print(f"\nSTOI at 6 kbps {sent:.3f} with NS, {noisy:.3f} noisy; noise in pauses {reduction:.1f} dB lower")
-    assert reduction >= 6.0  # measured 8.7 dB (level 0: 6 dB)
-    assert sent >= noisy - 0.01  # measured -0.001 (0.895 against 0.896)
+    assert reduction >= 8.0  # measured 12.3 dB
+    assert sent >= noisy + 0.005  # measured +0.010 (0.901 against 0.891)
 
 
 def test_noise_suppression_raises_stoi_where_the_noise_is_loud(codec):
     """Near end only, in pink noise at 5 dB SNR: there NS alone raises STOI at 6 kbps over the
-    noisy input (at 15 dB the codec copes with the noise itself and NS keeps STOI level)."""
+    noisy input by more than at 15 dB."""
     call, clean = noisy_talk(Room(snr=5.0), Stages(echo=False, gain=False), seconds=4.0)
     sent, noisy = stoi_of(clean, codec(call.sent)), stoi_of(clean, codec(call.heard))
     print(f"\n5 dB SNR: STOI at 6 kbps {sent:.3f} with NS, {noisy:.3f} noisy")
-    assert sent >= noisy + 0.01
+    assert sent >= noisy + 0.03  # measured +0.053 (0.844 against 0.791; WebRTC's level 0 over 6 s: +0.019)
 
 
 def test_default_front_end_keeps_noisy_speech_as_intelligible(default_front_end):
     r = default_front_end
     print(f"\nnoisy speech at 6 kbps: {r.noisy_stoi_sent:.3f} sent, {r.noisy_stoi_input:.3f} as it is; "
           f"noise in pauses {r.noise_reduction_in_pauses:.1f} dB lower")
-    assert r.noisy_stoi_sent >= r.noisy_stoi_input - 0.01
-    assert r.noise_reduction_in_pauses >= 6.0
+    assert r.noisy_stoi_sent >= r.noisy_stoi_input + 0.005  # measured +0.010 (0.901 against 0.891; cold, before: -0.01)
+    assert r.noise_reduction_in_pauses >= 6.0  # measured 7.8 dB (WebRTC's suppressor beside AEC3)
 
 
 @pytest.mark.parametrize("level_db", [-20.0, 10.0], ids=["quiet", "loud"])
@@ -219,16 +221,21 @@ def test_speex_linear_canceller_cancels_a_linear_echo():
     assert erle >= 30.0  # measured 46.5 dB
 
 
-def test_without_speex_the_front_end_says_so_once_and_runs_on_aec3(monkeypatch, caplog):
+def test_without_speex_the_front_end_says_so_once_and_runs_on_webrtc_alone(monkeypatch, caplog):
     """libspeexdsp missing (a machine without the set-up script): one log line that says what is
-    lost and how to install it, and the front end still cancels echo with AEC3 alone."""
-    import call.speex_echo
+    lost and how to install it, and the front end still runs on WebRTC's module alone (AEC3, its
+    noise suppressor)."""
+    import call.speex_dsp
 
     def missing(name, *args, **kwargs):
         raise OSError(f"{name}: cannot open shared object file")
-    monkeypatch.setattr(call.speex_echo.ctypes, "CDLL", missing)
-    with caplog.at_level("WARNING"):
-        front_end = FrontEnd(RATE, 1, Stages())
+    monkeypatch.setattr(call.speex_dsp.ctypes, "CDLL", missing)
+    call.speex_dsp.library.cache_clear()
+    try:
+        with caplog.at_level("WARNING"):
+            front_end = FrontEnd(RATE, 1, Stages())
+    finally:
+        call.speex_dsp.library.cache_clear()  # the tests after this one load it again
     lines = [record.getMessage() for record in caplog.records]
     assert len(lines) == 1 and "install-system-deps.sh" in lines[0] and "libspeexdsp1" in lines[0]
     block = (0.05 * np.random.default_rng(0).normal(size=(1, 480))).astype(np.float32)
