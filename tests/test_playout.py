@@ -39,8 +39,11 @@ class Unscaled:
 
     stats = None
 
-    def scale(self, audio: np.ndarray, slack: int | None, moved: int = 0) -> np.ndarray:
+    def scale(self, audio: np.ndarray, slack: int | None, moved: int = 0, needed: int = 0) -> np.ndarray:
         return audio
+
+    def expand(self, needed: int) -> None:
+        return None  # a frame not there is concealed whole
 
 
 def simulate(capture_block: int = 240, playback_block: int = 240, phase: float = 0.0, transit: float = 0.006,
@@ -92,6 +95,14 @@ def simulate(capture_block: int = 240, playback_block: int = 240, phase: float =
             while jb.waiting(now) and now < deadline:
                 now = min(deadline, landed[arrived]) if arrived < n else deadline
                 deliver(now)
+            needed = playback_block - (written - read) % playback_block
+            expansion = steps.expand(needed) if jb.missing(now) else None
+            if expansion is not None:  # a few periods for the card: the frame gets until the next deadline
+                writes.append((now, expansion.shape[-1], None))
+                written += expansion.shape[-1]
+                queued_until = now
+                continue
+            spare = now + lead.seconds <= deadline
             index, codes = jb.playout(now, deadline)
             if index == STRETCH and not first_played:
                 break
@@ -102,7 +113,7 @@ def simulate(capture_block: int = 240, playback_block: int = 240, phase: float =
                 starts[index] = written
             slack = None if jb.arrival is None else \
                 sample_slack(deadline, jb.arrival, (written - read) % playback_block, playback_block, RATE)
-            samples = steps.scale(tone(max(index, 0)), slack, jb.moved).shape[-1]
+            samples = steps.scale(tone(max(index, 0)), slack, jb.moved, 0 if spare else needed).shape[-1]
             writes.append((now, samples, None))
             written += samples
             queued_until = now
