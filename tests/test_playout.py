@@ -95,6 +95,8 @@ def simulate(capture_block: int = 240, playback_block: int = 240, phase: float =
             while jb.waiting(now) and now < deadline:
                 now = min(deadline, landed[arrived]) if arrived < n else deadline
                 deliver(now)
+            if now >= deadline:
+                lead.woke(now - deadline)  # (a virtual clock wakes on time)
             needed = playback_block - (written - read) % playback_block
             expansion = steps.expand(needed) if jb.missing(now) else None
             if expansion is not None:  # a few periods for the card: the frame gets until the next deadline
