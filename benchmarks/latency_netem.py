@@ -56,14 +56,14 @@ def netem_main(args: argparse.Namespace) -> dict:
     talker_a, talker_b = speech_pair(load_speech(args.audio, limit=None))
     codecs = [model_spec] + ([] if args.no_opus else ["opus-20ms", "opus-10ms"])
     report = {"command": " ".join([Path(sys.argv[0]).name] + (args.argv if args.argv is not None else sys.argv[1:])), "model": model_spec,
-              "model_note": note, "machine": machine(), "seconds": args.seconds, "warmup": args.warmup, "rows": []}
+              "model_note": note, "machine": machine(), "engine": "torch" if args.engine == "both" else args.engine, "seconds": args.seconds, "warmup": args.warmup, "rows": []}
     started = time.monotonic()
     for condition, (netem, extra) in CONDITIONS.items():
         for codec in codecs:
             if extra.get("dtx") and codec != model_spec:
                 continue  # the Opus baseline has no DTX here
             spec = CallSpec(label=f"{codec}, {condition}", model=codec, seconds=args.seconds, warmup=args.warmup,
-                            netem=netem, **extra)
+                            netem=netem, engine=report["engine"], **extra)
             progress(f"{spec.label} ({spec.warmup:g} s warm-up + {spec.seconds:g} s)")
             summary = summarize_call(run_call(spec, talker_a, talker_b))
             summary.pop("samples_ms")
@@ -118,7 +118,7 @@ def markdown(report: dict) -> str:
              f"Command: `python benchmarks/{report['command']}` — {report['machine']['date_utc']}, load average "
              f"{report['machine']['loadavg']} at the start (a shared machine: compare rows of one run). Each call: "
              f"{report['warmup']:g} s warm-up, {report['seconds']:g} s measured, both directions pooled, 6 kbps, "
-             "10 ms blocks, shipped playout. `benchmarks/netem.py` sits on the relay → client links. "
+             f"10 ms blocks, {report.get('engine', 'torch')} engine, shipped playout. `benchmarks/netem.py` sits on the relay → client links. "
              "Late: frames that came after their turn; concealed: frames played as lost; stretched: ticks "
              "with nothing to play (a whole concealed frame); expanded: ticks whose frame was due and missing, played "
              "as a few pitch periods of the last audio instead (`call.time_scale`). Floor: `benchmarks/latency_floor.py`, with the network stage's median (emulated delay included).", "",

@@ -13,6 +13,14 @@ the frame is played shortened by about the excess (:func:`shorten`); below it, l
 (:func:`lengthen`). Both cut or repeat a whole pitch period with an overlap-add cross-fade (WSOLA),
 so the pitch is kept and the waveform has no step. A frame that needs no step passes through
 untouched (the same array).
+
+When the frame due has not come by the last moment a tick can wait for it, the card is fed whole
+pitch periods of what it played last instead (:meth:`SubFrameSteps.expand`, NetEq's expand): as many
+as its next block needs, a few ms, where a concealed frame added a whole frame of delay, and the
+frame, landing a little later, is played at the next callback: not concealed, not late. That makes a
+frame missing its tick cheap, so the target can sit at the 5th percentile of the slack (at the 1st,
+20 ms p99 jitter kept a median 13-21 ms above the floor in simulation, at the 5th 10-16: the
+jitter's 95th percentile is 12.6).
 """
 
 from __future__ import annotations
@@ -115,8 +123,9 @@ class SubFrameSteps:
     down, slacks older than that window would call for lengthening what it has just cut, and the two
     rules would take turns.
 
-    ``percentile`` 1 of a 2 s window: one frame in a hundred may come too late for the reduced delay
-    (it is then concealed and the delay grows by that frame, to be taken back again by steps)."""
+    ``percentile`` 5 of a 2 s window: one frame in twenty may come too late for the reduced delay;
+    its tick then expands by a few pitch periods (:meth:`expand`) and the frame plays at the next
+    callback, the delay grown by those periods, to be taken back again by steps."""
 
     def __init__(self, rate: int, percentile: float = 5.0, margin: float = 0.0005, window: int = 150,
                  settle: int = 25, shortest: float = 0.0015, pitch: tuple[float, float] = (0.0025, 0.01),
