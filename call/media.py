@@ -72,10 +72,10 @@ async def play(receiver: Receiver, rate: int, channels: int, device: int | str |
             await speaker.consumed.wait()
             speaker.consumed.clear()
             while (deadline := tick_deadline(speaker.runs_short_at(), speaker.next_callback, lead.seconds)) is not None:
-                await until_due(receiver, arrived, deadline, time.monotonic)
+                late = await until_due(receiver, arrived, deadline, time.monotonic)
+                if late is not None:  # (a deadline already past says nothing of the loop's wake-ups)
+                    lead.woke(late)
                 started = time.monotonic()
-                if started >= deadline:
-                    lead.woke(started - deadline)
                 needed = block - speaker.block_offset  # (the queue holds less than a block: a tick is due)
                 audio = steps.expand(needed) if receiver.missing(started) else None
                 spare = started + lead.seconds <= deadline  # time for another tick if this one is cut short

@@ -63,12 +63,14 @@ class Waits(Protocol):
     def waiting(self, now: float) -> bool: ...
 
 
-async def until_due(receiver: Waits, arrived: asyncio.Event, deadline: float, clock: Callable[[], float]) -> None:
+async def until_due(receiver: Waits, arrived: asyncio.Event, deadline: float, clock: Callable[[], float]) -> float | None:
     """Wait until no stream's frame due is still to come (``receiver.waiting``) or ``deadline``:
-    woken by ``arrived`` (set for every message the connection hands over)."""
+    woken by ``arrived`` (set for every message the connection hands over). Returns how late the
+    event loop woke it when it waited for the deadline itself (:meth:`Lead.woke`), else ``None``."""
     while receiver.waiting(now := clock()) and deadline > now:
         arrived.clear()
         try:
             await asyncio.wait_for(arrived.wait(), deadline - now)
         except asyncio.TimeoutError:
-            return
+            return clock() - deadline
+    return None
