@@ -250,7 +250,7 @@ def test_a_tick_waits_for_its_frame_until_its_deadline_only():
         return landed, woke_late, loop.time() - start, late, await until_due(receiver, arrived, start, loop.time)
     landed, woke_late, gave_up, late, passed = asyncio.run(run())
     assert 0.05 <= landed < 5.0 and woke_late is None  # the frame came: nothing to say of the loop's timers
-    assert gave_up >= 0.05 and late == pytest.approx(gave_up - 0.05)  # how late the loop woke it
+    assert gave_up >= 0.05 and 0 <= late <= gave_up - 0.05  # how late the loop woke it
     assert passed is None  # a deadline already past: no wait, no wake-up measured
 
 
