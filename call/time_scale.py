@@ -18,9 +18,9 @@ When the frame due has not come by the last moment a tick can wait for it, the c
 pitch periods of what it played last instead (:meth:`SubFrameSteps.expand`, NetEq's expand): as many
 as its next block needs, a few ms, where a concealed frame added a whole frame of delay, and the
 frame, landing a little later, is played at the next callback: not concealed, not late. That makes a
-frame missing its tick cheap, so the target can sit at the 5th percentile of the slack (at the 1st,
-20 ms p99 jitter kept a median 13-21 ms above the floor in simulation, at the 5th 10-16: the
-jitter's 95th percentile is 12.6).
+frame missing its tick cheap, so the target can sit at the 5th percentile of the slack (simulated
+20 ms p99 jitter at 10 ms blocks: medians 46.5-50.0 ms against floor + the jitter's p95 of 48.6-55.6,
+where whole concealed frames and the 1st percentile gave 51.8-53.5; ``benchmarks/results/playout.md``).
 """
 
 from __future__ import annotations
