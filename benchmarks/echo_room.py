@@ -151,6 +151,9 @@ class FarEnd:
     def waiting(self, now: float) -> bool:
         return False  # its next frame is always there
 
+    def missing(self, now: float) -> bool:
+        return False  # (nor is it ever missing: no expansion, call.time_scale)
+
 
 class _Stream:
     def __init__(self, samplerate, channels, dtype, blocksize, device, callback) -> None:

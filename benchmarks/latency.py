@@ -170,6 +170,7 @@ def step_line(step_stats: list[list[dict]]) -> str:
     """What the sub-frame playout steps (``call.time_scale``) of each peer did in a call."""
     return "sub-frame steps " + "; ".join(", ".join(
         f"{s['shortened']} shorter (-{s['samples_cut']} samples) {s['lengthened']} longer (+{s['samples_added']})"
+        f" {s.get('expanded', 0)} expanded (+{s.get('samples_expanded', 0)})"
         for s in peer) or "none" for peer in step_stats)
 
 

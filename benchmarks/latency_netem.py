@@ -6,8 +6,8 @@ as the rest of the benchmark, for our model and Opus (20 and 10 ms frames) with 
 end-to-end p50/p99 beside the floor of the configuration (``benchmarks/latency_floor.py``, with the
 network stage's median, emulated delay included: the distance to it is what jitter and the jitter
 buffer cost),
-frames late (arrived after their turn), concealed (played as lost) and stretched (ticks with nothing
-to play). Results in ``netem.md`` and ``netem.json``.
+frames late (arrived after their turn), concealed (played as lost), stretched (ticks with nothing
+to play) and expanded (ticks that played a few pitch periods while their frame was still to come). Results in ``netem.md`` and ``netem.json``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def counts(summary: dict) -> dict:
     """Receivers' jitter-buffer counters of a call, both directions added."""
     stats = summary["jitter_stats"]
     total = {key: sum(s[key] for peer in stats for s in peer) for key in ("received", "late", "lost", "stretched")}
+    total["expanded"] = sum(s.get("expanded", 0) for peer in summary.get("step_stats", []) for s in peer)
     frames = max(1, total["received"] + total["lost"])
     return {**total, "late_pct": 100 * total["late"] / frames, "lost_pct": 100 * total["lost"] / frames}
 
@@ -43,7 +44,7 @@ def netem_line(condition: str, codec: str, summary: dict) -> str:
     return (f"{condition:40s} {codec:10s} p50 {e['p50']:6.1f} ms  p99 {e['p99']:6.1f} ms  floor {summary['floor_ms']:5.1f} ms"
             f"  {sum(summary['kbps']) / 2:.1f} kbps up"
             f"  late {c['late']} ({c['late_pct']:.1f} %)  concealed {c['lost']} ({c['lost_pct']:.1f} %)"
-            f"  stretched {c['stretched']}")
+            f"  stretched {c['stretched']}  expanded {c.get('expanded', 0)}")
 
 
 def netem_main(args: argparse.Namespace) -> dict:
@@ -55,14 +56,14 @@ def netem_main(args: argparse.Namespace) -> dict:
     talker_a, talker_b = speech_pair(load_speech(args.audio, limit=None))
     codecs = [model_spec] + ([] if args.no_opus else ["opus-20ms", "opus-10ms"])
     report = {"command": " ".join([Path(sys.argv[0]).name] + (args.argv if args.argv is not None else sys.argv[1:])), "model": model_spec,
-              "model_note": note, "machine": machine(), "seconds": args.seconds, "warmup": args.warmup, "rows": []}
+              "model_note": note, "machine": machine(), "engine": "torch" if args.engine == "both" else args.engine, "seconds": args.seconds, "warmup": args.warmup, "rows": []}
     started = time.monotonic()
     for condition, (netem, extra) in CONDITIONS.items():
         for codec in codecs:
             if extra.get("dtx") and codec != model_spec:
                 continue  # the Opus baseline has no DTX here
             spec = CallSpec(label=f"{codec}, {condition}", model=codec, seconds=args.seconds, warmup=args.warmup,
-                            netem=netem, **extra)
+                            netem=netem, engine=report["engine"], **extra)
             progress(f"{spec.label} ({spec.warmup:g} s warm-up + {spec.seconds:g} s)")
             summary = summarize_call(run_call(spec, talker_a, talker_b))
             summary.pop("samples_ms")
@@ -117,16 +118,17 @@ def markdown(report: dict) -> str:
              f"Command: `python benchmarks/{report['command']}` — {report['machine']['date_utc']}, load average "
              f"{report['machine']['loadavg']} at the start (a shared machine: compare rows of one run). Each call: "
              f"{report['warmup']:g} s warm-up, {report['seconds']:g} s measured, both directions pooled, 6 kbps, "
-             "10 ms blocks, shipped playout. `benchmarks/netem.py` sits on the relay → client links. "
+             f"10 ms blocks, {report.get('engine', 'torch')} engine, shipped playout. `benchmarks/netem.py` sits on the relay → client links. "
              "Late: frames that came after their turn; concealed: frames played as lost; stretched: ticks "
-             "with nothing to play. Floor: `benchmarks/latency_floor.py`, with the network stage's median (emulated delay included).", "",
-             "| condition | codec | p50 ms | p99 ms | floor ms | kbps sent | late | concealed | stretched |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "with nothing to play (a whole concealed frame); expanded: ticks whose frame was due and missing, played "
+             "as a few pitch periods of the last audio instead (`call.time_scale`). Floor: `benchmarks/latency_floor.py`, with the network stage's median (emulated delay included).", "",
+             "| condition | codec | p50 ms | p99 ms | floor ms | kbps sent | late | concealed | stretched | expanded |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
         e, c = row["end_to_end"], row["netem_counts"]
         lines.append(f"| {row['condition']} | {row['spec']['model']} | {e['p50']:.1f} | {e['p99']:.1f} | "
                      f"{row['floor_ms']:.1f} | {sum(row['kbps']) / 2:.2f} | {c['late']} ({c['late_pct']:.1f} %) | {c['lost']} ({c['lost_pct']:.1f} %) "
-                     f"| {c['stretched']} |")
+                     f"| {c['stretched']} | {c.get('expanded', '-')} |")
     return "\n".join(lines) + "\n"
 
 

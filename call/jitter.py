@@ -306,6 +306,17 @@ class JitterBuffer:
             return False
         return self._comfort_for(self.next_index) is None or not self._due(self.next_index, now)
 
+    def missing(self, now: float) -> bool:
+        """The frame due next has not come, may still come, and is no pause's: :meth:`playout` now
+        would stretch by a whole concealed frame. A sink that can play something shorter of its own
+        (a few pitch periods, ``call.time_scale``) does that instead and gives the frame more time."""
+        i = self.next_index
+        if i is None or self.end_index is not None or i in self._frames or self._comfort_for(i) is not None:
+            return False
+        if self._started_at is not None and now < self._started_at + self.target_delay:
+            return False
+        return not (self._frames and self._overdue(i, now))
+
     # ----------------------------------------------------------------- draining
 
     def pop(self, now: float) -> list[Entry]:

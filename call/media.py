@@ -57,7 +57,8 @@ async def play(receiver: Receiver, rate: int, channels: int, device: int | str |
     """Speaker sink, pulled by the sound card: after each callback, tick only when the card would
     run short before the next one, and let the tick wait for the frames due (``arrived`` wakes it)
     until the last moment that leaves it time to decode (``call.playout``), and play its frame a few
-    ms shorter or longer when the frames come earlier or later than needed (``call.time_scale``).
+    ms shorter or longer when the frames come earlier or later than needed (``call.time_scale``); a
+    frame still missing then gets until the next callback, the card fed a few pitch periods meanwhile.
     Every sample queued here is latency. ``front_end`` hears what is played: its echo canceller's reference."""
     from .sound_card import Speaker
 
@@ -71,15 +72,21 @@ async def play(receiver: Receiver, rate: int, channels: int, device: int | str |
             await speaker.consumed.wait()
             speaker.consumed.clear()
             while (deadline := tick_deadline(speaker.runs_short_at(), speaker.next_callback, lead.seconds)) is not None:
-                await until_due(receiver, arrived, deadline, time.monotonic)
+                late = await until_due(receiver, arrived, deadline, time.monotonic)
+                if late is not None:  # (a deadline already past says nothing of the loop's wake-ups)
+                    lead.woke(late)
                 started = time.monotonic()
-                audio = await receiver.tick(started, deadline)
-                if audio is None:
-                    break
-                audio = steps.scale(audio, None if receiver.arrival is None else sample_slack(
-                    deadline, receiver.arrival, speaker.block_offset, block, rate), receiver.moved)
-                if receiver.decoded:  # comfort noise alone costs next to nothing: a pause must not shrink the lead
-                    lead.note(time.monotonic() - started)
+                needed = block - speaker.block_offset  # (the queue holds less than a block: a tick is due)
+                audio = steps.expand(needed) if receiver.missing(started) else None
+                spare = started + lead.seconds <= deadline  # time for another tick if this one is cut short
+                if audio is None:  # (an expansion gives the frame due until the next callback's deadline)
+                    audio = await receiver.tick(started, deadline)
+                    if audio is None:
+                        break
+                    audio = steps.scale(audio, None if receiver.arrival is None else sample_slack(
+                        deadline, receiver.arrival, speaker.block_offset, block, rate), receiver.moved, 0 if spare else needed)
+                    if receiver.decoded:  # comfort noise alone costs next to nothing: a pause must not shrink the lead
+                        lead.note(time.monotonic() - started)
                 speaker.write(audio)
                 if front_end is not None:
                     front_end.played(audio)

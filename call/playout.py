@@ -23,22 +23,32 @@ import numpy as np
 class Lead:
     """How long before the sound card needs a tick's audio the tick must start: the 95th
     percentile of the last ``window`` ticks' durations (decoding on the model's thread, the hand-over
-    there and back) plus ``margin``, the event loop's own wake-up scatter. ``initial`` until
-    ``measured`` ticks have been timed."""
+    there and back) plus the 95th percentile of how late the event loop woke the ticks that waited
+    until their deadline (its timers round up to the millisecond, and a busy machine adds its own
+    scatter), but at least ``least``. ``initial`` until ``measured`` ticks have been timed, ``margin``
+    until as many wake-ups have. (A fixed 1.5 ms margin, where a quiet machine wakes within 1 ms, cost
+    a whole 10 ms block at some phases of the playback clock: the frames' slack is counted in blocks.)"""
 
-    def __init__(self, initial: float = 0.006, margin: float = 0.0015, window: int = 64, measured: int = 8) -> None:
-        self.initial, self.margin, self.measured = initial, margin, measured
+    def __init__(self, initial: float = 0.006, margin: float = 0.0015, window: int = 64, measured: int = 8,
+                 least: float = 0.0005) -> None:
+        self.initial, self.margin, self.measured, self.least = initial, margin, measured, least
         self._durations: deque[float] = deque(maxlen=window)
+        self._wakes: deque[float] = deque(maxlen=window)
 
     def note(self, seconds: float) -> None:
         """A tick took ``seconds``."""
         self._durations.append(seconds)
 
+    def woke(self, late: float) -> None:
+        """A tick that waited for its frame until its deadline started ``late`` seconds after it."""
+        self._wakes.append(late)
+
     @property
     def seconds(self) -> float:
         if len(self._durations) < self.measured:
             return self.initial
-        return float(np.percentile(np.fromiter(self._durations, float), 95)) + self.margin
+        scatter = self.margin if len(self._wakes) < self.measured else float(np.percentile(np.fromiter(self._wakes, float), 95))
+        return float(np.percentile(np.fromiter(self._durations, float), 95)) + max(scatter, self.least)
 
 
 def tick_deadline(runs_short_at: float, next_callback: float, lead: float) -> float | None:
@@ -53,12 +63,14 @@ class Waits(Protocol):
     def waiting(self, now: float) -> bool: ...
 
 
-async def until_due(receiver: Waits, arrived: asyncio.Event, deadline: float, clock: Callable[[], float]) -> None:
+async def until_due(receiver: Waits, arrived: asyncio.Event, deadline: float, clock: Callable[[], float]) -> float | None:
     """Wait until no stream's frame due is still to come (``receiver.waiting``) or ``deadline``:
-    woken by ``arrived`` (set for every message the connection hands over)."""
+    woken by ``arrived`` (set for every message the connection hands over). Returns how late the
+    event loop woke it when it waited for the deadline itself (:meth:`Lead.woke`), else ``None``."""
     while receiver.waiting(now := clock()) and deadline > now:
         arrived.clear()
         try:
             await asyncio.wait_for(arrived.wait(), deadline - now)
         except asyncio.TimeoutError:
-            return
+            return clock() - deadline
+    return None

@@ -381,6 +381,11 @@ class Receiver:
         for while the sound card does not need the tick yet."""
         return any(stream.jitter.waiting(now) for stream in self._playing())
 
+    def missing(self, now: float) -> bool:
+        """A stream that has played is missing its frame due (:meth:`JitterBuffer.missing`): a tick
+        now would conceal a whole frame of it."""
+        return any(s.first_index is not None and s.jitter.missing(now) for s in self._playing())
+
     async def tick(self, now: float, due: float | None = None) -> np.ndarray | None:
         """One playout tick (speaker mode): one frame of every live stream, mixed; ``due``: see
         :meth:`JitterBuffer.playout`."""

@@ -13,6 +13,14 @@ the frame is played shortened by about the excess (:func:`shorten`); below it, l
 (:func:`lengthen`). Both cut or repeat a whole pitch period with an overlap-add cross-fade (WSOLA),
 so the pitch is kept and the waveform has no step. A frame that needs no step passes through
 untouched (the same array).
+
+When the frame due has not come by the last moment a tick can wait for it, the card is fed whole
+pitch periods of what it played last instead (:meth:`SubFrameSteps.expand`, NetEq's expand): as many
+as its next block needs, a few ms, where a concealed frame added a whole frame of delay, and the
+frame, landing a little later, is played at the next callback: not concealed, not late. That makes a
+frame missing its tick cheap, so the target can sit at the 5th percentile of the slack (simulated
+20 ms p99 jitter at 10 ms blocks: medians 46.5-50.0 ms against floor + the jitter's p95 of 48.6-55.6,
+where whole concealed frames and the 1st percentile gave 51.8-53.5; ``benchmarks/results/playout.md``).
 """
 
 from __future__ import annotations
@@ -30,12 +38,13 @@ def _fades(lag: int) -> tuple[np.ndarray, np.ndarray]:
     return 1.0 - fade_in, fade_in
 
 
-def best_lag(audio: np.ndarray, low: int, high: int, tolerance: float = 0.02) -> int:
+def best_lag(audio: np.ndarray, low: int, high: int, tolerance: float = 0.02, longest: bool = True) -> int:
     """The lag in ``[low, high]`` (``2 * high <= n``) at which the frame's first ``lag`` samples best
     match the next ``lag`` (normalised cross-correlation over all channels): a pitch period of voiced
     audio, or a whole number of them, so that cutting or repeating that many samples keeps the
     waveform's period. Of the lags within ``tolerance`` of the best match, the longest: a step
-    of two periods takes the delay back in half the steps. All lags at once (it runs on the event
+    of two periods takes the delay back in half the steps (``longest`` off: the shortest, for an
+    expansion that should add no more delay than the sound card needs). All lags at once (it runs on the event
     loop between a tick's decode and the sound card's callback: 0.3 ms on a busy machine, where a
     loop over the lags took 1.4)."""
     x = audio.astype(np.float64)
@@ -49,7 +58,7 @@ def best_lag(audio: np.ndarray, low: int, high: int, tolerance: float = 0.02) ->
     scores = np.where(energy > 0, cross / np.where(energy > 0, energy, 1.0), 1.0)  # silence: any lag is seamless
     near = scores >= scores.max() - tolerance
     peak = scores >= np.maximum(np.r_[scores[1:], -np.inf], np.r_[-np.inf, scores[:-1]])  # (a peak: not its slope)
-    return int(lags[np.flatnonzero(near & peak)[-1]])
+    return int(lags[np.flatnonzero(near & peak)[-1 if longest else 0]])
 
 
 def shorten(audio: np.ndarray, lag: int) -> np.ndarray:
@@ -68,6 +77,20 @@ def lengthen(audio: np.ndarray, lag: int) -> np.ndarray:
     fade_out, fade_in = _fades(lag)
     joined = audio[:, lag:2 * lag] * fade_out + audio[:, :lag] * fade_in
     return np.concatenate([audio[:, :lag], joined, audio[:, lag:]], axis=-1).astype(audio.dtype, copy=False)
+
+
+def continuation(history: np.ndarray, lag: int, n: int) -> np.ndarray:
+    """``n`` samples (a whole number of ``lag``) that follow ``history`` (``(channels, m)``, ``lag < m``)
+    by repeating its last ``lag`` samples: they end as the history ends, so the frame decoded next
+    joins them exactly as it would have joined the history. Where a repetition follows the history's
+    last sample, the period's first sample is off by as much as that last sample differs from the one
+    a period before it (nothing for an exact period, :func:`best_lag`; 0.4 of a sample of phase for
+    a 310 Hz tone repeated at 77 samples): that offset is added at the start and faded out over half a
+    period, so that no repetition starts with a step."""
+    period = history[:, -lag:].astype(np.float32)
+    fade_out, _ = _fades(max(1, lag // 2))
+    period[:, :fade_out.shape[0]] += (history[:, -1:] - history[:, -lag - 1:-lag]) * fade_out
+    return np.tile(period, n // lag).astype(history.dtype, copy=False)
 
 
 def sample_slack(due: float, arrived: float, offset: int, block: int, rate: int) -> int:
@@ -89,6 +112,10 @@ class StepStats:
     lengthened: int = 0
     samples_cut: int = 0
     samples_added: int = 0
+    expanded: int = 0
+    """Ticks whose frame was due and not there, played as a few pitch periods of what was played last
+    (:meth:`SubFrameSteps.expand`) instead of a whole concealed frame."""
+    samples_expanded: int = 0
 
 
 class SubFrameSteps:
@@ -102,15 +129,24 @@ class SubFrameSteps:
     down, slacks older than that window would call for lengthening what it has just cut, and the two
     rules would take turns.
 
-    ``percentile`` 1 of a 2 s window: one frame in a hundred may come too late for the reduced delay
-    (it is then concealed and the delay grows by that frame, to be taken back again by steps)."""
+    ``percentile`` 5 of a 2 s window: one frame in twenty may come too late for the reduced delay;
+    its tick then expands by a few pitch periods (:meth:`expand`) and the frame plays at the next
+    callback, the delay grown by those periods, to be taken back again by steps."""
 
-    def __init__(self, rate: int, percentile: float = 1.0, margin: float = 0.0005, window: int = 150,
-                 settle: int = 25, shortest: float = 0.0015) -> None:
+    def __init__(self, rate: int, percentile: float = 5.0, margin: float = 0.0005, window: int = 150,
+                 settle: int = 25, shortest: float = 0.0015, pitch: tuple[float, float] = (0.0025, 0.01),
+                 bound: float = 0.02) -> None:
         self.percentile = percentile
         self.margin = round(margin * rate)
         self.low = max(1, round(shortest * rate))
         """The shortest step: a cross-fade shorter than this (1.5 ms) would be heard as a click."""
+        self.pitch = (round(pitch[0] * rate), round(pitch[1] * rate))
+        """The periods an expansion repeats: voices' pitch, 100 to 400 Hz."""
+        self.bound = round(bound * rate)
+        """Samples an expansion may add while a frame is missing (20 ms): a frame later than that is
+        concealed whole, as a periodic continuation much longer than a word's pitch varies buzzes."""
+        self._history = np.zeros((0, 0), np.float32)  # the last 2 * longest period played
+        self._expanded = 0  # samples expanded since the last tick that played from the jitter buffer
         self._slacks: deque[int] = deque(maxlen=window)  # ticks (150: 2 s of 13.3 ms frames)
         self._settle = settle
         """Ticks observed before the first step: a percentile of fewer says too little."""
@@ -128,10 +164,43 @@ class SubFrameSteps:
             return None
         return int(np.percentile(np.fromiter(self._slacks, float), self.percentile)) - self.margin
 
-    def scale(self, audio: np.ndarray, slack: int | None, moved: int = 0) -> np.ndarray:
+    def scale(self, audio: np.ndarray, slack: int | None, moved: int = 0, needed: int = 0) -> np.ndarray:
         """The tick's audio (``(channels, n)``), with the step its frame's ``slack`` calls for (``None``:
         it played no frame that came); ``moved``: whole frames by which the jitter buffer moved the delay
-        at this tick (a stretch, skipped frames)."""
+        at this tick (a stretch, skipped frames); ``needed``: samples the sound card needs from this tick
+        before it can come again, which a shortened frame still gives (cut below that, the next tick would
+        decode in the time of this one's and come too late for the card)."""
+        out = self._step(audio, slack, moved, needed)
+        self._played(out)
+        self._expanded = 0
+        return out
+
+    def expand(self, needed: int) -> np.ndarray | None:
+        """The frame due has not come and the sound card needs ``needed`` samples more before it can:
+        whole pitch periods of what was played last, at least ``needed`` (NetEq's expand), so that the
+        frame still plays when it lands a few ms later instead of being replaced by a concealed frame
+        (a whole frame of delay). ``None`` when that would take the expansion since the last frame
+        beyond :attr:`bound`, or nothing has been played yet: the frame is then concealed."""
+        high = self.pitch[1]
+        if self._history.shape[-1] < 2 * high:
+            return None
+        lag = best_lag(self._history[:, ::-1], self.pitch[0], high, longest=False)  # (reversed: the last periods)
+        n = max(1, math.ceil(needed / lag)) * lag
+        if self._expanded + n > self.bound:
+            return None
+        out = continuation(self._history, lag, n)
+        self._expanded += n
+        self.stats.expanded += 1
+        self.stats.samples_expanded += n
+        self._move(n)
+        self._played(out)
+        return out
+
+    def _played(self, audio: np.ndarray) -> None:
+        """Keep the end of what was played: what an expansion repeats."""
+        self._history = np.concatenate([self._history.reshape(audio.shape[0], -1), audio], axis=-1)[:, -2 * self.pitch[1]:]
+
+    def _step(self, audio: np.ndarray, slack: int | None, moved: int, needed: int) -> np.ndarray:
         if moved < 0:
             self._slacks.clear()  # the jitter buffer's own rules judged frames not needed: measure afresh
         elif moved:
@@ -144,7 +213,10 @@ class SubFrameSteps:
             return audio
         high = audio.shape[-1] // 2
         if excess > 0:
-            lag = best_lag(audio, self.low, min(high, excess))
+            most = min(high, excess, audio.shape[-1] - needed)
+            if most < self.low:
+                return audio
+            lag = best_lag(audio, self.low, most)
             self.stats.shortened += 1
             self.stats.samples_cut += lag
             self._move(-lag)

@@ -39,8 +39,11 @@ class Unscaled:
 
     stats = None
 
-    def scale(self, audio: np.ndarray, slack: int | None, moved: int = 0) -> np.ndarray:
+    def scale(self, audio: np.ndarray, slack: int | None, moved: int = 0, needed: int = 0) -> np.ndarray:
         return audio
+
+    def expand(self, needed: int) -> None:
+        return None  # a frame not there is concealed whole
 
 
 def simulate(capture_block: int = 240, playback_block: int = 240, phase: float = 0.0, transit: float = 0.006,
@@ -92,6 +95,16 @@ def simulate(capture_block: int = 240, playback_block: int = 240, phase: float =
             while jb.waiting(now) and now < deadline:
                 now = min(deadline, landed[arrived]) if arrived < n else deadline
                 deliver(now)
+                if now == deadline:
+                    lead.woke(0.0)  # waited for the deadline itself: a virtual clock wakes on time
+            needed = playback_block - (written - read) % playback_block
+            expansion = steps.expand(needed) if jb.missing(now) else None
+            if expansion is not None:  # a few periods for the card: the frame gets until the next deadline
+                writes.append((now, expansion.shape[-1], None))
+                written += expansion.shape[-1]
+                queued_until = now
+                continue
+            spare = now + lead.seconds <= deadline
             index, codes = jb.playout(now, deadline)
             if index == STRETCH and not first_played:
                 break
@@ -102,7 +115,7 @@ def simulate(capture_block: int = 240, playback_block: int = 240, phase: float =
                 starts[index] = written
             slack = None if jb.arrival is None else \
                 sample_slack(deadline, jb.arrival, (written - read) % playback_block, playback_block, RATE)
-            samples = steps.scale(tone(max(index, 0)), slack, jb.moved).shape[-1]
+            samples = steps.scale(tone(max(index, 0)), slack, jb.moved, 0 if spare else needed).shape[-1]
             writes.append((now, samples, None))
             written += samples
             queued_until = now
@@ -162,20 +175,53 @@ def test_a_constant_extra_delay_is_taken_back_by_sub_frame_steps_within_two_seco
     assert played.steps.stats.samples_cut > 0 and played.buffer.stats.stretched == 0
 
 
-@pytest.mark.parametrize("block", [320, 240])
-def test_jitter_of_20_ms_p99_costs_at_most_1_percent_late_frames(block):
+@pytest.mark.parametrize("block,phase", [(240, 0.0), (240, 0.003), (240, 0.006), (240, 0.009), (320, 0.0), (320, 0.003)])
+def test_jitter_of_20_ms_p99_plays_within_the_floor_plus_its_p95_with_no_late_frame(block, phase):
     """The emulator's jitter (exponential, 20 ms at the 99th percentile, delivered in order as TCP
-    does): at most 1 % of the frames are late or lost and 1.5 % of the ticks stretched, and the
-    median delay is below what whole-frame playout keeps, and within the floor plus two frames."""
+    does): the median delay is within the floor (counting the link's median transit, as the benchmark
+    does) plus the jitter's 95th percentile (at 320-sample blocks, plus what steps may leave above a
+    target: a frame cannot be cut below the block the card needs), and below whole-frame playout at
+    10 ms blocks. No frame is late or lost: a frame due and missing gets a few pitch periods of time
+    (expanded), and fewer than 0.5 % of the ticks conceal a whole frame (1 % before the expansions)."""
     rng = np.random.default_rng(5)
     jitter = rng.exponential(0.02 / np.log(100), 20 * 75)  # exponential: p99 = 20 ms
-    played = simulate(capture_block=block, playback_block=block, phase=0.003, seconds=20, jitter=jitter)
-    whole = simulate(capture_block=block, playback_block=block, phase=0.003, seconds=20, jitter=jitter, sub_frame=False)
+    captured = np.array([capture_done(HOP, block, 1, k) / RATE for k in range(len(jitter))])
+    transit = np.median(np.maximum.accumulate(captured + jitter) - captured)  # (in order: a bit above the jitter's median)
+    played = simulate(capture_block=block, playback_block=block, phase=phase, seconds=20, jitter=jitter)
     stats, frames = played.buffer.stats, len(played.delays)
-    assert stats.lost + stats.late <= 0.01 * frames and stats.stretched <= 0.015 * frames, stats
-    assert np.median(settled(played)) <= floor(block, block, 0.003, 0.006 + LEAD) + 2 * FRAME + 1e-9
-    assert np.median(settled(played)) < np.median(settled(whole))
+    target = floor(block, block, phase, 0.006 + transit + LEAD) + np.percentile(jitter, 95)
+    assert np.median(settled(played)) <= target + (STEP if block == 320 else 0), (np.median(settled(played)), target)
+    assert stats.lost + stats.late == 0 and stats.stretched <= 0.005 * frames and played.steps.stats.expanded > 0, stats
+    if block == 240:
+        whole = simulate(capture_block=block, playback_block=block, phase=phase, seconds=20, jitter=jitter, sub_frame=False)
+        assert np.median(settled(played)) < np.median(settled(whole))
     assert played.underruns == 0
+
+
+def test_a_frame_that_lands_a_few_ms_after_its_deadline_is_played_after_an_expansion():
+    """Frames of a 200 Hz tone on time, then one 3 ms after its tick's deadline: at the deadline the
+    jitter buffer says it is missing, the steps play two of the tone's periods (what the card needs,
+    rounded up to whole periods) that join the last frame and the next seamlessly, and at the next
+    deadline the frame plays: not lost, not late, no whole frame concealed. A second expansion for the
+    same gap would pass the bound: the frame is then concealed."""
+    jb, steps = JitterBuffer(RATE / HOP, initial_delay=0.0), SubFrameSteps(RATE)
+    for k in range(40):
+        jb.put(k, (np.zeros(8, np.int64),), now=k * FRAME)
+        index, codes = jb.playout(k * FRAME + 0.001)
+        steps.scale(tone(index, hz=200.0), slack=steps.margin + 10)
+    due = 40 * FRAME + 0.001
+    assert jb.missing(due)
+    expansion = steps.expand(200)
+    assert expansion.shape[-1] == 240  # two periods of 120 samples: the least whole periods >= 200
+    joined = np.concatenate([tone(39, hz=200.0), expansion, tone(40, hz=200.0)], axis=-1)
+    assert np.max(np.abs(np.diff(joined[0]))) <= 1.01 * np.max(np.abs(np.diff(tone(39, hz=200.0)[0])))
+    jb.put(40, (np.zeros(8, np.int64),), now=due + 0.003)
+    assert not jb.missing(due + 0.004) and jb.playout(due + 0.010)[0] == 40
+    assert (jb.stats.stretched, jb.stats.lost, jb.stats.late) == (0, 0, 0)
+    assert steps.stats.expanded == 1 and steps.stats.samples_expanded == 240
+    assert steps.expand(200) is not None and steps.expand(200) is None  # 480 samples: the 20 ms bound
+    steps.scale(tone(41, hz=200.0), slack=None)  # a frame was played: the next gap may expand again
+    assert steps.expand(200) is not None
 
 
 def test_a_tick_waits_for_its_frame_until_its_deadline_only():
@@ -196,14 +242,16 @@ def test_a_tick_waits_for_its_frame_until_its_deadline_only():
             arrived.set()
         start = loop.time()
         loop.call_later(0.05, land)
-        await until_due(receiver, arrived, start + 5.0, loop.time)
+        woke_late = await until_due(receiver, arrived, start + 5.0, loop.time)
         landed = loop.time() - start
         receiver.here = False
         start = loop.time()
-        await until_due(receiver, arrived, start + 0.05, loop.time)
-        return landed, loop.time() - start
-    landed, gave_up = asyncio.run(run())
-    assert 0.05 <= landed < 5.0 and gave_up >= 0.05
+        late = await until_due(receiver, arrived, start + 0.05, loop.time)
+        return landed, woke_late, loop.time() - start, late, await until_due(receiver, arrived, start, loop.time)
+    landed, woke_late, gave_up, late, passed = asyncio.run(run())
+    assert 0.05 <= landed < 5.0 and woke_late is None  # the frame came: nothing to say of the loop's timers
+    assert gave_up >= 0.05 and 0 <= late <= gave_up - 0.05  # how late the loop woke it
+    assert passed is None  # a deadline already past: no wait, no wake-up measured
 
 
 def test_lead_is_the_95th_percentile_of_tick_durations_plus_a_margin():
@@ -212,6 +260,21 @@ def test_lead_is_the_95th_percentile_of_tick_durations_plus_a_margin():
     for ms in [2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 9]:
         lead.note(ms / 1000)
     assert lead.seconds == pytest.approx(np.percentile([2] + [3] * 18 + [9], 95) / 1000 + 0.001)
+
+
+def test_lead_counts_the_measured_wake_up_scatter_instead_of_a_fixed_margin():
+    """Until 8 wake-ups at a deadline are known the margin (1.5 ms) stands for the loop's scatter;
+    then their 95th percentile does, but never less than 0.5 ms."""
+    lead = Lead(initial=0.006, margin=0.0015, measured=8, least=0.0005)
+    for _ in range(20):
+        lead.note(0.003)
+    assert lead.seconds == pytest.approx(0.0045)
+    for ms in [0.2, 0.9, 0.4, 0.6, 0.1, 0.8, 0.3, 0.7, 0.5, 1.0]:
+        lead.woke(ms / 1000)
+    assert lead.seconds == pytest.approx(0.003 + np.percentile([0.2, 0.9, 0.4, 0.6, 0.1, 0.8, 0.3, 0.7, 0.5, 1.0], 95) / 1000)
+    for _ in range(64):
+        lead.woke(0.0)
+    assert lead.seconds == pytest.approx(0.0035)
 
 
 def test_a_tick_is_due_only_when_the_next_callback_would_be_too_late():

@@ -5,7 +5,7 @@ and counts what it cut."""
 import numpy as np
 import pytest
 
-from call.time_scale import SubFrameSteps, best_lag, lengthen, sample_slack, shorten
+from call.time_scale import SubFrameSteps, best_lag, continuation, lengthen, sample_slack, shorten
 
 RATE, HOP = 24000, 320
 
@@ -89,3 +89,33 @@ def test_frames_that_come_later_than_the_target_allows_are_lengthened():
         out = steps.scale(tone(200.0, k * HOP), slack=-100 + added)
         added += out.shape[-1] - HOP
     assert steps.stats.lengthened >= 1 and steps.stats.samples_added == added >= 100 + steps.margin
+
+
+@pytest.mark.parametrize("hz", [110.0, 150.0, 220.0, 310.0])
+def test_an_expansion_repeats_whole_periods_that_join_the_frames_around_it(hz):
+    """A frame due and missing: what the steps play instead is whole pitch periods of the last audio,
+    at least what the card needs, and the tone runs on through it with no step larger than its own
+    (within 5 %) on either side, though a period of 77.4 samples repeated as 77 leaves 0.4 of a sample
+    of phase at each repetition (13 % more than the tone's largest step, joined as it is)."""
+    steps = SubFrameSteps(RATE)
+    for k in range(3):
+        steps.scale(tone(hz, k * HOP), slack=None)
+    expansion = steps.expand(100)
+    lag = best_lag(np.concatenate([tone(hz, HOP), tone(hz, 2 * HOP)], axis=-1)[:, ::-1], *steps.pitch, longest=False)
+    assert expansion.shape[-1] % lag == 0 and 100 <= expansion.shape[-1] < 100 + lag
+    assert abs(lag * hz / RATE - round(lag * hz / RATE)) < 0.02  # a whole number of the tone's periods
+    played = np.concatenate([tone(hz, 2 * HOP), expansion, tone(hz, 3 * HOP)], axis=-1)
+    assert largest_step(played) <= 1.05 * largest_step(tone(hz, 0, 3 * HOP))
+    repeated = continuation(tone(hz, 0), lag, 2 * lag)
+    assert np.array_equal(repeated[:, lag // 2:lag], tone(hz, 0)[:, -lag + lag // 2:])  # the period itself
+    assert np.array_equal(repeated[:, lag:], repeated[:, :lag])  # repeated whole
+
+
+def test_an_expansion_is_bounded_and_needs_audio_played_before():
+    steps = SubFrameSteps(RATE)
+    assert steps.expand(100) is None  # nothing played yet: the frame is concealed
+    steps.scale(tone(200.0, 0, 2 * HOP), slack=None)
+    added = 0
+    while (expansion := steps.expand(100)) is not None:
+        added += expansion.shape[-1]
+    assert 0 < added <= steps.bound and steps.stats.samples_expanded == added
