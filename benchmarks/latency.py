@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from benchmarks.latency_call import STAGES, UNTRAINED, CallSpec, CpuLoad, run_call  # noqa: E402
-from benchmarks.latency_floor import call_floor_ms  # noqa: E402
+from benchmarks.latency_floor import call_floor_ms, floor_samples, spare_samples  # noqa: E402
 from benchmarks.latency_quality import CODEC_RATE, SPEECH_DIR  # noqa: E402
 from call.front_end import chunk_samples  # noqa: E402
 
@@ -76,7 +76,12 @@ def summarize_call(result: dict) -> dict:
             "kbps": result["kbps"], "jitter_stats": result["jitter_stats"], "step_stats": result.get("step_stats", []),
             "device_late_max_ms": result["device_late_max_ms"],
             "floor_ms": call_floor_ms(result["spec"], stages, result.get("phases", [0.0]),
-                                      result["senders"][0]["rate"], result["senders"][0]["hop"])}
+                                      result["senders"][0]["rate"], result["senders"][0]["hop"]),
+            # each direction's own floor and its spare (a policy that must keep more plays a block above)
+            **{f"directions_{name}_ms": [call_floor_ms(result["spec"], {s: percentiles(d[s]) for s in STAGES}, [phase],
+                                                       result["senders"][0]["rate"], result["senders"][0]["hop"], of)
+                                         for d, phase in zip(result["directions"], result.get("phases", [0.0, 0.0]))]
+               for name, of in (("floor", floor_samples), ("spare", spare_samples))}}
 
 
 def p_line(label: str, stats: dict, floor_ms: float = float("nan")) -> str:
@@ -161,7 +166,9 @@ def run_calls(args: argparse.Namespace, model: str, files) -> list[dict]:
                 print(f"  {stage:10s} median {s['p50']:6.1f} ms  p99 {s['p99']:6.1f}  mean {s['mean']:6.1f}", flush=True)
         else:
             print(p_line(spec.label, summary["end_to_end"], summary["floor_ms"]), flush=True)
-        print("  per direction p50 " + " / ".join(f"{d['p50']:.1f}" for d in summary["directions_end_to_end"])
+        print("  per direction p50 / floor / spare " + " and ".join(
+            f"{d['p50']:.1f} / {f:.1f} / {r:.1f}" for d, f, r in zip(
+                summary["directions_end_to_end"], summary["directions_floor_ms"], summary["directions_spare_ms"]))
               + " ms; " + step_line(summary["step_stats"]), flush=True)
     return results
 

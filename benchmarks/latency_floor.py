@@ -17,6 +17,7 @@ as long as a frame's round through the codec takes under one: 26.7 ms at 24 kHz;
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 
 def capture_done(frame: int, block: int, frames_per_packet: int, k: int) -> int:
@@ -39,15 +40,29 @@ def floor_samples(frame: int, block: int, processing: float, phase: float, frame
     return need
 
 
+def spare_samples(frame: int, block: int, processing: float, phase: float, frames_per_packet: int = 1) -> float:
+    """How long before the callback that plays it at the floor the frame that sets the floor is
+    ready: the room a playout policy has for what it must keep beyond the medians (the decode time's
+    tail, the event loop's wake-ups, the arrivals' spread). With less, the policy plays that frame,
+    and with a constant delay every frame, a whole block later. At 10 ms blocks every frame is ready
+    at the same phase of the playback clock (the capture blocks that complete the frames are whole
+    blocks), so this is the spare of every frame of the pattern."""
+    worst = max(capture_done(frame, block, frames_per_packet, k) + processing - k * frame
+                for k in range(math.lcm(frame * frames_per_packet, block) // frame))
+    return floor_samples(frame, block, processing, phase, frames_per_packet) - worst
+
+
 def playback_phase(source_t0: float, sink_t0: float, block: int, rate: int) -> float:
     """Where, in samples within a block, the receiver's playback callbacks fall against the
     sender's capture blocks (both clocks are the machine's in the benchmark)."""
     return ((sink_t0 - source_t0) * rate) % block
 
 
-def call_floor_ms(spec: dict, stages: dict, phases: list[float], rate: int, hop: int) -> float:
+def call_floor_ms(spec: dict, stages: dict, phases: list[float], rate: int, hop: int,
+                  of: Callable[..., float] = floor_samples) -> float:
     """The floor of a measured call in ms, mean over its two directions: the stages' medians give
-    the processing time, ``phases`` (samples, one a direction) the playback clocks' offsets."""
+    the processing time, ``phases`` (samples, one a direction) the playback clocks' offsets. ``of``
+    :func:`spare_samples`: the floor's spare instead (no lookahead)."""
     processing = sum(stages[s]["p50"] for s in ("encode", "network", "decode")) / 1000 * rate
-    floors = [floor_samples(hop, spec["block"], processing, phase, spec["frames_per_packet"]) for phase in phases]
-    return 1000 * sum(floors) / len(floors) / rate + stages["lookahead"]["p50"]
+    floors = [of(hop, spec["block"], processing, phase, spec["frames_per_packet"]) for phase in phases]
+    return 1000 * sum(floors) / len(floors) / rate + (stages["lookahead"]["p50"] if of is floor_samples else 0.0)

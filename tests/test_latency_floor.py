@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.latency_floor import call_floor_ms, floor_samples, playback_phase
+from benchmarks.latency_floor import call_floor_ms, floor_samples, playback_phase, spare_samples
 
 
 def test_frame_aligned_blocks_in_phase_cost_two_frames():
@@ -35,3 +35,20 @@ def test_call_floor_adds_the_lookahead_and_averages_the_directions():
 
 def test_playback_phase_is_the_sink_clock_modulo_a_block():
     assert playback_phase(10.0, 10.0 + 3 * 0.01 + 100 / 24000, 240, 24000) == pytest.approx(100)
+
+
+def test_the_spare_is_how_long_before_its_callback_the_frame_that_sets_the_floor_is_ready():
+    # 10 ms blocks, 120 samples of processing: frame 0 is ready at 600 (its capture block ends at 480),
+    # frames 1 and 2 at 520 and 440 after their first samples; the callback at 720 plays frame 0 first:
+    # 120 samples (5 ms) spare. A playback clock 200 samples later plays it at 680: 80 spare.
+    assert spare_samples(320, 240, processing=120, phase=0) == 120
+    assert spare_samples(320, 240, processing=120, phase=200) == 80
+    # Keeping the spare and a sample more beyond the medians costs the whole block: every frame 240 later.
+    assert floor_samples(320, 240, processing=120 + 120, phase=0) == 720
+    assert floor_samples(320, 240, processing=120 + 121, phase=0) == 720 + 240
+
+
+def test_call_spare_is_per_direction_without_the_lookahead():
+    stages = {"encode": {"p50": 3.0}, "network": {"p50": 1.0}, "decode": {"p50": 1.0}, "lookahead": {"p50": 6.5}}
+    spec = {"block": 240, "frames_per_packet": 1}
+    assert call_floor_ms(spec, stages, [200.0], 24000, 320, spare_samples) == pytest.approx(80 / 24)
