@@ -71,19 +71,25 @@ class ConvCalibration:
         self.ratio = max(self.ratio, swing / 127 / max(x_scale / 255, 1e-12))
 
 
+def constant_values(graph: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The values of `graph`'s ``Constant`` nodes (how the exporter writes weights and biases), by output name."""
+    from onnx import numpy_helper
+
+    return {node.output[0]: numpy_helper.to_array(node.attribute[0].t) for node in graph.graph.node
+            if node.op_type == "Constant" and node.attribute[0].name == "value"}
+
+
 def conv_calibrations(graph: onnx.ModelProto, streams: list[list[np.ndarray]]) -> list[ConvCalibration]:
     """What `streams`, run through `graph` frame by frame (each from zero state) as a stream runs it, showed of
     each ``Conv`` node, in node order."""
     import onnx
     import onnxruntime as ort
-    from onnx import numpy_helper
 
     from .onnx_engine import session_options
 
     probe = onnx.ModelProto()
     probe.CopyFrom(graph)
-    constants = {node.output[0]: numpy_helper.to_array(node.attribute[0].t) for node in probe.graph.node
-                 if node.op_type == "Constant" and node.attribute[0].name == "value"}
+    constants = constant_values(probe)
     convs = [node for node in probe.graph.node if node.op_type == "Conv"]
     biases = [constants.get(node.input[2]) if len(node.input) > 2 else None for node in convs]
     probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for node in convs for name in (node.input[0], node.output[0]))

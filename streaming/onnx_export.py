@@ -40,7 +40,7 @@ from codec.seanet import EncodecLSTM, EncodecResnetBlock
 
 from .coder import check_streamable
 from .frame_quantizer import FrameQuantizer
-from .onnx_conv_int8 import calibration_streams, conv_calibrations, int8_conv, quantizes
+from .onnx_conv_int8 import calibration_streams, constant_values, conv_calibrations, int8_conv, quantizes
 from .layers import (
     StreamingConv1d, StreamingConvTranspose1d, StreamingLSTM, StreamingStack, _packed_lstm, derived, folded_weight,
 )
@@ -416,8 +416,7 @@ def quantized_int8(graph: onnx.ModelProto, path: str | os.PathLike, calibration:
 
     calibrations = iter(conv_calibrations(graph, calibration))
     # The exporter writes constant tensors as Constant nodes; the quantizer reads weights from initializers.
-    values = {node.output[0]: numpy_helper.to_array(node.attribute[0].t) for node in graph.graph.node
-              if node.op_type == "Constant" and node.attribute[0].name == "value"}
+    values = constant_values(graph)
     constants = {name: value for name, value in values.items() if value.ndim >= 2}
     nodes = list(graph.graph.node)
     del graph.graph.node[:]
