@@ -291,7 +291,8 @@ async def test_workers_share_one_port_and_make_one_relay(tmp_path, relay_transpo
                                   "--metrics", str(metrics), "--transport", relay_transport], cwd=ROOT, stderr=stderr)
     peers = []
     try:
-        await until(lambda: log.read_text().count("cluster_link_up") == 2)
+        # Both workers listening (their metrics too): logged after the cluster link is up and both listeners are.
+        await until(lambda: log.read_text().count('"listening"') == 2)
         while not all(scrape(metrics + i)["relay_peers"] for i in (0, 1)):  # the kernel spreads connections
             assert len(peers) < 40, "SO_REUSEPORT sent 40 connections to one worker"
             peers.append(await connect(f"ws://127.0.0.1:{port}/w").__aenter__())
