@@ -13,8 +13,9 @@ from typing import AsyncIterator
 
 import numpy as np
 
+from .alarm import Alarm
 from .front_end import FrontEnd
-from .playout import Lead, tick_deadline, until_due
+from .playout import Lead, tick_deadline, until_done, until_due
 from .receiver import Receiver
 from .recording import Recording
 from .time_scale import SubFrameSteps, sample_slack
@@ -56,41 +57,66 @@ async def play(receiver: Receiver, rate: int, channels: int, device: int | str |
                arrived: asyncio.Event, front_end: FrontEnd | None = None) -> None:
     """Speaker sink, pulled by the sound card: after each callback, tick only when the card would
     run short before the next one, and let the tick wait for the frames due (``arrived`` wakes it)
-    until the last moment that leaves it time to decode (``call.playout``), and play its frame a few
-    ms shorter or longer when the frames come earlier or later than needed (``call.time_scale``); a
-    frame still missing then gets until the next callback, the card fed a few pitch periods meanwhile.
+    and its decode until the last moment the card can be given something else (``call.playout``), and
+    play its frame a few ms shorter or longer when the frames come earlier or later than needed
+    (``call.time_scale``); a frame still missing or decoding then gets until the next callback, the
+    card fed a few pitch periods meanwhile.
     Every sample queued here is latency. ``front_end`` hears what is played: its echo canceller's reference."""
     from .sound_card import Speaker
 
     speaker = Speaker(rate, channels, device, clock=time.monotonic)
-    lead = Lead()
+    alarm = Alarm(asyncio.get_running_loop(), time.monotonic)
+    lead = Lead(margin=Lead.least if alarm.precise else Lead.margin)  # (until wake-ups are measured: the timer's own)
     steps = SubFrameSteps(rate)
     block = round(speaker.block_seconds * rate)
+
+    def write(audio: np.ndarray) -> None:
+        speaker.write(audio)
+        if front_end is not None:
+            front_end.played(audio)
+
+    def expanded() -> bool:
+        """Fill the card's next block with pitch periods of what it played last, if within the bound."""
+        audio = steps.expand(block - speaker.block_offset)
+        if audio is not None:
+            write(audio)
+        return audio is not None
+
     speaker.start()
     try:
         while True:
             await speaker.consumed.wait()
             speaker.consumed.clear()
-            while (deadline := tick_deadline(speaker.runs_short_at(), speaker.next_callback, lead.seconds)) is not None:
-                late = await until_due(receiver, arrived, deadline, time.monotonic)
+            while (deadline := tick_deadline(speaker.runs_short_at(), speaker.next_callback, lead)) is not None:
+                # (with no expansion to fall back on, a frame not there must leave time to conceal it)
+                waits = deadline if steps.can_expand(block - speaker.block_offset) else deadline - lead.decoding
+                late = await until_due(receiver, arrived, waits, time.monotonic, alarm)
                 if late is not None:  # (a deadline already past says nothing of the loop's wake-ups)
                     lead.woke(late)
                 started = time.monotonic()
-                needed = block - speaker.block_offset  # (the queue holds less than a block: a tick is due)
-                audio = steps.expand(needed) if receiver.missing(started) else None
-                spare = started + lead.seconds <= deadline  # time for another tick if this one is cut short
-                if audio is None:  # (an expansion gives the frame due until the next callback's deadline)
-                    audio = await receiver.tick(started, deadline)
-                    if audio is None:
+                if receiver.missing(started) and expanded():  # the frame gets until the next callback's deadline
+                    continue
+                # (the jitter buffer's level counts the frames come by the latest a tick could start)
+                tick = asyncio.ensure_future(receiver.tick(started, deadline - lead.decoding))
+                while (late := await until_done(tick, deadline, time.monotonic, alarm)) is not None:
+                    lead.woke(late)
+                    if not expanded():  # (bound reached: the card plays silence until the frame is there)
+                        await tick
                         break
-                    audio = steps.scale(audio, None if receiver.arrival is None else sample_slack(
-                        deadline, receiver.arrival, speaker.block_offset, block, rate), receiver.moved, 0 if spare else needed)
-                    if receiver.decoded:  # comfort noise alone costs next to nothing: a pause must not shrink the lead
-                        lead.note(time.monotonic() - started)
-                speaker.write(audio)
-                if front_end is not None:
-                    front_end.played(audio)
+                    deadline = speaker.runs_short_at() - lead.seconds
+                audio = tick.result()
+                if audio is None:
+                    break
+                took = time.monotonic() - started
+                if receiver.decoded:  # comfort noise alone costs next to nothing: a pause must not shrink the lead
+                    lead.note(took)
+                spare = time.monotonic() + lead.decoding <= deadline  # time for another tick if this one is cut short
+                ready = None if receiver.arrival is None else receiver.arrival + took  # (decoded as it landed)
+                write(steps.scale(audio, None if ready is None else sample_slack(
+                    deadline, ready, speaker.block_offset, block, rate), receiver.moved,
+                    0 if spare else block - speaker.block_offset))
     finally:
+        alarm.close()
         speaker.close()
 
 

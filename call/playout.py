@@ -6,9 +6,10 @@ latency. Before, each callback topped the queue up to a block plus half a frame 
 whatever the jitter buffer held at that moment: a frame that landed just after a callback waited for
 the next one to be taken (up to a block), then sat behind the half frame of margin. Here a tick runs
 only when the card would otherwise run short before the next chance to decode (the next callback),
-and it waits for the frame due until the last moment that still leaves it time to decode
-(:class:`Lead`): a frame that lands a few ms after a callback still plays at the next one, and the
-queue holds no more than the card's next block needs.
+and it waits for the frame due, then for its decode, until the last moment the card can still be
+given something else (:class:`Lead`): a frame that lands a few ms after a callback still plays at
+the next one, a frame later than that gets a few pitch periods in front of it, and the queue holds
+no more than the card's next block needs.
 """
 
 from __future__ import annotations
@@ -19,18 +20,34 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from .alarm import Alarm
+
 
 class Lead:
-    """How long before the sound card needs a tick's audio the tick must start: the 95th
-    percentile of the last ``window`` ticks' durations (decoding on the model's thread, the hand-over
-    there and back) plus the 95th percentile of how late the event loop woke the ticks that waited
-    until their deadline (its timers round up to the millisecond, and a busy machine adds its own
-    scatter), but at least ``least``. ``initial`` until ``measured`` ticks have been timed, ``margin``
-    until as many wake-ups have. (A fixed 1.5 ms margin, where a quiet machine wakes within 1 ms, cost
-    a whole 10 ms block at some phases of the playback clock: the frames' slack is counted in blocks.)"""
+    """How much time a tick needs, in two parts, measured over the last ``window`` ticks.
 
-    def __init__(self, initial: float = 0.006, margin: float = 0.0015, window: int = 64, measured: int = 8,
-                 least: float = 0.0005) -> None:
+    :attr:`seconds`: how long before the sound card runs short the last decision must be taken,
+    that the audio in hand is all there will be and a few pitch periods must fill in
+    (``call.time_scale``): the 95th percentile of how late the event loop woke the waits that
+    ran to their deadline (a busy machine's scatter, and asyncio's own timers round up to the
+    millisecond where the speaker's alarm, ``call.alarm``, does not), at least ``least``; ``margin``
+    until ``measured`` wake-ups have been timed.
+
+    :attr:`decoding`: the 95th percentile of the ticks' durations (decoding on the model's thread,
+    the hand-over there and back); ``initial`` until ``measured`` ticks have been timed. A tick
+    does not reserve it: it decodes from the moment its frame lands, and a decode still running at
+    the deadline gets an expansion in front of it, its frame playing at the next callback. Reserved,
+    the decode's tail was paid by every frame (it put the 10 ms-block call a whole block above its
+    floor: 4-5 ms of spare against a 5-6 ms reserve, ``benchmarks/results/playout.md``); it only
+    says whether a tick can wait for the next round, and whether there is time for another tick."""
+
+    margin = 0.0015
+    """The loop's timers (``epoll_wait`` rounds up to the ms) wake an idle process up to 1.85 ms late (p95)."""
+    least = 0.0005
+    """A kernel timer (``call.alarm``) wakes it within 0.2 ms: what is left is the loop's own work."""
+
+    def __init__(self, initial: float = 0.006, margin: float = margin, window: int = 64, measured: int = 8,
+                 least: float = least) -> None:
         self.initial, self.margin, self.measured, self.least = initial, margin, measured, least
         self._durations: deque[float] = deque(maxlen=window)
         self._wakes: deque[float] = deque(maxlen=window)
@@ -40,37 +57,63 @@ class Lead:
         self._durations.append(seconds)
 
     def woke(self, late: float) -> None:
-        """A tick that waited for its frame until its deadline started ``late`` seconds after it."""
+        """A wait that ran to its deadline went on ``late`` seconds after it."""
         self._wakes.append(late)
 
     @property
     def seconds(self) -> float:
+        scatter = self.margin if len(self._wakes) < self.measured else float(np.percentile(np.fromiter(self._wakes, float), 95))
+        return max(scatter, self.least)
+
+    @property
+    def decoding(self) -> float:
         if len(self._durations) < self.measured:
             return self.initial
-        scatter = self.margin if len(self._wakes) < self.measured else float(np.percentile(np.fromiter(self._wakes, float), 95))
-        return float(np.percentile(np.fromiter(self._durations, float), 95)) + max(scatter, self.least)
+        return float(np.percentile(np.fromiter(self._durations, float), 95))
 
 
-def tick_deadline(runs_short_at: float, next_callback: float, lead: float) -> float | None:
-    """The latest a tick may start for its audio to be queued before ``runs_short_at`` (the first
-    callback the queue cannot fill); ``None`` when that is after ``next_callback``: the tick can wait
-    for the next round, by when more may have come."""
-    deadline = runs_short_at - lead
-    return None if deadline >= next_callback else deadline
+def tick_deadline(runs_short_at: float, next_callback: float, lead: Lead) -> float | None:
+    """The last moment a tick can give the sound card audio before ``runs_short_at`` (the first
+    callback the queue cannot fill); ``None`` when a tick started at ``next_callback`` still has
+    time to decode before it: the tick can wait for the next round, by when more may have come."""
+    if runs_short_at - lead.seconds - lead.decoding >= next_callback:
+        return None
+    return runs_short_at - lead.seconds
 
 
 class Waits(Protocol):
     def waiting(self, now: float) -> bool: ...
 
 
-async def until_due(receiver: Waits, arrived: asyncio.Event, deadline: float, clock: Callable[[], float]) -> float | None:
+async def until_due(receiver: Waits, arrived: asyncio.Event, deadline: float, clock: Callable[[], float],
+                    alarm: Alarm) -> float | None:
     """Wait until no stream's frame due is still to come (``receiver.waiting``) or ``deadline``:
-    woken by ``arrived`` (set for every message the connection hands over). Returns how late the
-    event loop woke it when it waited for the deadline itself (:meth:`Lead.woke`), else ``None``."""
-    while receiver.waiting(now := clock()) and deadline > now:
-        arrived.clear()
-        try:
-            await asyncio.wait_for(arrived.wait(), deadline - now)
-        except asyncio.TimeoutError:
-            return clock() - deadline
-    return None
+    woken by ``arrived`` (set for every message the connection hands over, and by ``alarm`` at the
+    deadline). Returns how late the event loop woke it when it waited for the deadline itself
+    (:meth:`Lead.woke`), else ``None``."""
+    if not (receiver.waiting(clock()) and deadline > clock()):
+        return None
+    alarm.ring(deadline, arrived)
+    try:
+        while receiver.waiting(now := clock()) and deadline > now:
+            arrived.clear()
+            await arrived.wait()
+    finally:
+        alarm.cancel()
+    return now - deadline if now >= deadline else None
+
+
+async def until_done(task: asyncio.Future, deadline: float, clock: Callable[[], float], alarm: Alarm) -> float | None:
+    """Wait for ``task`` until ``deadline`` (``alarm`` wakes the loop then): ``None`` when it is done,
+    else how late the event loop woke (:meth:`Lead.woke`); the task runs on."""
+    if task.done():
+        return None
+    rang = asyncio.Event()
+    alarm.ring(deadline, rang)
+    waiter = asyncio.ensure_future(rang.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        alarm.cancel()
+    return None if task.done() else max(0.0, clock() - deadline)

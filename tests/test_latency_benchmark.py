@@ -284,10 +284,10 @@ def test_the_shipped_playout_reaches_the_floor_on_a_quiet_virtual_machine(talker
     4 ms to decode: with frame-aligned blocks (no front end: its 10 ms chunks would hold a block's
     rest) every frame plays at the floor, sound cards at 48 kHz adding only their resamplers' delay
     (0.67 ms each way; dropping the filter's first samples instead cost a block each way); with 10 ms
-    blocks within the sub-frame steps' margin (2 ms) of the floor that reserving the tick's lead (4 ms +
-    0.5) allows (in whole frames: within a frame; at this phase the frames are ready exactly at a
-    callback, so any lead at all costs that block: 40.0 against 30.0). Nothing is concealed. (The top-up after each callback
-    gave 80 and 56.7 ms.)"""
+    blocks within the sub-frame steps' margin (2 ms) of the floor that a reserve before each callback
+    allows (in whole frames: within a frame; at this phase the frames are decoded exactly at a
+    callback, so any reserve at all, here the event loop's wake-up margin, costs that block: 40.0
+    against 30.0). Nothing is concealed. (The top-up after each callback gave 80 and 56.7 ms.)"""
     inject = {"encode": 0.005, "network": 0.001, "decode": 0.004}
     spec = CallSpec(label="quiet", model="untrained-small", seconds=3.0, warmup=2.5, block=block, inject=inject,
                     front_end=block == 240, device_rate=device_rate)

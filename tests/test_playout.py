@@ -3,14 +3,16 @@ frames complete with its capture blocks, a link, the jitter buffer, a decoder th
 time, and a sound card that takes a block from the speaker's queue at each callback."""
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
 from benchmarks.latency_floor import capture_done, floor_samples
+from call.alarm import Alarm
 from call.jitter import STRETCH, JitterBuffer
-from call.playout import Lead, tick_deadline, until_due
+from call.playout import Lead, tick_deadline, until_done, until_due
 from call.time_scale import SubFrameSteps, sample_slack
 
 RATE, HOP = 24000, 320
@@ -45,15 +47,19 @@ class Unscaled:
     def expand(self, needed: int) -> None:
         return None  # a frame not there is concealed whole
 
+    def can_expand(self, needed: int) -> bool:
+        return False
+
 
 def simulate(capture_block: int = 240, playback_block: int = 240, phase: float = 0.0, transit: float = 0.006,
-             decode: float = 0.004, seconds: float = 6.0, jitter: np.ndarray | None = None,
+             decode: float | np.ndarray = 0.004, seconds: float = 6.0, jitter: np.ndarray | None = None,
              sub_frame: bool = True, initial_delay: float | None = None) -> Played:
     """A one-way call: frame ``k`` reaches the receiver ``transit`` (+ ``jitter[k]``, in order as TCP
     delivers) after the capture block that completes it; playback callbacks every ``playback_block``
-    samples from ``phase`` s; each tick decodes for ``decode`` s. The speaker loop is
-    :func:`call.media.play`'s: after each callback, tick while :func:`tick_deadline` says so, each tick
-    waiting for the frame due (arrivals wake it) until its deadline."""
+    samples from ``phase`` s; each tick decodes for ``decode`` s (an array: tick ``i`` for ``decode[i]``).
+    The speaker loop is :func:`call.media.play`'s: after each callback, tick while :func:`tick_deadline`
+    says so, each tick waiting for the frame due (arrivals wake it), then for its decode, until its
+    deadline; a decode still running then gets pitch periods in front of it."""
     n = int(seconds / FRAME)
     landed = np.array([capture_done(HOP, capture_block, 1, k) / RATE + transit for k in range(n)])
     if jitter is not None:
@@ -68,6 +74,7 @@ def simulate(capture_block: int = 240, playback_block: int = 240, phase: float =
     written = read = 0  # samples written to and read from the queue
     starts: dict[int, int] = {}  # frame -> queue position of its first sample
     first_played = False
+    durations = iter(np.full(2 * int(seconds / period), decode) if np.isscalar(decode) else decode)
 
     def deliver(now: float) -> None:
         nonlocal arrived
@@ -88,34 +95,42 @@ def simulate(capture_block: int = 240, playback_block: int = 240, phase: float =
         now = max(t, queued_until)
         while True:
             short = t + period + (written - read) // playback_block * period
-            deadline = tick_deadline(short, t + period, lead.seconds)
+            deadline = tick_deadline(short, t + period, lead)
             if deadline is None:
                 break
             deliver(now)
-            while jb.waiting(now) and now < deadline:
-                now = min(deadline, landed[arrived]) if arrived < n else deadline
-                deliver(now)
-                if now == deadline:
-                    lead.woke(0.0)  # waited for the deadline itself: a virtual clock wakes on time
             needed = playback_block - (written - read) % playback_block
+            waits = deadline if steps.can_expand(needed) else deadline - lead.decoding
+            while jb.waiting(now) and now < waits:
+                now = min(waits, landed[arrived]) if arrived < n else waits
+                deliver(now)
+                if now == waits:
+                    lead.woke(0.0)  # waited for the deadline itself: a virtual clock wakes on time
             expansion = steps.expand(needed) if jb.missing(now) else None
             if expansion is not None:  # a few periods for the card: the frame gets until the next deadline
                 writes.append((now, expansion.shape[-1], None))
                 written += expansion.shape[-1]
                 queued_until = now
                 continue
-            spare = now + lead.seconds <= deadline
-            index, codes = jb.playout(now, deadline)
+            index, codes = jb.playout(now, deadline - lead.decoding)
             if index == STRETCH and not first_played:
                 break
             first_played = True
-            now += decode
-            lead.note(decode)
+            took = float(next(durations))
+            now += took
+            lead.note(took)
+            if now > deadline and (fill := steps.expand(needed)) is not None:  # still decoding at the deadline
+                writes.append((deadline, fill.shape[-1], None))
+                written += fill.shape[-1]
+                lead.woke(0.0)
+                deadline = t + period + (written - read) // playback_block * period - lead.seconds
+            spare = now + lead.decoding <= deadline
             if index != STRETCH and codes is not None:
                 starts[index] = written
             slack = None if jb.arrival is None else \
-                sample_slack(deadline, jb.arrival, (written - read) % playback_block, playback_block, RATE)
-            samples = steps.scale(tone(max(index, 0)), slack, jb.moved, 0 if spare else needed).shape[-1]
+                sample_slack(deadline, jb.arrival + took, (written - read) % playback_block, playback_block, RATE)
+            samples = steps.scale(tone(max(index, 0)), slack, jb.moved,
+                                  0 if spare else playback_block - (written - read) % playback_block).shape[-1]
             writes.append((now, samples, None))
             written += samples
             queued_until = now
@@ -163,6 +178,18 @@ def test_ten_ms_blocks_play_at_the_floor_by_sub_frame_steps(phase):
     assert min(whole) > least + 0.003
     assert least - 1e-9 <= min(delays) and max(delays) <= least + STEP, (min(delays), max(delays))
     assert played.steps.stats.shortened > 0 and played.steps.stats.lengthened == 0
+    assert played.buffer.stats.stretched == 0 and played.buffer.stats.lost == 0 and played.underruns == 0
+
+
+def test_a_decode_that_runs_past_its_deadline_now_and_then_costs_an_expansion_not_every_frame_its_tail():
+    """Decodes of 2 ms, one in thirty of 7 ms (a busy machine's tail): the playout sits at the floor the
+    median decode allows, not above it by the tail, and each slow decode still running at its deadline
+    gets pitch periods in front of it: the card is never short and no frame is concealed."""
+    slow = np.where(np.arange(1000) % 30 == 7, 0.007, 0.002)
+    played = simulate(phase=0.003, decode=slow)
+    delays = settled(played)
+    assert np.median(delays) <= floor(240, 240, 0.003, 0.006 + 0.002 + LEAD - 0.004) + STEP, np.median(delays)
+    assert played.steps.stats.expanded > 0
     assert played.buffer.stats.stretched == 0 and played.buffer.stats.lost == 0 and played.underruns == 0
 
 
@@ -240,26 +267,49 @@ def test_a_tick_waits_for_its_frame_until_its_deadline_only():
         def land():
             receiver.here = True
             arrived.set()
+        alarm = Alarm(loop, loop.time)
         start = loop.time()
         loop.call_later(0.05, land)
-        woke_late = await until_due(receiver, arrived, start + 5.0, loop.time)
+        woke_late = await until_due(receiver, arrived, start + 5.0, loop.time, alarm)
         landed = loop.time() - start
         receiver.here = False
         start = loop.time()
-        late = await until_due(receiver, arrived, start + 0.05, loop.time)
-        return landed, woke_late, loop.time() - start, late, await until_due(receiver, arrived, start, loop.time)
+        late = await until_due(receiver, arrived, start + 0.05, loop.time, alarm)
+        passed = await until_due(receiver, arrived, start, loop.time, alarm)
+        alarm.close()
+        return landed, woke_late, loop.time() - start, late, passed
     landed, woke_late, gave_up, late, passed = asyncio.run(run())
     assert 0.05 <= landed < 5.0 and woke_late is None  # the frame came: nothing to say of the loop's timers
     assert gave_up >= 0.05 and 0 <= late <= gave_up - 0.05  # how late the loop woke it
     assert passed is None  # a deadline already past: no wait, no wake-up measured
 
 
-def test_lead_is_the_95th_percentile_of_tick_durations_plus_a_margin():
+def test_a_decode_is_waited_for_until_its_deadline_only_and_runs_on():
+    """``until_done`` returns ``None`` once the decode is done, and at the deadline (how late the loop
+    woke) while it still runs: the decode is not cancelled, its frame plays after an expansion."""
+    async def run():
+        loop = asyncio.get_running_loop()
+        alarm = Alarm(loop)
+        quick = asyncio.ensure_future(asyncio.sleep(0.01, "quick"))
+        done = await until_done(quick, time.monotonic() + 5.0, time.monotonic, alarm)
+        slow = asyncio.ensure_future(asyncio.sleep(0.2, "slow"))
+        start = time.monotonic()
+        late = await until_done(slow, start + 0.05, time.monotonic, alarm)
+        waited, running = time.monotonic() - start, not slow.done()
+        alarm.close()
+        return done, quick.result(), late, waited, running, await slow
+    done, quick, late, waited, running, slow = asyncio.run(run())
+    assert done is None and quick == "quick"
+    assert late is not None and 0.05 <= waited < 0.2 and late >= 0 and running and slow == "slow"
+
+
+def test_a_tick_takes_the_95th_percentile_of_the_tick_durations_to_decode():
     lead = Lead(initial=0.006, margin=0.001, measured=8)
-    assert lead.seconds == 0.006
+    assert lead.decoding == 0.006
     for ms in [2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 9]:
         lead.note(ms / 1000)
-    assert lead.seconds == pytest.approx(np.percentile([2] + [3] * 18 + [9], 95) / 1000 + 0.001)
+    assert lead.decoding == pytest.approx(np.percentile([2] + [3] * 18 + [9], 95) / 1000)
+    assert lead.seconds == 0.001  # the decode is not reserved: only the loop's wake-up is
 
 
 def test_lead_counts_the_measured_wake_up_scatter_instead_of_a_fixed_margin():
@@ -268,20 +318,22 @@ def test_lead_counts_the_measured_wake_up_scatter_instead_of_a_fixed_margin():
     lead = Lead(initial=0.006, margin=0.0015, measured=8, least=0.0005)
     for _ in range(20):
         lead.note(0.003)
-    assert lead.seconds == pytest.approx(0.0045)
+    assert lead.seconds == pytest.approx(0.0015)
     for ms in [0.2, 0.9, 0.4, 0.6, 0.1, 0.8, 0.3, 0.7, 0.5, 1.0]:
         lead.woke(ms / 1000)
-    assert lead.seconds == pytest.approx(0.003 + np.percentile([0.2, 0.9, 0.4, 0.6, 0.1, 0.8, 0.3, 0.7, 0.5, 1.0], 95) / 1000)
+    assert lead.seconds == pytest.approx(np.percentile([0.2, 0.9, 0.4, 0.6, 0.1, 0.8, 0.3, 0.7, 0.5, 1.0], 95) / 1000)
     for _ in range(64):
         lead.woke(0.0)
-    assert lead.seconds == pytest.approx(0.0035)
+    assert lead.seconds == pytest.approx(0.0005)
 
 
-def test_a_tick_is_due_only_when_the_next_callback_would_be_too_late():
-    assert tick_deadline(runs_short_at=1.010, next_callback=1.010, lead=0.005) == pytest.approx(1.005)
-    assert tick_deadline(runs_short_at=1.020, next_callback=1.010, lead=0.005) is None
+def test_a_tick_is_due_only_when_a_tick_at_the_next_callback_could_not_decode_in_time():
+    lead = Lead(initial=0.004, margin=0.001)  # 4 ms to decode, 1 ms for the loop to wake
+    assert tick_deadline(runs_short_at=1.010, next_callback=1.010, lead=lead) == pytest.approx(1.009)
+    assert tick_deadline(runs_short_at=1.020, next_callback=1.010, lead=lead) is None
     # A decoder slower than a block: the tick must run a block ahead.
-    assert tick_deadline(runs_short_at=1.020, next_callback=1.010, lead=0.012) == pytest.approx(1.008)
+    assert tick_deadline(runs_short_at=1.020, next_callback=1.010, lead=Lead(initial=0.012, margin=0.001)) \
+        == pytest.approx(1.019)
 
 
 def test_the_jitter_buffer_says_what_is_worth_waiting_for():
