@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from benchmarks.latency_call import STAGES, UNTRAINED, CallSpec, CpuLoad, run_call  # noqa: E402
-from benchmarks.latency_floor import call_floor_ms, floor_samples, spare_samples  # noqa: E402
+from benchmarks.latency_floor import call_floor_ms, floor_samples, oracle_ms, spare_samples  # noqa: E402
 from benchmarks.latency_quality import CODEC_RATE, SPEECH_DIR  # noqa: E402
 from call.front_end import chunk_samples  # noqa: E402
 
@@ -81,7 +81,10 @@ def summarize_call(result: dict) -> dict:
             **{f"directions_{name}_ms": [call_floor_ms(result["spec"], {s: percentiles(d[s]) for s in STAGES}, [phase],
                                                        result["senders"][0]["rate"], result["senders"][0]["hop"], of)
                                          for d, phase in zip(result["directions"], result.get("phases", [0.0, 0.0]))]
-               for name, of in (("floor", floor_samples), ("spare", spare_samples))}}
+               for name, of in (("floor", floor_samples), ("spare", spare_samples))},
+            "directions_oracle_ms": [oracle_ms(d, phase, result["spec"]["block"], result["senders"][0]["rate"],
+                                               result["senders"][0]["hop"])
+                                     for d, phase in zip(result["directions"], result.get("phases", [0.0, 0.0]))]}
 
 
 def p_line(label: str, stats: dict, floor_ms: float = float("nan")) -> str:
@@ -166,9 +169,10 @@ def run_calls(args: argparse.Namespace, model: str, files) -> list[dict]:
                 print(f"  {stage:10s} median {s['p50']:6.1f} ms  p99 {s['p99']:6.1f}  mean {s['mean']:6.1f}", flush=True)
         else:
             print(p_line(spec.label, summary["end_to_end"], summary["floor_ms"]), flush=True)
-        print("  per direction p50 / floor / spare " + " and ".join(
-            f"{d['p50']:.1f} / {f:.1f} / {r:.1f}" for d, f, r in zip(
-                summary["directions_end_to_end"], summary["directions_floor_ms"], summary["directions_spare_ms"]))
+        print("  per direction p50 / floor / spare / 95 % oracle " + " and ".join(
+            f"{d['p50']:.1f} / {f:.1f} / {r:.1f} / {o:.1f}" for d, f, r, o in zip(
+                summary["directions_end_to_end"], summary["directions_floor_ms"], summary["directions_spare_ms"],
+                summary["directions_oracle_ms"]))
               + " ms; " + step_line(summary["step_stats"]), flush=True)
     return results
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
+
 
 def capture_done(frame: int, block: int, frames_per_packet: int, k: int) -> int:
     """Sample time at which the capture block completing frame ``k``'s packet reaches the sender."""
@@ -50,6 +52,20 @@ def spare_samples(frame: int, block: int, processing: float, phase: float, frame
     worst = max(capture_done(frame, block, frames_per_packet, k) + processing - k * frame
                 for k in range(math.lcm(frame * frames_per_packet, block) // frame))
     return floor_samples(frame, block, processing, phase, frames_per_packet) - worst
+
+
+def oracle_ms(direction: dict, phase: float, block: int, rate: int, hop: int, percentile: float = 95.0) -> float:
+    """The least constant delay (ms) at which ``percentile`` % of a measured direction's frames would
+    have played in time, had each been decoded the moment it landed: each frame's own capture wait,
+    encode, network and decode as measured (where :func:`floor_samples` takes their medians), rounded
+    up to the callback that first finds it, plus the lookahead. A policy that lets the other frames in
+    a hundred come late (``call.time_scale`` expands for them) cannot sit lower; what it keeps above
+    this is its own reserve, what lies between this and the floor is the processing's scatter."""
+    start = np.asarray(direction["index"]) * hop / rate
+    ready = sum(np.asarray(direction[stage], float) for stage in ("input", "encode", "packetize", "network", "decode"))
+    period, offset = block / rate, phase / rate
+    need = np.ceil((start + ready - offset) / period - 1e-9) * period + offset - start
+    return 1000 * float(np.percentile(need, percentile) + np.median(direction["lookahead"]))
 
 
 def playback_phase(source_t0: float, sink_t0: float, block: int, rate: int) -> float:

@@ -65,6 +65,11 @@ def markdown(report: dict) -> str:
         a, b = head["directions_end_to_end"]
         out += ["", f"Per direction, end to end: first peer → second p50 {fmt(a['p50'])} / p99 {fmt(a['p99'])} ms, "
                 f"second → first p50 {fmt(b['p50'])} / p99 {fmt(b['p99'])} ms."]
+        if head.get("directions_oracle_ms"):
+            out[-1] += (" The least constant delay that would have played 95 % of the frames in time, with each "
+                        "frame's own measured capture wait, encode, network and decode (`latency_floor.oracle_ms`): "
+                        + " and ".join(f"{fmt(o)} ms" for o in head["directions_oracle_ms"])
+                        + "; what lies above it is the playout's reserve, between it and the floor the processing's scatter.")
     headline = [c for c in calls if c["group"] == "headline"]
     out += ["", "## Ours against Opus (same client, relay, wire format, jitter buffer, playout)", ""]
     out += call_table(headline)

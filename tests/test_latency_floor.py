@@ -1,8 +1,10 @@
 """The latency floor of a call's configuration (benchmarks/latency_floor.py), against cases worked by hand."""
 
+import numpy as np
 import pytest
 
-from benchmarks.latency_floor import call_floor_ms, floor_samples, playback_phase, spare_samples
+from benchmarks.latency_floor import (call_floor_ms, capture_done, floor_samples, oracle_ms, playback_phase,
+                                       spare_samples)
 
 
 def test_frame_aligned_blocks_in_phase_cost_two_frames():
@@ -52,3 +54,20 @@ def test_call_spare_is_per_direction_without_the_lookahead():
     stages = {"encode": {"p50": 3.0}, "network": {"p50": 1.0}, "decode": {"p50": 1.0}, "lookahead": {"p50": 6.5}}
     spec = {"block": 240, "frames_per_packet": 1}
     assert call_floor_ms(spec, stages, [200.0], 24000, 320, spare_samples) == pytest.approx(80 / 24)
+
+
+def test_the_oracle_is_the_floor_when_every_frame_takes_the_median_and_a_block_more_when_a_tenth_are_late():
+    """Frames that all take 5 ms from capture to decoded audio need exactly the floor; when one in
+    nine, all of them frames that set the floor (the first of each three), takes 6 ms more, 95 % of
+    the frames in time need the next callback for those: the oracle moves a whole block (10 ms) while
+    the medians, and so the floor, do not move at all."""
+    k = np.arange(300)
+    stages = {"index": k.tolist(), "packetize": [0.0] * 300, "network": [0.001] * 300, "decode": [0.001] * 300,
+              "lookahead": [0.0] * 300,
+              "input": [(capture_done(320, 240, 1, i) - i * 320) / 24000 for i in k]}
+    stages["encode"] = [0.003] * 300
+    floor_ms = floor_samples(320, 240, processing=120, phase=0) / 24
+    assert oracle_ms(stages, 0.0, 240, 24000, 320) == pytest.approx(floor_ms)
+    stages["encode"] = [0.003 + (0.006 if i % 9 == 0 else 0.0) for i in k]
+    assert oracle_ms(stages, 0.0, 240, 24000, 320) == pytest.approx(floor_ms + 10.0)
+    assert oracle_ms(stages, 0.0, 240, 24000, 320, percentile=85) == pytest.approx(floor_ms)

@@ -104,12 +104,12 @@ def test_netem_report_counts_late_and_concealed_and_writes_its_files(tmp_path):
     stats = {"received": 95, "late": 1, "lost": 5, "stretched": 2, "duplicate": 0}
     row = {"condition": "jitter 20 ms p99", "spec": {"model": "default"}, "floor_ms": 30.0, "kbps": [7.2, 7.2],
            "end_to_end": {"p50": 40.0, "p99": 60.0}, "jitter_stats": [[stats], [stats]],
-           "step_stats": [[{"expanded": 3}], [{"expanded": 4}]]}
+           "step_stats": [[{"expanded": 3}], [{"expanded": 4}]], "directions_oracle_ms": [35.0, 36.0]}
     row["netem_counts"] = latency_netem.counts(row)
     assert row["netem_counts"]["late"] == 2 and row["netem_counts"]["expanded"] == 7 and row["netem_counts"]["lost_pct"] == pytest.approx(5.0)
     report = {"command": "latency.py --netem", "machine": {"date_utc": "today", "loadavg": "1"}, "warmup": 3,
               "seconds": 16, "rows": [row, {**row, "spec": {"model": "opus-20ms"}}]}
-    assert "| jitter 20 ms p99 | default | 40.0 | 60.0 | 30.0 | 7.20 | 2 (1.0 %) | 10 (5.0 %) | 4 | 7 |" \
+    assert "| jitter 20 ms p99 | default | 40.0 | 60.0 | 30.0 | 35.5 | 7.20 | 2 (1.0 %) | 10 (5.0 %) | 4 | 7 |" \
         in latency_netem.markdown(report)
     pytest.importorskip("matplotlib")  # the plot needs the bench extra
     latency_netem.write(report, tmp_path)
