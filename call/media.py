@@ -57,7 +57,8 @@ async def play(receiver: Receiver, rate: int, channels: int, device: int | str |
                arrived: asyncio.Event, front_end: FrontEnd | None = None) -> None:
     """Speaker sink, pulled by the sound card: after each callback, tick only when the card would
     run short before the next one, and let the tick wait for the frames due (``arrived`` wakes it)
-    and its decode until the last moment the card can be given something else (``call.playout``), and
+    while they could still be decoded in time, and for its decode until the last moment the card can
+    be given something else (``call.playout``), and
     play its frame a few ms shorter or longer when the frames come earlier or later than needed
     (``call.time_scale``); a frame still missing or decoding then gets until the next callback, the
     card fed a few pitch periods meanwhile.
@@ -88,16 +89,15 @@ async def play(receiver: Receiver, rate: int, channels: int, device: int | str |
             await speaker.consumed.wait()
             speaker.consumed.clear()
             while (deadline := tick_deadline(speaker.runs_short_at(), speaker.next_callback, lead)) is not None:
-                # (with no expansion to fall back on, a frame not there must leave time to conceal it)
-                waits = deadline if steps.can_expand(block - speaker.block_offset) else deadline - lead.decoding
-                late = await until_due(receiver, arrived, waits, time.monotonic, alarm)
+                # A frame not there yet is waited for as long as it could still be decoded in time: landing
+                # later, it would need pitch periods in front of it all the same, and gets the next round.
+                late = await until_due(receiver, arrived, deadline - lead.decoding, time.monotonic, alarm)
                 if late is not None:  # (a deadline already past says nothing of the loop's wake-ups)
                     lead.woke(late)
                 started = time.monotonic()
                 if receiver.missing(started) and expanded():  # the frame gets until the next callback's deadline
                     continue
-                # (the jitter buffer's level counts the frames come by the latest a tick could start)
-                tick = asyncio.ensure_future(receiver.tick(started, deadline - lead.decoding))
+                tick = asyncio.ensure_future(receiver.tick(started, deadline - lead.decoding))  # (due: the level's count)
                 while (late := await until_done(tick, deadline, time.monotonic, alarm)) is not None:
                     lead.woke(late)
                     if not expanded():  # (bound reached: the card plays silence until the frame is there)

@@ -6,10 +6,10 @@ latency. Before, each callback topped the queue up to a block plus half a frame 
 whatever the jitter buffer held at that moment: a frame that landed just after a callback waited for
 the next one to be taken (up to a block), then sat behind the half frame of margin. Here a tick runs
 only when the card would otherwise run short before the next chance to decode (the next callback),
-and it waits for the frame due, then for its decode, until the last moment the card can still be
-given something else (:class:`Lead`): a frame that lands a few ms after a callback still plays at
-the next one, a frame later than that gets a few pitch periods in front of it, and the queue holds
-no more than the card's next block needs.
+and it waits for the frame due while it could still be decoded in time, then for its decode until
+the last moment the card can still be given something else (:class:`Lead`): a frame that lands a
+few ms after a callback still plays at the next one, a frame or a decode later than that gets a few
+pitch periods in front of it, and the queue holds no more than the card's next block needs.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ class Lead:
     until ``measured`` wake-ups have been timed.
 
     :attr:`decoding`: the 95th percentile of the ticks' durations (decoding on the model's thread,
-    the hand-over there and back); ``initial`` until ``measured`` ticks have been timed. A tick
-    does not reserve it: it decodes from the moment its frame lands, and a decode still running at
-    the deadline gets an expansion in front of it, its frame playing at the next callback. Reserved,
-    the decode's tail was paid by every frame (it put the 10 ms-block call a whole block above its
-    floor: 4-5 ms of spare against a 5-6 ms reserve, ``benchmarks/results/playout.md``); it only
-    says whether a tick can wait for the next round, and whether there is time for another tick."""
+    the hand-over there and back); ``initial`` until ``measured`` ticks have been timed. A frame not
+    there yet is waited for until that long before the deadline (landing later, it could not be
+    decoded in time). A frame in hand is not held to it: it decodes from the moment it lands, and a
+    decode still running at the deadline gets an expansion in front of it, its frame playing at the
+    next callback. Reserved for every frame, the decode's tail put the 10 ms-block call a whole block
+    above its floor (4-5 ms of spare against a 5-6 ms reserve, ``benchmarks/results/playout.md``)."""
 
     margin = 0.0015
     """The loop's timers (``epoll_wait`` rounds up to the ms) wake an idle process up to 1.85 ms late (p95)."""

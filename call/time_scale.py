@@ -175,11 +175,6 @@ class SubFrameSteps:
         self._expanded = 0
         return out
 
-    def can_expand(self, needed: int) -> bool:
-        """Whether :meth:`expand` will give ``needed`` samples, whatever period it finds: a tick that
-        cannot count on an expansion must leave itself the time to decode a concealed frame."""
-        return self._history.shape[-1] >= 2 * self.pitch[1] and self._expanded + needed + self.pitch[1] - 1 <= self.bound
-
     def expand(self, needed: int) -> np.ndarray | None:
         """The frame due has not come and the sound card needs ``needed`` samples more before it can:
         whole pitch periods of what was played last, at least ``needed`` (NetEq's expand), so that the

@@ -47,8 +47,6 @@ class Unscaled:
     def expand(self, needed: int) -> None:
         return None  # a frame not there is concealed whole
 
-    def can_expand(self, needed: int) -> bool:
-        return False
 
 
 def simulate(capture_block: int = 240, playback_block: int = 240, phase: float = 0.0, transit: float = 0.006,
@@ -100,7 +98,7 @@ def simulate(capture_block: int = 240, playback_block: int = 240, phase: float =
                 break
             deliver(now)
             needed = playback_block - (written - read) % playback_block
-            waits = deadline if steps.can_expand(needed) else deadline - lead.decoding
+            waits = deadline - lead.decoding  # (the latest a frame can land and be decoded in time)
             while jb.waiting(now) and now < waits:
                 now = min(waits, landed[arrived]) if arrived < n else waits
                 deliver(now)
