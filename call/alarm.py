@@ -34,7 +34,7 @@ def _timerfd() -> tuple[int, ctypes.CDLL] | None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         fd = libc.timerfd_create(CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # (no such function; Windows has no CDLL(None))
         return None
     return (fd, libc) if fd >= 0 else None
 
