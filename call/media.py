@@ -83,6 +83,16 @@ async def play(receiver: Receiver, rate: int, channels: int, device: int | str |
             write(audio)
         return audio is not None
 
+    async def decoded_or_expanded(tick: asyncio.Future, deadline: float) -> tuple[np.ndarray | None, float]:
+        """The tick's audio, with pitch periods in front of it for every deadline its decode runs past;
+        and the deadline of the callback it then plays at."""
+        while (late := await until_done(tick, deadline, time.monotonic, alarm)) is not None:
+            lead.woke(late)
+            if not expanded():  # (bound reached: the card plays silence until the frame is there)
+                break
+            deadline = speaker.runs_short_at() - lead.seconds
+        return await tick, deadline
+
     speaker.start()
     try:
         while True:
@@ -97,14 +107,14 @@ async def play(receiver: Receiver, rate: int, channels: int, device: int | str |
                 started = time.monotonic()
                 if receiver.missing(started) and expanded():  # the frame gets until the next callback's deadline
                     continue
-                tick = asyncio.ensure_future(receiver.tick(started, deadline - lead.decoding))  # (due: the level's count)
-                while (late := await until_done(tick, deadline, time.monotonic, alarm)) is not None:
-                    lead.woke(late)
-                    if not expanded():  # (bound reached: the card plays silence until the frame is there)
-                        await tick
-                        break
-                    deadline = speaker.runs_short_at() - lead.seconds
-                audio = tick.result()
+                tick = receiver.tick(started, deadline - lead.decoding)  # (due: the level's count)
+                # With time to spare (and until ticks are timed) the decode is awaited in place: a task and a
+                # wait for it would cost loop iterations for nothing, and move the echo reference's write
+                # behind the microphone's next chunk (the front end's double-talk numbers were tuned with it before).
+                if not lead.timed or deadline - started > 2 * lead.decoding:
+                    audio = await tick
+                else:
+                    audio, deadline = await decoded_or_expanded(asyncio.ensure_future(tick), deadline)
                 if audio is None:
                     break
                 took = time.monotonic() - started

@@ -66,10 +66,13 @@ class Lead:
         return max(scatter, self.least)
 
     @property
+    def timed(self) -> bool:
+        """Whether enough ticks have been timed for :attr:`decoding` to be theirs, not ``initial``."""
+        return len(self._durations) >= self.measured
+
+    @property
     def decoding(self) -> float:
-        if len(self._durations) < self.measured:
-            return self.initial
-        return float(np.percentile(np.fromiter(self._durations, float), 95))
+        return float(np.percentile(np.fromiter(self._durations, float), 95)) if self.timed else self.initial
 
 
 def tick_deadline(runs_short_at: float, next_callback: float, lead: Lead) -> float | None:
