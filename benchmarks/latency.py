@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from benchmarks.latency_call import STAGES, UNTRAINED, CallSpec, CpuLoad, run_call  # noqa: E402
-from benchmarks.latency_floor import call_floor_ms, floor_samples, oracle_ms, spare_samples  # noqa: E402
+from benchmarks.latency_floor import call_floor_ms, oracle_ms, spare_samples  # noqa: E402
 from benchmarks.latency_quality import CODEC_RATE, SPEECH_DIR  # noqa: E402
 from call.front_end import chunk_samples  # noqa: E402
 
@@ -69,22 +69,20 @@ def summarize_call(result: dict) -> dict:
     """Both directions pooled: end-to-end and per-stage statistics."""
     pooled = {key: sum((d[key] for d in result["directions"]), []) for key in ("end_to_end",) + STAGES}
     stages = {s: percentiles(pooled[s]) for s in STAGES}
+    spec, rate, hop = result["spec"], result["senders"][0]["rate"], result["senders"][0]["hop"]
+    directions = list(zip(result["directions"], result.get("phases", [0.0, 0.0])))
+    own = [({s: percentiles(d[s]) for s in STAGES}, phase) for d, phase in directions]  # each direction's stages
     return {"spec": result["spec"], "end_to_end": percentiles(pooled["end_to_end"]), "stages": stages,
             "directions_end_to_end": [percentiles(d["end_to_end"]) for d in result["directions"]],
             "samples_ms": np.round(1000 * np.asarray(pooled["end_to_end"]), 1).tolist(),
             "frames": len(pooled["end_to_end"]), "lost": sum(d["lost"] for d in result["directions"]),
             "kbps": result["kbps"], "jitter_stats": result["jitter_stats"], "step_stats": result.get("step_stats", []),
             "device_late_max_ms": result["device_late_max_ms"],
-            "floor_ms": call_floor_ms(result["spec"], stages, result.get("phases", [0.0]),
-                                      result["senders"][0]["rate"], result["senders"][0]["hop"]),
+            "floor_ms": call_floor_ms(spec, stages, result.get("phases", [0.0]), rate, hop),
             # each direction's own floor and its spare (a policy that must keep more plays a block above)
-            **{f"directions_{name}_ms": [call_floor_ms(result["spec"], {s: percentiles(d[s]) for s in STAGES}, [phase],
-                                                       result["senders"][0]["rate"], result["senders"][0]["hop"], of)
-                                         for d, phase in zip(result["directions"], result.get("phases", [0.0, 0.0]))]
-               for name, of in (("floor", floor_samples), ("spare", spare_samples))},
-            "directions_oracle_ms": [oracle_ms(d, phase, result["spec"]["block"], result["senders"][0]["rate"],
-                                               result["senders"][0]["hop"])
-                                     for d, phase in zip(result["directions"], result.get("phases", [0.0, 0.0]))]}
+            "directions_floor_ms": [call_floor_ms(spec, s, [phase], rate, hop) for s, phase in own],
+            "directions_spare_ms": [call_floor_ms(spec, s, [phase], rate, hop, spare_samples) for s, phase in own],
+            "directions_oracle_ms": [oracle_ms(d, phase, spec["block"], rate, hop) for d, phase in directions]}
 
 
 def p_line(label: str, stats: dict, floor_ms: float = float("nan")) -> str:

@@ -58,11 +58,10 @@ async def play(receiver: Receiver, rate: int, channels: int, device: int | str |
     """Speaker sink, pulled by the sound card: after each callback, tick only when the card would
     run short before the next one, and let the tick wait for the frames due (``arrived`` wakes it)
     while they could still be decoded in time, and for its decode until the last moment the card can
-    be given something else (``call.playout``), and
-    play its frame a few ms shorter or longer when the frames come earlier or later than needed
-    (``call.time_scale``); a frame still missing or decoding then gets until the next callback, the
-    card fed a few pitch periods meanwhile.
-    Every sample queued here is latency. ``front_end`` hears what is played: its echo canceller's reference."""
+    be given something else (``call.playout``), and play its frame a few ms shorter or longer when the
+    frames come earlier or later than needed (``call.time_scale``); a frame still missing or decoding
+    then gets until the next callback, the card fed a few pitch periods meanwhile. Every sample queued
+    here is latency. ``front_end`` hears what is played: its echo canceller's reference."""
     from .sound_card import Speaker
 
     speaker = Speaker(rate, channels, device, clock=time.monotonic)
@@ -117,10 +116,11 @@ async def play(receiver: Receiver, rate: int, channels: int, device: int | str |
                     audio, deadline = await decoded_or_expanded(asyncio.ensure_future(tick), deadline)
                 if audio is None:
                     break
-                took = time.monotonic() - started
+                finished = time.monotonic()
+                took = finished - started
                 if receiver.decoded:  # comfort noise alone costs next to nothing: a pause must not shrink the lead
                     lead.note(took)
-                spare = time.monotonic() + lead.decoding <= deadline  # time for another tick if this one is cut short
+                spare = finished + lead.decoding <= deadline  # time for another tick if this one is cut short
                 ready = None if receiver.arrival is None else receiver.arrival + took  # (decoded as it landed)
                 write(steps.scale(audio, None if ready is None else sample_slack(
                     deadline, ready, speaker.block_offset, block, rate), receiver.moved,

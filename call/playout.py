@@ -51,28 +51,30 @@ class Lead:
         self.initial, self.margin, self.measured, self.least = initial, margin, measured, least
         self._durations: deque[float] = deque(maxlen=window)
         self._wakes: deque[float] = deque(maxlen=window)
+        # (kept up to date as samples come, one percentile each: a tick reads them several times)
+        self.seconds = max(margin, least)
+        self.decoding = initial
 
     def note(self, seconds: float) -> None:
         """A tick took ``seconds``."""
         self._durations.append(seconds)
+        if self.timed:
+            self.decoding = _p95(self._durations)
 
     def woke(self, late: float) -> None:
         """A wait that ran to its deadline went on ``late`` seconds after it."""
         self._wakes.append(late)
-
-    @property
-    def seconds(self) -> float:
-        scatter = self.margin if len(self._wakes) < self.measured else float(np.percentile(np.fromiter(self._wakes, float), 95))
-        return max(scatter, self.least)
+        if len(self._wakes) >= self.measured:
+            self.seconds = max(_p95(self._wakes), self.least)
 
     @property
     def timed(self) -> bool:
         """Whether enough ticks have been timed for :attr:`decoding` to be theirs, not ``initial``."""
         return len(self._durations) >= self.measured
 
-    @property
-    def decoding(self) -> float:
-        return float(np.percentile(np.fromiter(self._durations, float), 95)) if self.timed else self.initial
+
+def _p95(values: deque[float]) -> float:
+    return float(np.percentile(np.fromiter(values, float), 95))
 
 
 def tick_deadline(runs_short_at: float, next_callback: float, lead: Lead) -> float | None:
