@@ -74,7 +74,12 @@ def test_browser_and_python_peers_hold_a_call(tmp_path, web_graphs):
             stats = lambda: page.evaluate("window.callStats")  # noqa: E731
             wait_for(lambda: (s := stats()) and s["sentFrames"] >= 75 * 5, 60, "the page to send 5 s of its microphone")
             speaker = client(ws, "--input", str(wav), "--quiet")
-            wait_for(lambda: [s for s in stats()["streams"] if s["decoded"] >= 75], 120, "the page to play the Python peer")
+            try:
+                wait_for(lambda: [s for s in stats()["streams"] if s["decoded"] >= 75], 120, "the page to play the Python peer")
+            except AssertionError as timeout:
+                speaker.kill()
+                raise AssertionError(f"{timeout}; page: {stats()}; speaker (exit {speaker.wait()}): "
+                                     f"{speaker.stderr.read()[-2000:]}") from None
             page.screenshot(path=str(ARTIFACTS / "web_call.png"), full_page=True)  # in the call: both peers talking
             assert speaker.wait(120) == 0, speaker.stderr.read()
             heard_by_page = wait_for(lambda: [s for s in stats()["streams"] if s["finished"]], 30,

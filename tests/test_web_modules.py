@@ -4,7 +4,8 @@ switch inside one, END, the relay's envelopes, protocol version 2's COMFORT_NOIS
 the Python side refuses; its jitter buffer and concealment (``web/jitter.js``) reorder, count and conceal
 losses, skip a backlog, forget a stall and play a sender's pauses as ``call/jitter.py`` does; its comfort
 noise (``web/comfort-noise.js``) has ``call/comfort_noise.py``'s filter and level per band; its rate limit
-(``web/rate.js``) serves the slowest receiver as ``call/rate.py`` does, with one-frame packets."""
+(``web/rate.js``) serves the slowest receiver as ``call/rate.py`` does, with one-frame packets; the codec
+worker answers every request of the playback worklet (``web/playback-feed.js``)."""
 
 from __future__ import annotations
 
@@ -277,3 +278,38 @@ def test_page_rate_limit_serves_the_slowest_receiver_as_call_rate_does():
     assert got["chosen"] == [max((b for b in bandwidths if fits(b, kbps)), default=1.5) for kbps in asked]
     assert got["chosen"] == [1.5, 1.5, 1.5, 3, 6, 12, 12, 24, 24]  # 6 kbps costs 8.4 kbps in one-frame packets
     assert (got["slowest"], got["raised"], got["expired"]) == (9, 20, None)
+
+
+PLAYBACK_FEED = """
+import { feedPlayback } from "%s";
+const { port1, port2 } = new MessageChannel();
+let call = null;
+feedPlayback(port1, async (queued) => {
+  if (call === "broken") throw new Error("a decoder failed");
+  return call ? Float32Array.from([queued, queued, queued]) : null;
+}, 3);
+const ask = (queued) => new Promise((resolve) => {
+  port2.onmessage = ({ data }) => resolve(Array.from(data));
+  port2.postMessage({ queued });
+  setTimeout(() => resolve("no answer"), 5000);
+});
+const answers = [];
+for (const [state, queued] of [[null, 1], ["joined", 2], ["broken", 3], ["joined", 4]]) {
+  call = state;
+  answers.push(await ask(queued));
+}
+console.log(JSON.stringify(answers));
+process.exit(0);
+"""
+
+
+def test_page_answers_every_playback_request():
+    """The worklet asks again only once answered: before the call is joined (the worklet's first request
+    may come first on a busy CPU, which left a page silent for a whole call) and after a failed playout it
+    gets silence, and the call's frames once there are some."""
+    done = subprocess.run([NODE or pytest.skip("node is not installed: sudo scripts/install-system-deps.sh"),
+                           "--input-type=module", "-e", PLAYBACK_FEED % (WEB_ROOT / "playback-feed.js").as_uri()],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [[0, 0, 0], [2, 2, 2], [0, 0, 0], [4, 4, 4]]
+    assert "playout failed: a decoder failed" in done.stderr

@@ -6,6 +6,7 @@
 
 import { configureRuntime, loadSession, Encoder, Decoder } from "./codec.js";
 import { JitterBuffer, Concealer } from "./jitter.js";
+import { feedPlayback } from "./playback-feed.js";
 import { ComfortNoiseSource } from "./comfort-noise.js";
 import { RateLimit, bestBandwidth } from "./rate.js";
 import * as wire from "./wire.js";
@@ -338,16 +339,12 @@ async function decodeCodes(codes, numCodebooks) {
 
 function attachPorts(capture, playback) {
   capture.onmessage = ({ data }) => call?.frame(data);
-  let ticking = Promise.resolve();
-  playback.onmessage = ({ data }) => {
-    // The playback worklet asks for a frame each time its queue runs low: the audio clock drives playout.
-    ticking = ticking.then(async () => {
-      if (!call) return;
-      call.playbackQueued = data.queued / manifest.sample_rate;
-      const mix = await call.playout();
-      playback.postMessage(mix, [mix.buffer]);
-    });
-  };
+  // The playback worklet asks for a frame each time its queue runs low: the audio clock drives playout.
+  feedPlayback(playback, async (queued) => {
+    if (!call) return null;
+    call.playbackQueued = queued / manifest.sample_rate;
+    return call.playout();
+  }, manifest.samples_per_frame);
 }
 
 const handlers = {
