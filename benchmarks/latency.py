@@ -5,6 +5,7 @@
     python benchmarks/latency.py --model DIR       # default | DIR | hub id | Meta .th | untrained-24khz
     python benchmarks/latency.py --cpu-load 2      # a call while 2 processes burn CPU (3 to 13 s of 20), vs idle
     python benchmarks/latency.py --engine both     # the headline call on PyTorch and on ONNX Runtime (stages side by side)
+    python benchmarks/latency.py --netem --netem-only jitter --repeat 4   # one emulated condition 4 times: netem-jitter.md
 
 Each measured call is real: ``server.py`` and two ``client.py`` peers (separate processes) on
 loopback, sound cards replaced by a clocked source and sink (``--block`` samples per callback, in
@@ -445,10 +446,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with --cpu-load: seconds into the measured call the load stops (default %(default)s)")
     parser.add_argument("--netem", action="store_true",
                         help="only calls over emulated networks (benchmarks/latency_netem.py): netem.md, netem.json")
+    parser.add_argument("--netem-only", nargs="+", metavar="WORD",
+                        help="with --netem: only the conditions whose names contain a WORD (e.g. jitter), "
+                             "in netem-WORD.md")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="with --netem: each condition N times in a row (default %(default)s)")
     parser.add_argument("--dry", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rewrite", metavar="DIR", help="only rewrite the Markdown and plots from DIR/latency.json "
                         "(with --cpu-load: from DIR/cpu_load.json)")
     args = parser.parse_args(argv)
+    if (args.netem_only or args.repeat != 1) and not args.netem:
+        parser.error("--netem-only and --repeat go with --netem")
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
+    if args.netem_only:
+        from benchmarks.latency_netem import selected
+
+        try:
+            selected(args.netem_only)
+        except ValueError as error:
+            parser.error(str(error))
     args.seconds = args.seconds or (4.0 if args.quick else 20.0)
     args.warmup = args.warmup or (3.0 if args.quick else 5.0)
     args.out = Path(args.out) if args.out else RESULTS / "quick" if args.quick else RESULTS

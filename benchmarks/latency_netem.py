@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,27 @@ def counts(summary: dict) -> dict:
     total["expanded"] = sum(s.get("expanded", 0) for peer in summary.get("step_stats", []) for s in peer)
     frames = max(1, total["received"] + total["lost"])
     return {**total, "late_pct": 100 * total["late"] / frames, "lost_pct": 100 * total["lost"] / frames}
+
+
+def selected(only: list[str] | None, repeat: int = 1) -> list[tuple[str, dict, dict]]:
+    """``(row name, netem fields, CallSpec fields)`` of the conditions whose names contain one of
+    ``only`` (all without), each ``repeat`` times (named "#1", "#2"… then: the spread between
+    runs of one window is what a single row cannot show). ``ValueError`` names the conditions when
+    ``only`` matches none."""
+    picked = {name: c for name, c in CONDITIONS.items() if not only or any(word in name for word in only)}
+    if not picked:
+        raise ValueError(f"no condition matches {', '.join(only)}: the conditions are {'; '.join(CONDITIONS)}")
+    return [(name if repeat == 1 else f"{name} #{run}", netem, extra)
+            for name, (netem, extra) in picked.items() for run in range(1, repeat + 1)]
+
+
+def target_ms(summary: dict) -> float | None:
+    """The issue's p50 target under jitter: the floor plus the emulated extra delay's 95th percentile;
+    ``None`` for a condition without jitter."""
+    from benchmarks.netem import Conditions
+
+    jitter = summary["spec"].get("netem", {}).get("jitter")
+    return summary["floor_ms"] + 1000 * Conditions(jitter=jitter).jitter_percentile(95) if jitter else None
 
 
 def oracle(summary: dict) -> float:
@@ -66,7 +88,7 @@ def netem_main(args: argparse.Namespace) -> dict:
     report = {"command": " ".join([Path(sys.argv[0]).name] + (args.argv if args.argv is not None else sys.argv[1:])), "model": model_spec,
               "model_note": note, "machine": machine(), "engine": "torch" if args.engine == "both" else args.engine, "seconds": args.seconds, "warmup": args.warmup, "rows": []}
     started = time.monotonic()
-    for condition, (netem, extra) in CONDITIONS.items():
+    for condition, netem, extra in selected(args.netem_only, args.repeat):
         for codec in codecs:
             if extra.get("dtx") and codec != model_spec:
                 continue  # the Opus baseline has no DTX here
@@ -79,18 +101,20 @@ def netem_main(args: argparse.Namespace) -> dict:
             report["rows"].append(summary)
             print(netem_line(condition, codec, summary), flush=True)
     report["elapsed_s"] = time.monotonic() - started
-    write(report, args.out)
-    progress(f"wrote {args.out}/netem.json, netem.md and netem.png")
+    stem = "netem" if not args.netem_only else "netem-" + "-".join(re.sub(r"\W+", "_", word) for word in args.netem_only)
+    write(report, args.out, stem)
+    progress(f"wrote {args.out}/{stem}.json, {stem}.md and {stem}.png")
     return report
 
 
-def write(report: dict, out: Path) -> None:
-    """``netem.json``, ``netem.md`` and ``netem.png`` in ``out`` (``python -m benchmarks.latency_netem DIR``
-    rewrites the last two from the first)."""
+def write(report: dict, out: Path, stem: str = "netem") -> None:
+    """``{stem}.json``, ``.md`` and ``.png`` in ``out`` (``python -m benchmarks.latency_netem DIR [STEM]``
+    rewrites the last two from the first); a subset of the conditions has its own stem, so that it
+    does not overwrite the full run."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "netem.json").write_text(json.dumps(report, indent=1))
-    (out / "netem.md").write_text(markdown(report) + "\n![p50 and p99 per condition](netem.png)\n")
-    plot(report, out / "netem.png")
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    (out / f"{stem}.md").write_text(markdown(report) + f"\n![p50 and p99 per condition]({stem}.png)\n")
+    plot(report, out / f"{stem}.png")
 
 
 def plot(report: dict, path: Path) -> None:
@@ -131,17 +155,19 @@ def markdown(report: dict) -> str:
              "with nothing to play (a whole concealed frame); expanded: ticks whose frame was due and missing, played "
              "as a few pitch periods of the last audio instead (`call.time_scale`). Floor: `benchmarks/latency_floor.py`, with the network stage's median (emulated delay included). "
              "95 % oracle: the least constant delay that would have played 95 % of the frames in time with each frame's own "
-             "measured capture wait, encode, network and decode (`oracle_ms`): what lies above it is the playout's reserve.", "",
-             "| condition | codec | p50 ms | p99 ms | floor ms | 95 % oracle ms | kbps sent | late | concealed | stretched | expanded |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "measured capture wait, encode, network and decode (`oracle_ms`): what lies above it is the playout's reserve. "
+             "Target (under jitter): p50 at most the floor plus the emulated extra delay's 95th percentile.", "",
+             "| condition | codec | p50 ms | p99 ms | floor ms | 95 % oracle ms | target p50 ms | kbps sent | late | concealed | stretched | expanded |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
-        e, c = row["end_to_end"], row["netem_counts"]
+        e, c, target = row["end_to_end"], row["netem_counts"], target_ms(row)
+        met = "–" if target is None else f"{target:.1f} {'✓' if e['p50'] <= target else '✗'}"
         lines.append(f"| {row['condition']} | {row['spec']['model']} | {e['p50']:.1f} | {e['p99']:.1f} | "
-                     f"{row['floor_ms']:.1f} | {oracle(row):.1f} | {sum(row['kbps']) / 2:.2f} | {c['late']} ({c['late_pct']:.1f} %) | {c['lost']} ({c['lost_pct']:.1f} %) "
+                     f"{row['floor_ms']:.1f} | {oracle(row):.1f} | {met} | {sum(row['kbps']) / 2:.2f} | {c['late']} ({c['late_pct']:.1f} %) | {c['lost']} ({c['lost_pct']:.1f} %) "
                      f"| {c['stretched']} | {c.get('expanded', '-')} |")
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
-    directory = Path(sys.argv[1])
-    write(json.loads((directory / "netem.json").read_text()), directory)
+    directory, stem = Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "netem"
+    write(json.loads((directory / f"{stem}.json").read_text()), directory, stem)

@@ -54,6 +54,11 @@ class Conditions:
     """``"0:12,6:3,12:12"``: the cap (kbps) from each time on, seconds after the first websocket
     handshake through the proxy; replaces ``rate_kbps`` while the proxy runs."""
 
+    def jitter_percentile(self, q: float) -> float:
+        """The ``q``-th percentile (0-100) of the extra delay drawn per chunk (s): the exponential
+        whose 99th percentile is :attr:`jitter`."""
+        return self.jitter / math.log(100) * -math.log(1 - q / 100)
+
     def rates(self) -> list[tuple[float, float]]:
         """``(from, kbps)`` of :attr:`rate_schedule`, in order; raises ``ValueError`` for a bad one."""
         if not self.rate_schedule:

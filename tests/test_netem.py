@@ -109,8 +109,35 @@ def test_netem_report_counts_late_and_concealed_and_writes_its_files(tmp_path):
     assert row["netem_counts"]["late"] == 2 and row["netem_counts"]["expanded"] == 7 and row["netem_counts"]["lost_pct"] == pytest.approx(5.0)
     report = {"command": "latency.py --netem", "machine": {"date_utc": "today", "loadavg": "1"}, "warmup": 3,
               "seconds": 16, "rows": [row, {**row, "spec": {"model": "opus-20ms"}}]}
-    assert "| jitter 20 ms p99 | default | 40.0 | 60.0 | 30.0 | 35.5 | 7.20 | 2 (1.0 %) | 10 (5.0 %) | 4 | 7 |" \
-        in latency_netem.markdown(report)
+    jittered = {"spec": {"model": "default", "netem": {"jitter": 0.02}}}  # p95 of the extra delay: 13.0 ms
+    report["rows"] += [{**row, **jittered}, {**row, **jittered, "end_to_end": {"p50": 44.0, "p99": 60.0}}]
+    table = latency_netem.markdown(report)
+    assert "| jitter 20 ms p99 | default | 40.0 | 60.0 | 30.0 | 35.5 | – | 7.20 | 2 (1.0 %) | 10 (5.0 %) | 4 | 7 |" in table
+    assert "| 40.0 | 60.0 | 30.0 | 35.5 | 43.0 ✓ |" in table and "| 44.0 | 60.0 | 30.0 | 35.5 | 43.0 ✗ |" in table
     pytest.importorskip("matplotlib")  # the plot needs the bench extra
-    latency_netem.write(report, tmp_path)
-    assert (tmp_path / "netem.png").stat().st_size > 1000
+    latency_netem.write(report, tmp_path, "netem-jitter")
+    assert (tmp_path / "netem-jitter.png").stat().st_size > 1000 and (tmp_path / "netem-jitter.json").is_file()
+
+
+def test_extra_delay_percentiles_are_the_exponentials():
+    link = Conditions(jitter=0.02)
+    assert link.jitter_percentile(99) == pytest.approx(0.02) and link.jitter_percentile(95) == pytest.approx(0.0130, abs=1e-4)
+    delays = np.random.default_rng(1).exponential(0.02 / np.log(100), 200_000)
+    assert np.percentile(delays, 95) == pytest.approx(link.jitter_percentile(95), rel=0.01)
+
+
+def test_a_subset_of_conditions_repeats_and_bad_choices_are_usage_errors(capsys):
+    from benchmarks import latency_netem
+    from benchmarks.latency import parse_args
+
+    rows = latency_netem.selected(["jitter"], repeat=2)
+    assert [name for name, _, _ in rows] == ["jitter 20 ms p99 #1", "jitter 20 ms p99 #2"] and rows[0][1] == {"jitter": 0.02}
+    assert len(latency_netem.selected(None)) == len(latency_netem.CONDITIONS)
+    args = parse_args(["--netem", "--netem-only", "jitter", "delay", "--repeat", "3"])
+    assert (args.netem_only, args.repeat) == (["jitter", "delay"], 3)
+    for argv, message in [(["--netem", "--netem-only", "snow"], "no condition matches snow"),
+                          (["--netem", "--repeat", "0"], "--repeat must be at least 1"),
+                          (["--netem-only", "jitter"], "go with --netem")]:
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+        assert message in capsys.readouterr().err
