@@ -46,9 +46,7 @@ def speech(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def long_speech(tmp_path_factory):
-    """A call that cannot end on its own before it is interrupted: a paced sender catches up after a
-    stall of the test's process in a burst, and on a busy CI machine a 4 s call once ended (exit 0)
-    between the receiver's check and its Ctrl-C."""
+    """A call that cannot end on its own before it is interrupted, whatever a busy machine's stalls."""
     return speech_wav(tmp_path_factory.mktemp("long_audio"), 30 * RATE, RATE, seed=5)
 
 
@@ -110,8 +108,8 @@ def test_another_rate_is_resampled_to_the_exact_length(tmp_path):
 # --------------------------------------------------------------------- a receiver that is killed
 
 
-async def start_relay():
-    relay = Relay()
+async def start_relay(relay: Relay | None = None):
+    relay = relay or Relay()
     server = await relay.start("127.0.0.1", 0).__aenter__()
     return server, f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
@@ -119,14 +117,23 @@ async def start_relay():
 async def interrupted_call(model, model_dir, speech, out: Path, how: signal.Signals, *flags: str):
     """A receiving client.py in a subprocess, a paced sender in this process; ``how`` stops the
     receiver once half a second is on disk. Returns its exit status and what is on disk."""
-    server, url = await start_relay()
+    relay = Relay()
+    server, url = await start_relay(relay)
     receiver = await asyncio.create_subprocess_exec(
         sys.executable, "client.py", "--server", url, "--room", "r", "--model", str(model_dir),
         "--output", str(out), "--quiet", *flags, cwd=ROOT, stderr=asyncio.subprocess.PIPE)
-    sender = Client(Options(server=url, room="r", input=str(speech[0]), pace=True, status=False), model)
-    sending = asyncio.create_task(sender.run())  # it waits for the receiver to join
+    sending = None
     try:
-        for _ in range(1200):  # up to 60 s for the subprocess to start and hear half a second
+        for _ in range(2400):  # up to 120 s for the subprocess to start and join (a busy machine)
+            if relay.rooms.get("r") or receiver.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+        # The paced sender starts once the receiver is in the room. A file sender alone queues its
+        # packets until a listener joins: a receiver that took longer to start than the file lasts
+        # (CI, under load) was handed the whole call at once and had finished, exit 0, by its Ctrl-C.
+        sender = Client(Options(server=url, room="r", input=str(speech[0]), pace=True, status=False), model)
+        sending = asyncio.create_task(sender.run())
+        for _ in range(1200):  # up to 60 s to hear half a second
             if frames_so_far(out) >= RATE // 2 or receiver.returncode is not None:
                 break
             await asyncio.sleep(0.05)
@@ -137,8 +144,9 @@ async def interrupted_call(model, model_dir, speech, out: Path, how: signal.Sign
     finally:
         if receiver.returncode is None:
             receiver.kill()
-        sending.cancel()
-        await asyncio.gather(sending, return_exceptions=True)
+        if sending is not None:
+            sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
         server.close()
     return status, stderr
 
