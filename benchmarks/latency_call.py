@@ -359,6 +359,21 @@ def log_sheds(budget) -> list[tuple[float, bool]]:
     return log
 
 
+def log_bandwidth(encoder) -> list[tuple[float, float]] | None:
+    """``(time.monotonic(), kbps)`` at each bandwidth switch of a sender's streaming ``encoder``
+    (``call.sender``'s rate following, ``call.rate``); ``None`` for a codec without bandwidths (Opus here)."""
+    switch = getattr(encoder, "set_bandwidth", None)
+    if switch is None:
+        return None
+    log: list[tuple[float, float]] = []
+
+    def logged(bandwidth: float) -> None:
+        switch(bandwidth)
+        log.append((time.monotonic(), float(bandwidth)))
+    encoder.set_bandwidth = logged
+    return log
+
+
 def trace_jitter(receiver) -> list[tuple[float, float, int]]:
     """``(now, target delay, frames held)`` at every playout tick of every stream ``receiver``
     opens from now on: where the jitter stage's time goes (the target, or a queue beyond it)."""
@@ -415,6 +430,7 @@ def instrument(client, spec: CallSpec, devices: ClockedDevices,
     client.sender.observer = on_sent
     client.receiver.observer = on_received
     shed_log = log_sheds(client.sender.budget)
+    bandwidth_log = log_bandwidth(client.sender.encoder)
     if spec.inject.get("encode"):
         client.sender.encoder = Slowed(client.sender.encoder, spec.inject["encode"], sleep)
     if spec.inject.get("network"):
@@ -448,7 +464,7 @@ def instrument(client, spec: CallSpec, devices: ClockedDevices,
                 "device_rate": devices.device_rate,
                 "up_bytes": client.up.bytes, "sent_frames": client.sender.next_index,
                 "dropped_samples": client.sender.dropped_samples, "sheds": client.sender.budget.sheds,
-                "shed_log": shed_log, "jitter_trace": trace,
+                "shed_log": shed_log, "bandwidth_log": bandwidth_log, "bandwidth": spec.bandwidth, "jitter_trace": trace,
                 "input_overflows": getattr(devices.streams["input"].callback.__self__, "overflows", 0)}
 
     return collect
@@ -658,6 +674,7 @@ def run_call(spec: CallSpec, audio_a: np.ndarray, audio_b: np.ndarray, relay_url
         outs = [results.get(timeout=timeout) for _ in peers]
         for p in peers:
             p.join(10)
+        caps = netem.caps() if netem is not None else []
     finally:
         for p in peers:
             if p.is_alive():
@@ -670,6 +687,7 @@ def run_call(spec: CallSpec, audio_a: np.ndarray, audio_b: np.ndarray, relay_url
     if errors:
         raise RuntimeError("a peer failed:\n" + "\n".join(errors))
     result = call_result(spec, outs)
+    result["caps"] = caps  # (when, kbps) of the emulator's scheduled caps, as they took effect
     if load is not None:
         result["load"] = marks
     return result
@@ -685,7 +703,7 @@ def call_result(spec: CallSpec, outs: list[dict]) -> dict:
             "device_late_max_ms": [{k: 1000 * v for k, v in o["late_max"].items()} for o in outs],
             "device_late_at_block": [o["late_at_block"] for o in outs],
             "senders": [{key: o.get(key) for key in ("dropped_samples", "sheds", "shed_log", "input_overflows",
-                                                     "rate", "hop")} for o in outs],
+                                                     "rate", "hop", "bandwidth_log", "bandwidth")} for o in outs],
             "jitter_traces": [o.get("jitter_trace", []) for o in outs],
             "phases": [playback_phase(a["source_t0"], b["sink_log"][0][0], spec.block, a["rate"]) if b["sink_log"] else 0.0
                        for a, b in (outs, outs[::-1])]}

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 CONDITIONS = {
     "loopback": ({}, {}),
     "loopback, DTX": ({}, {"dtx": True}),
@@ -61,6 +63,52 @@ def target_ms(summary: dict) -> float | None:
     return summary["floor_ms"] + 1000 * Conditions(jitter=jitter).jitter_percentile(95) if jitter else None
 
 
+def longest_gap_ms(direction: dict, period: float) -> float:
+    """The longest time (ms) a listener heard no frame of the stream: between the end of one frame's
+    playing and the start of the next frame that played, concealed and expanded audio and silence
+    alike (frames that never played are not in ``direction``). Frame ``k``'s first sample plays
+    ``end_to_end`` after its capture, which began at ``k`` periods."""
+    order = np.argsort(direction["index"])
+    plays = np.asarray(direction["index"])[order] * period + np.asarray(direction["end_to_end"])[order]
+    return 1000 * float(max(np.diff(plays).max(initial=period) - period, 0.0))
+
+
+def adaptation(result: dict) -> list[dict] | None:
+    """For each sender that can follow the link (a codec with bandwidths), when the emulator's cap
+    dropped and lifted (``result["caps"]``): seconds until it sent below its call's bandwidth
+    (``down_s``) and until it was back at it (``up_s``; ``None`` when that did not happen in the call),
+    and ``lifted`` (whether the cap lifted within the call). ``None`` without a drop in the schedule."""
+    caps = result.get("caps") or []
+    changes = list(zip(caps, caps[1:]))
+    drop = next((t for (_, before), (t, kbps) in changes if kbps < before), None)
+    if drop is None:
+        return None
+    lift = next((t for (_, before), (t, kbps) in changes if kbps > before and t > drop), None)
+    rows = []
+    for sender in result["senders"]:
+        log, nominal = sender.get("bandwidth_log"), sender.get("bandwidth")
+        if log is None:
+            continue
+        down = next((t - drop for t, kbps in log if t >= drop and kbps < nominal), None)
+        up = None if lift is None else next((t - lift for t, kbps in log if t >= lift and kbps >= nominal), None)
+        rows.append({"down_s": down, "up_s": up, "lifted": lift is not None,
+                     "lowest_kbps": min((kbps for _, kbps in log), default=nominal)})
+    return rows
+
+
+def adaptation_cell(summary: dict) -> str:
+    """``down / back up`` seconds of the slower sender, for the table."""
+    rows = summary.get("adaptation")
+    if rows is None:
+        return "–"
+    if not rows:
+        return "no bandwidths"
+    seconds = lambda key: None if any(r[key] is None for r in rows) else max(r[key] for r in rows)  # noqa: E731
+    down, up = seconds("down_s"), seconds("up_s")
+    up_text = "not lifted in the call" if not all(r["lifted"] for r in rows) else "not back" if up is None else f"{up:.2f}"
+    return f"{'not down' if down is None else f'{down:.2f}'} / {up_text}"
+
+
 def oracle(summary: dict) -> float:
     """The directions' mean of the least constant delay that plays 95 % of the frames in time
     (``benchmarks.latency_floor.oracle_ms``); NaN for a report written before it was measured."""
@@ -74,7 +122,8 @@ def netem_line(condition: str, codec: str, summary: dict) -> str:
             f"  95 % oracle {oracle(summary):5.1f} ms"
             f"  {sum(summary['kbps']) / 2:.1f} kbps up"
             f"  late {c['late']} ({c['late_pct']:.1f} %)  concealed {c['lost']} ({c['lost_pct']:.1f} %)"
-            f"  stretched {c['stretched']}  expanded {c.get('expanded', 0)}")
+            f"  stretched {c['stretched']}  expanded {c.get('expanded', 0)}"
+            f"  longest gap {max(summary.get('longest_gap_ms') or [float('nan')]):.0f} ms  down/up s {adaptation_cell(summary)}")
 
 
 def netem_main(args: argparse.Namespace) -> dict:
@@ -95,8 +144,12 @@ def netem_main(args: argparse.Namespace) -> dict:
             spec = CallSpec(label=f"{codec}, {condition}", model=codec, seconds=args.seconds, warmup=args.warmup,
                             netem=netem, engine=report["engine"], **extra)
             progress(f"{spec.label} ({spec.warmup:g} s warm-up + {spec.seconds:g} s)")
-            summary = summarize_call(run_call(spec, talker_a, talker_b))
+            result = run_call(spec, talker_a, talker_b)
+            summary = summarize_call(result)
             summary.pop("samples_ms")
+            period = result["senders"][0]["hop"] / result["senders"][0]["rate"]
+            summary["longest_gap_ms"] = [longest_gap_ms(d, period) for d in result["directions"]]
+            summary["adaptation"] = adaptation(result)
             summary["condition"], summary["netem_counts"] = condition, counts(summary)
             report["rows"].append(summary)
             print(netem_line(condition, codec, summary), flush=True)
@@ -156,15 +209,21 @@ def markdown(report: dict) -> str:
              "as a few pitch periods of the last audio instead (`call.time_scale`). Floor: `benchmarks/latency_floor.py`, with the network stage's median (emulated delay included). "
              "95 % oracle: the least constant delay that would have played 95 % of the frames in time with each frame's own "
              "measured capture wait, encode, network and decode (`oracle_ms`): what lies above it is the playout's reserve. "
-             "Target (under jitter): p50 at most the floor plus the emulated extra delay's 95th percentile.", "",
-             "| condition | codec | p50 ms | p99 ms | floor ms | 95 % oracle ms | target p50 ms | kbps sent | late | concealed | stretched | expanded |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Target (under jitter): p50 at most the floor plus the emulated extra delay's 95th percentile. "
+             "Longest gap: the longest time a listener heard no frame of the stream (concealment, expansion or "
+             "silence; either direction). Down / back up: seconds from the cap's drop until the slower sender sent "
+             "below the call's 6 kbps, and from its lift until both were back at 6 (`call.rate`; Opus here has no bandwidths "
+             "to follow).", "",
+             "| condition | codec | p50 ms | p99 ms | floor ms | 95 % oracle ms | target p50 ms | kbps sent | late | concealed "
+             "| stretched | expanded | longest gap ms | down / back up s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
         e, c, target = row["end_to_end"], row["netem_counts"], target_ms(row)
         met = "–" if target is None else f"{target:.1f} {'✓' if e['p50'] <= target else '✗'}"
         lines.append(f"| {row['condition']} | {row['spec']['model']} | {e['p50']:.1f} | {e['p99']:.1f} | "
                      f"{row['floor_ms']:.1f} | {oracle(row):.1f} | {met} | {sum(row['kbps']) / 2:.2f} | {c['late']} ({c['late_pct']:.1f} %) | {c['lost']} ({c['lost_pct']:.1f} %) "
-                     f"| {c['stretched']} | {c.get('expanded', '-')} |")
+                     f"| {c['stretched']} | {c.get('expanded', '-')} | {max(row.get('longest_gap_ms') or [float('nan')]):.0f} "
+                     f"| {adaptation_cell(row)} |")
     return "\n".join(lines) + "\n"
 
 

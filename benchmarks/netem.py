@@ -23,6 +23,7 @@ import asyncio
 import math
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -148,9 +149,13 @@ class LinkSchedule:
 class NetemProxy:
     """The proxy: each client connection gets its own link (and schedule) towards it."""
 
-    def __init__(self, upstream: tuple[str, int], conditions: Conditions, seed: int = 0) -> None:
+    def __init__(self, upstream: tuple[str, int], conditions: Conditions, seed: int = 0,
+                 cap_log: Path | None = None) -> None:
         conditions.check()
         self.upstream, self.conditions, self.seed = upstream, conditions, seed
+        self.cap_log = cap_log
+        """A file that gets a line ``time.monotonic() kbps`` as each cap of the schedule takes effect:
+        when the benchmark's senders should have followed it."""
         self.started = time.monotonic()
         self.connections: set[asyncio.StreamWriter] = set()
         self.cuts = 0
@@ -172,6 +177,9 @@ class NetemProxy:
         for since, kbps in self.conditions.rates():
             await asyncio.sleep(max(0.0, start + since - time.monotonic()))
             self.conditions = replace(self.conditions, rate_kbps=kbps)
+            if self.cap_log is not None:
+                with self.cap_log.open("a") as log:
+                    log.write(f"{time.monotonic()!r} {kbps!r}\n")
 
     async def _outages(self) -> None:
         while True:
@@ -269,20 +277,34 @@ class NetemProcess:
         self.url = f"ws://127.0.0.1:{self.port}"
         host, port = upstream_url.removeprefix("ws://").split(":")
         args = [f"--{k.replace('_', '-')}={v}" for k, v in asdict(conditions).items() if v is not None]
+        self._folder = tempfile.TemporaryDirectory(prefix="netem-")
+        self.cap_log = Path(self._folder.name) / "caps.txt"
         self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.netem", "--listen", str(self.port),
-                                         "--upstream", f"{host}:{port}", *args], cwd=ROOT)
+                                         "--upstream", f"{host}:{port}", "--cap-log", str(self.cap_log), *args], cwd=ROOT)
         wait_for_port(self.port, "the network emulator", self.process, self.close)
+
+    def caps(self) -> list[tuple[float, float]]:
+        """``(time.monotonic(), kbps)`` of each cap of the schedule that has taken effect so far."""
+        return read_caps(self.cap_log)
 
     def close(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(5)
+        self._folder.cleanup()
 
     def __enter__(self) -> "NetemProcess":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def read_caps(path: Path) -> list[tuple[float, float]]:
+    """The lines of a proxy's ``cap_log``: ``(time.monotonic(), kbps)``; none before the schedule starts."""
+    if not path.is_file():
+        return []
+    return [(float(t), float(kbps)) for t, kbps in (line.split() for line in path.read_text().splitlines())]
 
 
 def positive_or_zero(value: str) -> float:
@@ -304,6 +326,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--queue-bytes", type=int, default=8192, help="bytes in flight before the proxy stops reading")
     parser.add_argument("--rate-schedule", help="FROM:KBPS,... caps from seconds after the first websocket handshake on")
     parser.add_argument("--max-queue", type=float, default=0.2, help="seconds of queue at the cap before audio is dropped")
+    parser.add_argument("--cap-log", type=Path, help="file that gets 'MONOTONIC_TIME KBPS' as each scheduled cap takes effect")
     args = parser.parse_args(argv)
     try:
         args.conditions = Conditions(args.delay, args.jitter, args.rate_kbps, args.outage_every, args.outage_for,
@@ -319,7 +342,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    proxy = NetemProxy(args.upstream, args.conditions)
+    proxy = NetemProxy(args.upstream, args.conditions, cap_log=args.cap_log)
     server = await proxy.serve("127.0.0.1", args.listen)
     async with server:
         await server.serve_forever()

@@ -1,6 +1,7 @@
 """The benchmark's network emulator: its schedule on given times, its options, and the proxy on loopback."""
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -88,6 +89,56 @@ def test_a_rate_schedule_reads_in_order():
     assert Conditions(rate_schedule="0:12,6:3,12:12").rates() == [(0.0, 12.0), (6.0, 3.0), (12.0, 12.0)]
 
 
+async def test_the_proxy_logs_each_cap_as_it_takes_effect_from_the_first_handshake(tmp_path):
+    async def answer(reader, writer):
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+        await writer.drain()
+        await reader.read(100)
+
+    upstream = await asyncio.start_server(answer, "127.0.0.1", 0)
+    log = tmp_path / "caps.txt"
+    proxy = NetemProxy(("127.0.0.1", upstream.sockets[0].getsockname()[1]),
+                       Conditions(rate_schedule="0:12,0.2:3,0.4:12"), cap_log=log)
+    server = await proxy.serve("127.0.0.1", 0)
+    try:
+        await asyncio.sleep(0.1)
+        assert netem.read_caps(log) == []  # the schedule waits for a call
+        shaken = time.monotonic()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        await asyncio.wait_for(reader.readexactly(4), 10)
+        async with asyncio.timeout(10):
+            while len(caps := netem.read_caps(log)) < 3:
+                await asyncio.sleep(0.05)
+        assert [kbps for _, kbps in caps] == [12.0, 3.0, 12.0]
+        times = [t - caps[0][0] for t, _ in caps]
+        assert caps[0][0] >= shaken and times[1] >= 0.2 and times[2] >= 0.4 and times == sorted(times)
+        writer.close()
+    finally:
+        server.close()
+        upstream.close()
+
+
+def test_the_longest_gap_and_the_senders_adaptation_are_read_from_a_call():
+    from benchmarks.latency_netem import adaptation, adaptation_cell, longest_gap_ms
+
+    period = 0.01
+    # frames 0-9 played 30 ms after capture; 10-12 never played; 13 on played 34 ms after its capture
+    direction = {"index": [*range(10), *range(13, 20)], "end_to_end": [0.030] * 10 + [0.034] * 7}
+    assert longest_gap_ms(direction, period) == pytest.approx(34.0)  # frames 10-12 (30 ms) and 4 ms more
+    assert longest_gap_ms({"index": [0, 1, 2], "end_to_end": [0.03, 0.03, 0.03]}, period) == pytest.approx(0.0)
+    caps = [(100.0, 12.0), (106.0, 3.0), (112.0, 12.0)]
+    senders = [{"bandwidth": 6.0, "bandwidth_log": [(106.5, 1.5), (113.0, 3.0), (114.5, 6.0)]},
+               {"bandwidth": 6.0, "bandwidth_log": [(106.8, 3.0), (113.5, 6.0)]}]
+    rows = adaptation({"caps": caps, "senders": senders})
+    assert [(r["down_s"], r["up_s"], r["lowest_kbps"]) for r in rows] == [(0.5, 2.5, 1.5), (pytest.approx(0.8), 1.5, 3.0)]
+    assert adaptation_cell({"adaptation": rows}) == "0.80 / 2.50"
+    unlifted = adaptation({"caps": caps[:2], "senders": senders})
+    assert adaptation_cell({"adaptation": unlifted}) == "0.80 / not lifted in the call"
+    assert adaptation_cell({"adaptation": adaptation({"caps": caps, "senders": [{"bandwidth": None, "bandwidth_log": None}]})}) \
+        == "no bandwidths"
+    assert adaptation({"caps": [], "senders": senders}) is None and adaptation_cell({}) == "–"
+
+
 def test_websocket_frames_are_split_whole_and_only_audio_may_be_dropped():
     audio = bytes([0x82, 3, 0x80, 0x01, 0x02])  # binary, 3 bytes: an audio packet
     header = bytes([0x82, 2, 0x01, 0x01])  # binary: a HEADER (control)
@@ -112,7 +163,7 @@ def test_netem_report_counts_late_and_concealed_and_writes_its_files(tmp_path):
     jittered = {"spec": {"model": "default", "netem": {"jitter": 0.02}}}  # p95 of the extra delay: 13.0 ms
     report["rows"] += [{**row, **jittered}, {**row, **jittered, "end_to_end": {"p50": 44.0, "p99": 60.0}}]
     table = latency_netem.markdown(report)
-    assert "| jitter 20 ms p99 | default | 40.0 | 60.0 | 30.0 | 35.5 | – | 7.20 | 2 (1.0 %) | 10 (5.0 %) | 4 | 7 |" in table
+    assert "| jitter 20 ms p99 | default | 40.0 | 60.0 | 30.0 | 35.5 | – | 7.20 | 2 (1.0 %) | 10 (5.0 %) | 4 | 7 | nan | – |" in table
     assert "| 40.0 | 60.0 | 30.0 | 35.5 | 43.0 ✓ |" in table and "| 44.0 | 60.0 | 30.0 | 35.5 | 43.0 ✗ |" in table
     pytest.importorskip("matplotlib")  # the plot needs the bench extra
     latency_netem.write(report, tmp_path, "netem-jitter")
