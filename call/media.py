@@ -138,10 +138,14 @@ async def record(receiver: Receiver, arrived: asyncio.Event, frame_period: float
     (its sender left and fell silent; the file holds what was heard)."""
     stream = None
     while True:
+        # Woken by a message or once a frame period. Not ``asyncio.wait_for``: before Python 3.12 it
+        # returns instead of raising when cancelled just as the event is set, so a Ctrl-C that came
+        # with a frame was swallowed and the recording went on (the call's end awaits this task).
+        wake = asyncio.get_running_loop().call_later(frame_period, arrived.set)
         try:
-            await asyncio.wait_for(arrived.wait(), frame_period)
-        except asyncio.TimeoutError:
-            pass
+            await arrived.wait()
+        finally:
+            wake.cancel()
         arrived.clear()
         await receiver.drain(time.monotonic())
         if stream is None:

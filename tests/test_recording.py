@@ -188,6 +188,29 @@ async def test_ctrl_c_leaves_a_valid_wav_of_what_was_heard(model, model_dir, lon
 # ------------------------------------------------------------------ a sender that leaves without END
 
 
+async def test_a_recording_stops_when_cancelled_as_a_frame_arrives(tmp_path):
+    """Ctrl-C cancels the file sink; a cancellation that comes in the same loop iteration as a
+    message (``arrived`` set) must not be swallowed (``asyncio.wait_for`` did, before Python 3.12:
+    the recording went on under load, where that coincidence is common)."""
+    from call.media import record
+
+    class Silent:  # a receiver that has heard nothing yet
+        streams: dict = {}
+
+        async def drain(self, now: float) -> None:
+            pass
+
+    arrived = asyncio.Event()
+    recording = Recording(str(tmp_path / "heard.wav"), RATE, 1)
+    sink = asyncio.create_task(record(Silent(), arrived, 0.5, recording))
+    await asyncio.sleep(0.01)  # the sink waits for a message
+    arrived.set()
+    sink.cancel()
+    done, _ = await asyncio.wait({sink}, timeout=2)
+    assert done and sink.cancelled(), "the sink went on after its cancellation"
+    recording.close()
+
+
 async def test_a_stream_cut_without_end_is_kept_and_said(model, speech, tmp_path):
     """A sender that vanishes mid-stream: the receiver does not wait for ever (the receiver closes
     a silent stream), keeps what it heard, and says so in one line."""
