@@ -109,6 +109,11 @@ def adaptation_cell(summary: dict) -> str:
     return f"{'not down' if down is None else f'{down:.2f}'} / {up_text}"
 
 
+def longest_gap(summary: dict) -> float:
+    """The longer of the directions' longest gaps (ms); NaN for a report written before it was measured."""
+    return max(summary.get("longest_gap_ms") or [float("nan")])
+
+
 def oracle(summary: dict) -> float:
     """The directions' mean of the least constant delay that plays 95 % of the frames in time
     (``benchmarks.latency_floor.oracle_ms``); NaN for a report written before it was measured."""
@@ -123,7 +128,7 @@ def netem_line(condition: str, codec: str, summary: dict) -> str:
             f"  {sum(summary['kbps']) / 2:.1f} kbps up"
             f"  late {c['late']} ({c['late_pct']:.1f} %)  concealed {c['lost']} ({c['lost_pct']:.1f} %)"
             f"  stretched {c['stretched']}  expanded {c.get('expanded', 0)}"
-            f"  longest gap {max(summary.get('longest_gap_ms') or [float('nan')]):.0f} ms  down/up s {adaptation_cell(summary)}")
+            f"  longest gap {longest_gap(summary):.0f} ms  down/up s {adaptation_cell(summary)}")
 
 
 def netem_main(args: argparse.Namespace) -> dict:
@@ -222,7 +227,7 @@ def markdown(report: dict) -> str:
         met = "–" if target is None else f"{target:.1f} {'✓' if e['p50'] <= target else '✗'}"
         lines.append(f"| {row['condition']} | {row['spec']['model']} | {e['p50']:.1f} | {e['p99']:.1f} | "
                      f"{row['floor_ms']:.1f} | {oracle(row):.1f} | {met} | {sum(row['kbps']) / 2:.2f} | {c['late']} ({c['late_pct']:.1f} %) | {c['lost']} ({c['lost_pct']:.1f} %) "
-                     f"| {c['stretched']} | {c.get('expanded', '-')} | {max(row.get('longest_gap_ms') or [float('nan')]):.0f} "
+                     f"| {c['stretched']} | {c.get('expanded', '-')} | {longest_gap(row):.0f} "
                      f"| {adaptation_cell(row)} |")
     return "\n".join(lines) + "\n"
 
