@@ -180,3 +180,48 @@ def test_packets_of_several_frames_add_only_their_own_wait(frames_per_packet):
     settled_single, settled = np.mean(single[-300:]), np.mean(bursts[-300:])
     assert settled <= settled_single + (frames_per_packet - 1) * T + T / 2, (settled_single, settled)
     assert jb.stats.lost == 0 and jb.stats.stretched <= 2
+
+
+def outage(cut_at: int, outage: float, kept: int, seconds: float = 4.0) -> tuple[JitterBuffer, list[tuple[float, int]]]:
+    """Frames captured every T arrive 2 ms later, until the link is cut at frame ``cut_at`` for
+    ``outage`` seconds (a websocket reconnect): then the sender's newest ``kept`` frames arrive
+    together, and the live ones after them on time. A sound card ticks every T. Returns the
+    buffer and (tick time, index) of every frame it played."""
+    back = cut_at * T + outage
+    played, n = [], int(seconds * RATE)
+    arrivals = [(i * T + 0.002, i) for i in range(cut_at)]
+    queued = [i for i in range(cut_at, n) if i * T + 0.002 < back]
+    arrivals += [(back, i) for i in queued[-kept:]] + [(i * T + 0.002, i) for i in range(queued[-1] + 1, n)]
+    jb, pending = JitterBuffer(RATE), iter(arrivals)
+    arrival = next(pending)
+    for tick in range(n):
+        now = tick * T + 0.0005
+        while arrival is not None and arrival[0] <= now:
+            jb.put(arrival[1], (codes(arrival[1]),), now=arrival[0])
+            arrival = next(pending, None)
+        index, frame = jb.playout(now)
+        if frame is not None:
+            played.append((now, index))
+    return jb, played
+
+
+def test_after_an_outage_the_frames_that_come_play_at_once():
+    """A 0.3 s cut: the missing run is given up in one step when the link is back, not concealed
+    one frame per tick while the frames that came wait behind it; playout is back at its delay."""
+    jb, played = outage(cut_at=150, outage=0.3, kept=7)
+    times = np.array([t for t, _ in played])
+    gap = np.diff(times).max()
+    before = np.median([t - i * T for t, i in played[:140]])
+    after = [t - i * T for t, i in played if t > 150 * T + 0.3][:5]
+    assert gap <= 0.3 + 2 * T, f"{1000 * gap:.0f} ms without a frame for a 300 ms outage"
+    assert max(after) <= before + 3 * T, (before, after)  # the stale frames were skipped, not queued
+    assert jb.stats.lost >= 0.3 / T - 8  # every frame that never came is counted lost
+
+
+def test_a_single_lost_frame_is_still_concealed_in_its_turn():
+    jb = JitterBuffer(RATE)
+    for i in range(40):
+        if i != 30:
+            jb.put(i, (codes(i),), now=i * T + 0.002)
+    entries = [jb.playout(now=tick * T + 0.0005 + 2 * T) for tick in range(40)]
+    assert (30, None) in entries and jb.stats.lost == 1  # a tick of concealment, not a jump
