@@ -11,7 +11,7 @@ import ssl
 import pytest
 
 from call import wire
-from call.connection import FOREVER, CallError, Connection, Patience, describe_failure
+from call.connection import FOREVER, CallError, Connection, Patience, backoff, describe_failure
 from call.meter import Meter
 from call.outbox import Outbox
 from call.status import CallStatus
@@ -150,6 +150,14 @@ async def test_the_status_line_says_why_it_is_disconnected():
 
 
 # ------------------------------------------------------------------------- stale audio
+
+
+def test_reconnects_are_tried_every_100_ms_for_a_second_then_back_off():
+    delays = list(itertools.islice(backoff(), 40))
+    quick = list(itertools.takewhile(lambda d: d <= 0.12, delays))
+    assert 0.9 <= sum(quick) <= 1.2 and all(d >= 0.08 for d in quick)  # a short cut costs at most ~0.1 s more
+    slower = delays[len(quick):]
+    assert slower[0] >= 0.16 and slower[-1] <= 6.0 and max(slower) >= 4.0  # then 0.2, 0.4, ... up to 5 s
 
 
 def test_drop_stale_keeps_the_newest_audio_and_every_control_message():
