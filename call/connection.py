@@ -37,20 +37,18 @@ class CallError(RuntimeError):
     """The call cannot go on (refused by the server, …); the message is for the user."""
 
 
-def backoff(first: float = 0.1, factor: float = 2.0, limit: float = 5.0, steady: float = 1.0) -> Iterator[float]:
-    """Reconnect delays: every ``first`` seconds for the first ``steady`` seconds of trying, then
-    growing by ``factor`` to ``limit``, with jitter so that a room does not reconnect in lockstep.
+def backoff(first: float = 0.1, factor: float = 2.0, limit: float = 5.0, quick: int = 10) -> Iterator[float]:
+    """Reconnect delays: ``quick`` tries ``first`` seconds apart (about a second), then growing
+    from ``first * factor`` to ``limit``, with jitter so that a room does not reconnect in lockstep
+    (the browser page waits the same: ``web/reconnect.js``).
 
     A link that drops for a moment (a Wi-Fi handover, a proxy cutting idle connections) is back
     within a fraction of a second, and every moment of it spent waiting to try again is silence
     in the call: growing from the first retry (0.1, 0.2, 0.4 s) a 0.3 s cut cost half the time
     0.7 s before the next try. A relay that stays away is not tried more than about ten times a
-    second for longer than ``steady``."""
-    waited = 0.0
-    while waited < steady:
-        delay = first * random.uniform(0.8, 1.2)
-        waited += delay
-        yield delay
+    second for longer than a second."""
+    for _ in range(quick):
+        yield first * random.uniform(0.8, 1.2)
     delay = first * factor
     while True:
         yield delay * random.uniform(0.8, 1.2)

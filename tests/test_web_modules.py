@@ -9,6 +9,7 @@ worker answers every request of the playback worklet (``web/playback-feed.js``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -278,6 +279,25 @@ def test_page_rate_limit_serves_the_slowest_receiver_as_call_rate_does():
     assert got["chosen"] == [max((b for b in bandwidths if fits(b, kbps)), default=1.5) for kbps in asked]
     assert got["chosen"] == [1.5, 1.5, 1.5, 3, 6, 12, 12, 24, 24]  # 6 kbps costs 8.4 kbps in one-frame packets
     assert (got["slowest"], got["raised"], got["expired"]) == (9, 20, None)
+
+
+RECONNECT = """
+import { reconnectDelay } from "%s";
+const middle = () => 0.5, low = () => 0, high = () => 1 - 1e-12;
+console.log(JSON.stringify([middle, low, high].map((random) => [...Array(24).keys()].map((retry) => reconnectDelay(retry, random)))));
+"""
+
+
+def test_page_waits_between_reconnects_as_the_python_client_does():
+    from unittest import mock
+
+    from call.connection import backoff
+
+    middle, low, high = run_node(RECONNECT % (WEB_ROOT / "reconnect.js").as_uri())
+    for page, spread in ((middle, 1.0), (low, 0.8), (high, 1.2)):
+        with mock.patch("call.connection.random.uniform", lambda a, b: spread):
+            python = list(itertools.islice(backoff(), 24))
+        assert page == pytest.approx(python)
 
 
 PLAYBACK_FEED = """

@@ -9,6 +9,7 @@ import { JitterBuffer, Concealer } from "./jitter.js";
 import { feedPlayback } from "./playback-feed.js";
 import { ComfortNoiseSource } from "./comfort-noise.js";
 import { RateLimit, bestBandwidth } from "./rate.js";
+import { reconnectDelay } from "./reconnect.js";
 import * as wire from "./wire.js";
 
 configureRuntime(self.location.href);
@@ -184,7 +185,7 @@ class Call {
       }
       this.state = "reconnecting";
       this.error = event.reason || `connection lost (close code ${event.code})`;
-      setTimeout(() => this.connect(), Math.min(8, 0.25 * 2 ** Math.min(5, this.retries++)) * 1000);
+      setTimeout(() => this.connect(), reconnectDelay(this.retries++) * 1000);
     };
     this.ws.onmessage = (event) => this.receive(new Uint8Array(event.data));
   }
