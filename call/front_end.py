@@ -9,8 +9,9 @@ fixed one lowered STOI at 6 kbps; the mildest level keeps it) and a gain control
 
 The echo canceller's reference is what the client writes to the speaker (:meth:`FrontEnd.played`),
 queued and taken one 10 ms chunk per captured chunk, zeros when nothing was written (what the
-speaker then plays): the reference reaches AEC3 about when the speaker plays it, and AEC3 finds
-the rest of the delay (the device buffers and the room, up to about half a second) itself.
+speaker then plays), held back by a margin so that the loop's order of writes and captures does not
+move it (:class:`EchoReference`): the reference reaches AEC3 about when the speaker plays it, and
+AEC3 finds the rest of the delay (the device buffers and the room, up to about half a second) itself.
 
 While both ends talk, a second path beside AEC3 keeps the near end that its suppressor would take
 out with the echo: Speex DSP's linear canceller over the whole echo path (``call.double_talk``).
@@ -93,6 +94,11 @@ lowered (by at most 11 dB: AGC2 itself only lifts)."""
 REFERENCE_SECONDS = 1.0
 """Played audio that may wait for the capture (the speaker's own queue is about 20 ms)."""
 
+REFERENCE_MARGIN_SECONDS = 0.02
+"""How far the echo reference is held back behind the speaker's writes once it has run dry (see
+:class:`EchoReference`): more than the loop's write of a frame moves against the capture's chunks
+(up to a frame, 13.3 ms, in ``benchmarks/echo_room.py``)."""
+
 
 class FrontEndError(RuntimeError):
     """The audio processing library cannot be loaded here; the message says what to do."""
@@ -155,6 +161,37 @@ class _Level:
         return float(self.powers.mean())
 
 
+class EchoReference:
+    """What the speaker played, one capture chunk at a time: the echo canceller's reference.
+
+    It is written as the call writes to the speaker and read as the microphone's chunks are
+    cleaned, both on the event loop, whose order varies: a frame's write may come just before or
+    just after the capture chunk that plays it. Read up to the last sample written, the reference
+    runs dry the first time a write comes late, and the zeros it then gives shift it for the rest
+    of the call: a 10 ms slip made AEC3 start over (ERLE after a near-end turn 37 → 24 dB). So when
+    it runs dry (nothing played yet, a speaker that ran dry, a write that came late) it is held
+    back by :data:`REFERENCE_MARGIN_SECONDS` more, and a write that comes late by less than that
+    from then on moves nothing. The echo of a sample comes later still (the speaker's queue, the
+    devices, the room), so the reference still leads it, as AEC3 needs."""
+
+    def __init__(self, rate: int, channels: int) -> None:
+        self._ring = Ring(round(REFERENCE_SECONDS * rate), channels)
+        self.margin = round(REFERENCE_MARGIN_SECONDS * rate)
+        self._holding = self.margin  # zeros still to give before the ring is read again
+
+    def write(self, block: np.ndarray) -> None:
+        """``block`` (``(n, channels)``) goes to the speaker."""
+        self._ring.write(block)
+
+    def read_into(self, far: np.ndarray) -> None:
+        """Fill ``far`` (``(n, channels)``) with what played during the capture chunk of its length."""
+        held = min(self._holding, len(far))
+        far[:held] = 0.0
+        self._holding -= held
+        if self._ring.read_into(far[held:]) < len(far) - held:  # (the rest is zeros: the speaker played silence)
+            self._holding = self.margin
+
+
 class FrontEnd:
     """Capture → cleaned capture, with the played signal as the echo reference.
 
@@ -177,7 +214,7 @@ class FrontEnd:
         self._gain = webrtc.AudioProcessor(sample_rate=rate, num_channels=channels, auto_gain_control=True) if stages.gain else None
         self.gain_db = 0.0
         self._capture = _Chunker(self.chunk, channels)
-        self._reference = Ring(round(REFERENCE_SECONDS * rate), channels)
+        self._reference = EchoReference(rate, channels)
         window = max(1, round(LEVEL_WINDOW / CHUNK_SECONDS))
         self._input = _Level(window)  # what the microphone gives
         self._far = _Level(window)  # what the speaker plays
@@ -194,7 +231,7 @@ class FrontEnd:
         cleaned = []
         for chunk in self._capture(block):
             far = np.empty_like(chunk)
-            self._reference.read_into(far)  # zeros where nothing was played: the speaker played silence
+            self._reference.read_into(far)
             self._far.add(mean_power(far))
             power_in = mean_power(chunk)
             out = self._cleaner.process(chunk.ravel(), far.ravel() if self.stages.echo else None).reshape(chunk.shape)
@@ -256,8 +293,11 @@ class FrontEnd:
         return level_db(self._echo_in.mean) - level_db(self._echo_out.mean)
 
     def status(self) -> str:
-        """``mic -31 dBFS, echo cancelled 34 dB`` (the second part while the far end talks)."""
+        """``mic -31 dBFS, echo cancelled 34 dB`` (the second part while the far end talks, or
+        once the far end is known to play into headphones)."""
         parts = [f"mic {self.input_db:.0f} dBFS"]
-        if self.stages.echo and self.far_end_talking:
+        if self._double_talk is not None and self._double_talk.headset.on:
+            parts.append("no echo heard (headphones?)")
+        elif self.stages.echo and self.far_end_talking:
             parts.append(f"echo cancelled {self.echo_reduction_db:.0f} dB")
         return ", ".join(parts)

@@ -18,7 +18,7 @@ import pytest
 
 from benchmarks.echo_room import (FAR_TALKER, NEAR_TALKER, RATE, Codec, Room, Scene, call_in_room, erle_after, far_end_only,
                                   measure, noisy_talk, pause_reduction, stoi_of, talker)
-from call.front_end import FrontEnd, Stages
+from call.front_end import REFERENCE_MARGIN_SECONDS, EchoReference, FrontEnd, Stages
 from client import parse_args
 
 ROOM = Room(delay=0.1, decay=0.2, echo_gain=-6.0, snr=15.0)
@@ -50,20 +50,44 @@ def test_any_block_sizes_give_every_whole_chunk_back():
     assert front_end.status().startswith("mic ") and "dBFS" in front_end.status()
 
 
+@pytest.mark.parametrize("late_at", [None, 50])
+def test_a_write_that_comes_after_its_capture_does_not_shift_the_echo_reference(late_at):
+    """The speaker is written a 13.3 ms frame at a time, just in time, and the capture read in 10 ms
+    chunks, on one loop whose order varies. A write that once comes after the capture chunk it plays
+    in (step ``late_at``) must not move which played sample each captured one is compared with."""
+    reference, frame, chunk = EchoReference(RATE, 1), 320, 240
+    written, lags = 0, set()
+    for step in range(200):
+        needed = (step + 1) * chunk  # just in time: what the speaker takes in this step
+        late = step == late_at
+        while not late and written < needed:
+            reference.write(np.arange(written + 1, written + frame + 1, dtype=np.float32)[:, None])  # sample i holds i + 1
+            written += frame
+        far = np.empty((chunk, 1), np.float32)
+        reference.read_into(far)
+        lags |= {step * chunk + i - (int(v) - 1) for i, v in enumerate(far[:, 0]) if v}
+    assert len(lags) == 1, f"the reference slipped: lags {sorted(lags)}"  # (a plain ring: lags 0 and 80)
+
+
 @pytest.mark.parametrize("delay, decay", [(0.06, 0.1), (0.15, 0.3)], ids=["near-short", "far-long"])
 def test_echo_canceller_reaches_30_db_within_a_second(delay, decay):
     """Far end only, the rooms at the ends of the issue's range, every stage on from a cold start:
-    30 dB or more out of everything after the first second (measured 38.5 and 31.9 dB; the far,
-    long room had 29.5 before Speex's reference was delayed by the bulk delay and the chunks both
-    cancellers judge echo alone were taken 10 dB further down)."""
-    room = Room(delay=delay, decay=decay, snr=float("inf"))
-    call, _ = far_end_only(room, Stages(), seconds=3.0)
-    erle = erle_after(call.heard, call.sent, 1.0)
-    print(f"\ndelay {delay * 1000:.0f} ms, decay {decay * 1000:.0f} ms: ERLE after 1 s {erle:.1f} dB; {call.status}")
-    assert erle >= 30.0
+    30 dB or more out of everything after the first second, the median over the room's delay moved
+    in 5 ms steps (-10 to +15 ms). One delay alone is a lottery in the long room: AEC3's ERLE there
+    moves 27.7-33.1 dB from one 5 ms step to the next (measured 37.0-38.5 and 30.5 dB medians; the
+    far, long room had 29.5 at 150 ms before Speex's reference was delayed by the bulk delay and the
+    chunks both cancellers judge echo alone were taken 10 dB further down)."""
+    erles, status = [], ""
+    for shift in (-0.01, -0.005, 0.0, 0.005, 0.01, 0.015):
+        room = Room(delay=delay + shift, decay=decay, snr=float("inf"))
+        call, _ = far_end_only(room, Stages(), seconds=3.0)
+        erles.append(erle_after(call.heard, call.sent, 1.0))
+        status = status or call.status
+    print(f"\ndelay {delay * 1000:.0f} ms, decay {decay * 1000:.0f} ms: ERLE after 1 s {np.round(erles, 1)} dB; {status}")
+    assert np.median(erles) >= 30.0
     # The status line says the echo is being cancelled, by about what the test measures.
-    shown = float(call.status.split("echo cancelled ")[1].split(" dB")[0])
-    assert call.status.startswith("mic -") and shown >= 25.0
+    shown = float(status.split("echo cancelled ")[1].split(" dB")[0])
+    assert status.startswith("mic -") and shown >= 25.0
 
 
 async def test_far_end_joining_later_is_cancelled_as_fast():
@@ -96,7 +120,9 @@ def test_double_talk_keeps_the_near_end_intelligible(default_front_end):
     # less than no front end at all; with headphones 0.882 (AEC3 alone 0.60).
     assert r.double_talk_stoi >= r.double_talk_stoi_no_echo - 0.05
     assert r.double_talk_stoi > r.double_talk_stoi_no_front_end + 0.03
-    assert r.double_talk_stoi_headphones > r.double_talk_stoi_no_front_end  # AEC3 alone: 0.60
+    # Headphones: no echo path, so the linear path keeps the near end (call.double_talk.Headset). Measured
+    # 0.899 against 0.906 with the far end silent; 0.685 before it told headphones apart.
+    assert r.double_talk_stoi_headphones >= r.double_talk_stoi_no_echo - 0.02
 
 
 def test_front_end_cost_and_delay(default_front_end):
@@ -150,16 +176,18 @@ async def test_gain_brings_a_quiet_or_loud_talker_toward_the_codecs_level(level_
 
 
 def test_echo_reference_is_what_plays_while_the_microphone_captures():
-    """The reference is taken one chunk per captured chunk: audio written to the speaker counts as
-    the far end talking for as long as it takes the capture to reach it, then silence does."""
+    """The reference is taken one chunk per captured chunk, held back by its margin: audio written to
+    the speaker counts as the far end talking for as long as it takes the capture to reach it, then
+    silence does."""
     front_end = FrontEnd(RATE, 1, Stages())
+    held = round(REFERENCE_MARGIN_SECONDS * RATE) // front_end.chunk
     front_end.played(np.full((1, RATE // 2), 0.1, dtype=np.float32))  # half a second, queued at once
     captured = np.zeros((1, front_end.chunk), dtype=np.float32)
     assert not front_end.far_end_talking
     for _ in range(50):
         front_end.process(captured)
     assert front_end.far_end_talking  # the last half second of capture had the played half second beside it
-    for _ in range(50):
+    for _ in range(50 + held):
         front_end.process(captured)
     assert not front_end.far_end_talking  # nothing more was played: the reference is silence
 
