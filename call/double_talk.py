@@ -209,6 +209,8 @@ class DoubleTalk:
         taken and the linear path starts over behind it (nothing played or captured: asked again
         after the next half second)."""
         self._listened = 0.0
+        if self._delay_found and self.headset.echo_certain:
+            return  # a loudspeaker, whose delay is known: nothing more to learn (each look is an FFT of 1.5 s)
         if not self._delay_found:
             self._far_talked = 0.0  # (the linear path's convergence counts from the delay found)
         prominence = self._bulk.find()
