@@ -95,9 +95,9 @@ REFERENCE_SECONDS = 1.0
 """Played audio that may wait for the capture (the speaker's own queue is about 20 ms)."""
 
 REFERENCE_MARGIN_SECONDS = 0.02
-"""How far the echo reference is held back behind the speaker's writes once it has run dry (see
-:class:`EchoReference`): more than the loop's write of a frame moves against the capture's chunks
-(up to a frame, 13.3 ms, in ``benchmarks/echo_room.py``)."""
+"""How far the echo reference is held back behind the speaker's writes, from the start and again
+each time it runs dry (see :class:`EchoReference`): more than the loop's write of a frame moves
+against the capture's chunks (up to a frame, 13.3 ms, in ``benchmarks/echo_room.py``)."""
 
 
 class FrontEndError(RuntimeError):

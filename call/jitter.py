@@ -400,7 +400,7 @@ class JitterBuffer:
         target. Playout jumps to it at once, and the late-frame rule then skips what is queued
         beyond the target. Given out one lost frame per tick, the missing run would be concealed
         for as long again as the outage lasted while the frames that came wait behind it (a 0.3 s
-        cut cost 0.55-0.7 s of audio in ``benchmarks/latency.py --netem``). ``None`` for a loss
+        cut cost 0.55-0.78 s of audio in ``benchmarks/latency.py --netem``). ``None`` for a loss
         of one frame, which concealment covers, or frames that still have time."""
         if not self._frames or self.end_index is not None:
             return None
